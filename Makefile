@@ -1,0 +1,64 @@
+# ejaot: `make artifacts` builds the store, `make test` runs the suite. Both create or
+# reuse the virtual environment in .venv from pinned versions.
+TARGET   ?= cpu
+MANIFEST ?= manifests/default.toml
+OUT      ?= artifacts/$(TARGET)
+JOBS     ?=
+
+VENV     := .venv
+PYTHON   := $(VENV)/bin/python
+EXTRAS   := $(VENV)/ejaot-extras
+PIP      := $(PYTHON) -m pip install -q --disable-pip-version-check
+
+# A working python3.12 first, then pyenv's 3.12 (its shim fails unless selected).
+PY312 := $(shell for c in python3.12 "$$(pyenv root 2>/dev/null)/versions/3.12.*/bin/python3.12"; do \
+	  for p in $$c; do "$$p" -c 'import sys; assert sys.version_info[:2]==(3,12)' >/dev/null 2>&1 && { echo "$$p"; exit 0; }; done; done)
+
+.PHONY: artifacts test bench fuzz venv clean help
+
+help:
+	@echo "make artifacts [TARGET=cpu] [MANIFEST=manifests/default.toml] [JOBS=N]"
+	@echo "make test | make bench | make fuzz | make clean"
+
+venv: $(VENV)/.base-installed
+
+$(VENV)/.base-installed: requirements/base.txt pyproject.toml
+	@if [ -z "$(PY312)" ]; then echo "error: ejaot needs Python 3.12 (jax 0.11 requires it); none found as python3.12 or under pyenv" >&2; exit 1; fi
+	@test -x $(PYTHON) || $(PY312) -m venv $(VENV)
+	$(PIP) -r requirements/base.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Lowering for GPU targets: triton + jax-triton in the venv, the CUDA plugin beside it.
+$(VENV)/.gpu-installed: $(VENV)/.base-installed requirements/gpu-build.txt requirements/cuda-extras.txt
+	$(PIP) -r requirements/gpu-build.txt
+	$(PIP) --no-deps --target $(EXTRAS)/cuda -r requirements/cuda-extras.txt
+	@touch $@
+
+# Cross-compiling for TPU targets: libtpu beside the venv.
+$(VENV)/.tpu-installed: $(VENV)/.base-installed requirements/tpu-extras.txt
+	$(PIP) --no-deps --target $(EXTRAS)/tpu -r requirements/tpu-extras.txt
+	@touch $@
+
+TARGET_DEPS = $(VENV)/.base-installed
+ifneq ($(filter gpu-%,$(TARGET)),)
+TARGET_DEPS += $(VENV)/.gpu-installed
+endif
+ifneq ($(filter tpu-%,$(TARGET)),)
+TARGET_DEPS += $(VENV)/.tpu-installed
+endif
+
+artifacts: $(TARGET_DEPS)
+	$(VENV)/bin/ejaot build --manifest $(MANIFEST) --target $(TARGET) --out $(OUT) $(if $(JOBS),--jobs $(JOBS))
+
+test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+fuzz: $(VENV)/.base-installed
+	EJAOT_FUZZ_MUTATIONS=1000 $(PYTHON) -m pytest -q tests/test_fuzz_store.py $(PYTEST_ARGS)
+
+bench: $(VENV)/.base-installed
+	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results
+
+clean:
+	rm -rf artifacts bench-results

@@ -1,0 +1,18 @@
+"""ejaot: ahead-of-time compiled JAX kernel artifacts.
+
+    make artifacts TARGET=cpu              # build a store from manifests/default.toml
+    bundle = ejaot.load("artifacts/cpu")   # at server start-up: milliseconds
+    out = bundle.call("attention", q, k, v, causal=True)
+"""
+__version__ = "0.1.0"
+
+
+def load(root, strict: bool = False, device=None, eager: bool = False, trusted_keys=None,
+         miss_log: bool = True):
+    """Opens an artifact store for serving; see ejaot.runtime.bundle."""
+    from .runtime.bundle import load as _load
+    return _load(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
+                 miss_log=miss_log)
+
+
+__all__ = ["load", "__version__"]

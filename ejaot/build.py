@@ -1,0 +1,141 @@
+"""The build step: plan a manifest for a target, lower what the store lacks, commit.
+
+Incremental: an entry whose key is already in the index with all its blobs is reused.
+Crash-safe: each entry is committed to the index as soon as it is lowered, so a killed
+build keeps every finished entry and the next build does only the rest. One failing
+entry is reported and does not stop the others.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from .errors import StoreError
+from .manifest import load_manifest
+from .plan import EntrySpec, Skipped, plan
+from .store.filestore import FileStore
+from .targets import get_target
+
+
+@dataclass
+class BuildReport:
+    target: str
+    out: str
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)     # (description, error)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        s = (f"{self.target}: {len(self.built)} built, {len(self.reused)} reused, "
+             f"{len(self.failed)} failed in {self.seconds:.1f}s -> {self.out}")
+        lines = [s]
+        lines += [f"  skipped {k.where} ({k.kernel}): {k.reason}" for k in self.skipped]
+        lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  FAILED {d}: {e}" for d, e in self.failed]
+        return "\n".join(lines)
+
+
+def _reusable(record: dict | None, store: FileStore) -> bool:
+    if not record:
+        return False
+    payloads = record.get("payloads") or {}
+    return bool(payloads) and all(store.has_blob(p.get("sha256"), p.get("size")) for p in payloads.values())
+
+
+def _worker_init(target_name: str) -> None:
+    get_target(target_name).platform_module.prepare_process(get_target(target_name))
+
+
+def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
+    from .lower import lower_and_store
+    return lower_and_store(entry, root)
+
+
+def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
+          signer=None) -> BuildReport:
+    """progress, if given, is called as progress(done, total, description) per entry."""
+    t0 = time.perf_counter()
+    target = get_target(target_name)
+    manifest = load_manifest(manifest_path)
+    entries, skipped = plan(manifest, target)
+    store = FileStore(out)
+    report = BuildReport(target.name, str(out), skipped=skipped)
+    try:
+        existing = store.read_index()["entries"]
+    except FileNotFoundError:
+        existing = {}
+    except StoreError as e:
+        report.notes.append(f"existing index unusable, rebuilding: {e}")
+        existing = {}
+    todo = []
+    for e in entries:
+        if _reusable(existing.get(e.key), store):
+            report.reused.append(e.describe())
+        else:
+            todo.append(e)
+    heur = sum(1 for e in entries if e.config_source.get("why"))
+    if heur:
+        report.notes.append(f"{heur} entries use heuristic configs "
+                            f"({sorted({e.config_source['why'] for e in entries if e.config_source.get('why')})})")
+
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+    # Entries built from another version of a kernel's source can never be served by
+    # this installation (the loader rejects them as stale): drop them as their
+    # replacements are committed.
+    current = {e.kernel: e.source_hash for e in entries}
+    superseded = tuple(k for k, r in existing.items()
+                       if isinstance(r, dict) and r.get("kernel") in current
+                       and r.get("source_hash") != current[r.get("kernel")])
+
+    def commit(e: EntrySpec, record: dict):
+        if signer is not None:
+            record = signer.sign(record)
+        store.commit(target.name, {e.key: record}, remove=superseded)
+        report.built.append(e.describe())
+
+    def fail(e: EntrySpec, err: BaseException):
+        msg = "".join(traceback.format_exception_only(type(err), err)).strip()
+        report.failed.append((e.describe(), msg))
+
+    # In-process only when it is safe: the CPU target, or a fresh process whose jax is not
+    # yet imported (other targets must set up their toolchain before jax loads).
+    in_process = jobs == 1 and (target.platform == "cpu" or "jax" not in sys.modules)
+    if todo and in_process:
+        _worker_init(target.name)
+        from .lower import lower_and_store
+        for e in todo:
+            try:
+                commit(e, lower_and_store(e, str(out)))
+            except Exception as err:
+                fail(e, err)
+            if progress:
+                progress(len(report.built) + len(report.failed), len(todo), e.describe())
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")   # jax is not fork-safe
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                    initargs=(target.name,)) as pool:
+            futures = {pool.submit(_lower_in_worker, e, str(out)): e for e in todo}
+            for fut in cf.as_completed(futures):
+                e = futures[fut]
+                try:
+                    commit(e, fut.result())
+                except Exception as err:
+                    fail(e, err)
+                if progress:
+                    progress(len(report.built) + len(report.failed), len(todo), e.describe())
+    if not todo and not existing and not entries:
+        report.notes.append("the manifest has no entries for this target")
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,250 @@
+"""ejaot command line: build, inspect and verify artifact stores."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import EjaotError
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Ahead-of-time compiled JAX kernel artifacts: build a store once, load it at
+    server start-up in milliseconds."""
+
+
+@main.command()
+@click.option("--manifest", "manifest", default="manifests/default.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="Manifest (TOML) listing kernels, buckets, dtypes.")
+@click.option("--target", default="cpu", show_default=True, help="Target, e.g. cpu, gpu-sm90, tpu-v5e.")
+@click.option("--out", default=None, help="Store directory [default: artifacts/<target>].")
+@click.option("--jobs", type=int, default=None, help="Parallel build processes [default: all cores].")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Sign every entry with this ed25519 private key (PEM).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def build(manifest, target, out, jobs, sign_key, quiet):
+    """Lower every manifest entry for TARGET and write them to the store.
+
+    Incremental: entries already stored under the same key are reused. Exits non-zero
+    naming each entry that failed; the others are kept."""
+    from .build import build as run_build
+    from .targets import get_target
+    try:
+        tgt = get_target(target)
+    except KeyError as e:
+        _fail(e.args[0])
+    out = out or os.path.join("artifacts", tgt.name)
+    signer = None
+    if sign_key:
+        from .signing import Signer
+        signer = Signer.from_file(sign_key)
+    progress = None if quiet else _progress_printer()
+    try:
+        report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer)
+    except EjaotError as e:
+        _fail(str(e))
+    if progress:
+        progress.finish()
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+def _progress_printer():
+    tty = sys.stderr.isatty()
+
+    def progress(done, total, desc):
+        width = 30
+        filled = int(width * done / max(total, 1))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {desc}"
+        if tty:
+            click.echo("\r" + line[:120].ljust(120), nl=False, err=True)
+        else:
+            click.echo(line, err=True)
+    progress.finish = lambda: click.echo("", err=True) if tty else None
+    return progress
+
+
+def _open_index(store_dir):
+    from .store.filestore import FileStore
+    store = FileStore(store_dir)
+    try:
+        return store, store.read_index()
+    except FileNotFoundError:
+        _fail(f"{store_dir}: no store index ({store.index_path} not found)")
+    except EjaotError as e:
+        _fail(str(e))
+
+
+def _entry_summary(key, r) -> dict:
+    return {
+        "key": key, "kernel": r.get("kernel"), "target": r.get("target"), "backend": r.get("backend"),
+        "shapes": {n: s for n, s, _ in r.get("inputs", [])},
+        "dtypes": {n: d for n, _, d in r.get("inputs", [])},
+        "dims": r.get("dims"), "static": r.get("static"), "config": r.get("config"),
+        "config_source": r.get("config_source"),
+        "payloads": {k: v.get("size") for k, v in r.get("payloads", {}).items()},
+        "toolchain": r.get("toolchain"), "built_at": r.get("built_at"),
+    }
+
+
+@main.command("ls")
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+def ls_cmd(store_dir, as_json):
+    """List the entries of a store."""
+    _, index = _open_index(store_dir)
+    rows = [_entry_summary(k, r) for k, r in sorted(index["entries"].items(),
+                                                    key=lambda kv: (kv[1].get("kernel", ""), str(kv[1].get("dims"))))]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"target {index.get('target')}: {len(rows)} entries")
+    for row in rows:
+        dims = " ".join(f"{k}={v}" for k, v in (row["dims"] or {}).items())
+        tiers = ",".join(sorted(row["payloads"]))
+        stat = ",".join(f"{k}={v}" for k, v in (row["static"] or {}).items() if v not in (None, False))
+        click.echo(f"{row['key'][:12]}  {row['kernel']:<20} {row['dtypes'] and next(iter(row['dtypes'].values())):<9} "
+                   f"{dims}  {stat}  [{tiers}]")
+
+
+def _find_entry(index, prefix):
+    hits = [k for k in index["entries"] if k.startswith(prefix)]
+    if not hits:
+        _fail(f"no entry with key starting {prefix!r}")
+    if len(hits) > 1:
+        _fail(f"{prefix!r} is ambiguous: {len(hits)} entries match")
+    return hits[0]
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.argument("entry")
+@click.option("--hlo", is_flag=True, help="Also print the StableHLO of the portable tier.")
+def inspect(store_dir, entry, hlo):
+    """Everything about one entry (ENTRY: a key or a unique prefix of one)."""
+    from .inspection import describe_entry
+    store, index = _open_index(store_dir)
+    key = _find_entry(index, entry)
+    try:
+        click.echo(describe_entry(store, index["entries"][key], hlo=hlo))
+    except EjaotError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--numerics/--no-numerics", default=True, show_default=True,
+              help="Run each entry on fresh random inputs against the reference where this device can.")
+@click.option("--max-elements", type=int, default=1 << 26, show_default=True,
+              help="Skip numerics for entries whose score matrix exceeds this many elements.")
+def verify(store_dir, numerics, max_elements):
+    """Check every payload's sha256, this host's compatibility with each tier, and
+    (where the device can run them) the numerics against the reference."""
+    from .verify import verify_store
+    ok = verify_store(store_dir, numerics=numerics, max_elements=max_elements, echo=click.echo)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--toml", "as_toml", is_flag=True, help="Print manifest tables to add.")
+def misses(store_dir, as_toml):
+    """Summarize calls no bucket covered, as buckets to add."""
+    from .runtime.misslog import read_misses, summarize
+    from .store.filestore import FileStore
+    records, bad = read_misses(FileStore(store_dir).misses_path)
+    if not records:
+        click.echo("no misses recorded")
+    groups = summarize(records)
+    for g in groups:
+        if as_toml:
+            click.echo("[[kernel]]")
+            click.echo(f'name = "{g["kernel"]}"')
+            click.echo(f'dtypes = ["{g["dtype"]}"]')
+            if g["inputs"]:
+                click.echo(f"inputs = {json.dumps(g['inputs'])}")
+            stat = _non_default_static(g["kernel"], g["static"])
+            if stat:
+                click.echo("static = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in stat.items()) + " }")
+            click.echo("buckets = [")
+            for b in g["buckets"]:
+                click.echo("  { " + ", ".join(f"{k} = {v}" for k, v in b["dims"].items()) + " },  # " + f"{b['count']} misses")
+            click.echo("]\n")
+        else:
+            total = sum(b["count"] for b in g["buckets"])
+            stat = ",".join(f"{k}={v}" for k, v in g["static"].items() if v not in (None, False))
+            click.echo(f"{g['kernel']} {g['dtype']} {stat}: {total} misses")
+            for b in g["buckets"]:
+                click.echo(f"  {b['count']:>6}  " + " ".join(f"{k}={v}" for k, v in b["dims"].items()))
+    if bad:
+        click.echo(f"({bad} unreadable lines skipped)")
+
+
+def _non_default_static(kernel: str, static: dict) -> dict:
+    from .registry import all_kernels
+    spec = all_kernels().get(kernel)
+    defaults = spec.canonical_static({}) if spec else {}
+    return {k: v for k, v in static.items() if v is not None and v != defaults.get(k)}
+
+
+def _toml(v):
+    return json.dumps(v)
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (a build may be writing them).")
+def gc(store_dir, grace):
+    """Delete blobs no index entry references (safe while servers read the store)."""
+    from .store.filestore import FileStore
+    try:
+        r = FileStore(store_dir).collect_garbage(grace)
+    except FileNotFoundError:
+        _fail(f"{store_dir}: no store index")
+    except EjaotError as e:
+        _fail(str(e))
+    click.echo(f"removed {r['removed']} blobs ({r['bytes_freed']} bytes); kept {r['live']} live, "
+               f"{r['kept_recent']} recent unreferenced")
+
+
+@main.command()
+@click.argument("private_key", type=click.Path(dir_okay=False))
+@click.argument("public_key", type=click.Path(dir_okay=False))
+def keygen(private_key, public_key):
+    """Write a new ed25519 key pair (PEM) for `build --sign` and `load(trusted_keys=...)`."""
+    from .signing import generate_keypair
+    for p in (private_key, public_key):
+        if os.path.exists(p):
+            _fail(f"{p} exists; not overwriting a key")
+    click.echo(f"key id {generate_keypair(private_key, public_key)}")
+
+
+@main.command()
+def targets():
+    """List the build targets."""
+    from .targets import TARGETS
+    for t in TARGETS.values():
+        alias = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
+        click.echo(f"{t.name:<10} {t.platform:<5} {t.description}{alias}")
+
+
+@main.command()
+def kernels():
+    """List the installed kernels and their backends."""
+    from .registry import all_kernels
+    for k in all_kernels().values():
+        click.echo(f"{k.name:<22} backends: {', '.join(k.backends)}; dims: {', '.join(k.dims)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""What a kernel declares to the engine: its arrays, dimensions, static arguments,
+which dimensions may be padded to a bucket, and its implementations per backend.
+
+A spec is plain data and imports no jax: planning and incremental rebuilds read specs
+without paying for a jax import. Implementations are named as "module:function" and
+imported only when an entry is lowered or a fallback runs.
+
+Implementation calling convention (every backend):
+
+    impl(inputs: dict[str, Array | None], valid_lens: int32[len(valid_length_dims)],
+         *, config: dict, **static) -> tuple[Array, ...]
+
+`valid_lens` carries the real (unpadded) sizes of the dimensions listed in
+`valid_length_dims`; a kernel masks everything past them, which is what keeps a padded
+bucket's result exact. One artifact therefore serves its exact bucket and every smaller
+shape padded into it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass(frozen=True)
+class ArrayArg:
+    """One array argument or result. `dims` holds dimension names or literal sizes."""
+    name: str
+    dims: tuple[str | int, ...]
+    dtype: str | None = None      # None: the entry's dtype; else fixed ("int32", "bool")
+    optional: bool = False
+    pad_value: float | int | bool = 0
+
+
+@dataclass(frozen=True)
+class StaticArg:
+    """A compile-time argument. `normalize` maps a user value to a canonical,
+    msgpack-able value (or raises ValueError saying what is expected)."""
+    name: str
+    default: Any = None
+    normalize: Callable[[Any], Any] | None = None
+    doc: str = ""
+
+    def canonical(self, value):
+        return self.normalize(value) if self.normalize else value
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a kernel: "module:function", plus its tunable configs."""
+    impl: str
+    heuristic_config: Callable[[Mapping[str, int], Mapping[str, Any], Any], dict] | None = None
+    config_candidates: Callable[[Mapping[str, int], Mapping[str, Any], Any], list[dict]] | None = None
+
+    def load(self) -> Callable:
+        module, _, fn = self.impl.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+    def config_for(self, dims, static, target) -> dict:
+        return dict(self.heuristic_config(dims, static, target)) if self.heuristic_config else {}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    package: str                          # the kernel's folder as a package, e.g. ejaot_kernels.attention
+    inputs: tuple[ArrayArg, ...]
+    outputs: tuple[ArrayArg, ...]
+    statics: tuple[StaticArg, ...]
+    dims: tuple[str, ...]
+    backends: Mapping[str, Backend]       # backend name ("xla", "triton", "pallas_tpu") -> impl
+    dim_defaults: Mapping[str, str | int] = field(default_factory=dict)  # dim -> dim it equals, or a size
+    paddable: frozenset[str] = frozenset()
+    valid_length_dims: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+    check: Callable[[Mapping[str, int], Mapping[str, Any]], None] | None = None
+    pack_outputs: Callable[[tuple, Mapping[str, Any]], Any] | None = None
+    prepare_call: Callable[[dict, dict], None] | None = None   # call-time hook, may edit inputs/static
+    call_kwargs: tuple[str, ...] = ()     # extra call-time keywords that prepare_call consumes
+    example_inputs: str | None = None     # "module:function"(dims, dtype, present, static, rng) -> dict of numpy arrays
+    footprint: Callable[[Mapping[str, int]], int] | None = None   # elements of the largest reference intermediate
+    doc: str = ""
+
+    # -- derived views -------------------------------------------------------------
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.inputs)
+
+    @property
+    def static_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.statics)
+
+    def static_arg(self, name) -> StaticArg:
+        for s in self.statics:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def canonical_static(self, given: Mapping[str, Any]) -> dict:
+        """All static arguments, defaults filled in, each in canonical form."""
+        out = {}
+        for s in self.statics:
+            out[s.name] = s.canonical(given.get(s.name, s.default))
+        return out
+
+    def resolve_dims(self, given: Mapping[str, int]) -> dict:
+        """Fill defaulted dimensions (e.g. kv_seq = seq) from the given ones."""
+        dims = dict(given)
+        for d, src in self.dim_defaults.items():
+            if d not in dims:
+                if isinstance(src, int):
+                    dims[d] = src
+                elif src in dims:
+                    dims[d] = dims[src]
+        return dims
+
+    def shape_of(self, arg: ArrayArg, dims: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else int(dims[d]) for d in arg.dims)
+
+    def dtype_of(self, arg: ArrayArg, dtype: str) -> str:
+        return arg.dtype or dtype
+
+    def source_hash(self) -> str:
+        """sha256 over the kernel folder's Python sources: a change makes entries stale."""
+        return package_source_hash(self.package)
+
+    def make_inputs(self, dims, dtype, present, static, rng) -> dict:
+        """Fresh random inputs that satisfy the kernel's contract (never zeros)."""
+        module, _, fn = self.example_inputs.partition(":")
+        return getattr(importlib.import_module(module), fn)(dims, dtype, present, static, rng)
+
+    def pack(self, outputs: tuple, static: Mapping[str, Any]):
+        if self.pack_outputs is not None:
+            return self.pack_outputs(outputs, static)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+_source_hashes: dict[str, str] = {}
+
+
+def package_source_hash(package: str) -> str:
+    if package not in _source_hashes:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise LookupError(f"kernel package {package!r} not found")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        h = hashlib.sha256()
+        for path in sorted(folder.rglob("*.py")):
+            h.update(str(path.relative_to(folder)).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+        _source_hashes[package] = h.hexdigest()
+    return _source_hashes[package]

@@ -1,0 +1,113 @@
+"""Lowering one entry: the portable tier (jax.export), the kernel binaries the target's
+backend produces, and the compiled tier where this host can compile for the target."""
+from __future__ import annotations
+
+import time
+
+from .plan import EntrySpec
+from .runtime import codec
+from .runtime.jit import kernel_function
+from .store.filestore import FileStore
+from .targets import get_target
+
+
+def _avals(entry: EntrySpec, sharding=None):
+    import jax
+    import jax.numpy as jnp
+    kw = {"sharding": sharding} if sharding is not None else {}
+    avals = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), **kw) for _, shape, dtype in entry.input_avals()]
+    avals.append(jax.ShapeDtypeStruct((len(entry.spec.valid_length_dims),), jnp.int32, **kw))
+    return avals
+
+
+def lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
+    """Returns (payloads by kind, metadata for the record)."""
+    from jax._src import config
+    # Python tracebacks in MLIR locations differ with the caller (CLI, worker, test):
+    # leaving them out makes the artifact's bytes depend on the entry alone.
+    with config.traceback_in_locations_limit(0), config.include_full_tracebacks_in_locations(False):
+        return _lower_entry(entry)
+
+
+def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
+    import jax
+
+    target = get_target(entry.target)
+    platform = target.platform_module
+    spec = entry.spec
+    fn = kernel_function(spec, entry.backend, entry.present, entry.static, entry.config)
+    t0 = time.perf_counter()
+    exported = jax.export.export(jax.jit(fn), platforms=(target.platform,),
+                                 disabled_checks=platform.disabled_checks(entry.backend))(*_avals(entry))
+    payloads = {"exported": bytes(exported.serialize())}
+    meta = {
+        "inputs": [[n, list(s), d] for n, s, d in entry.input_avals()],
+        "outputs": [[list(a.shape), str(a.dtype)] for a in exported.out_avals],
+        "exported": {"calling_convention_version": exported.calling_convention_version,
+                     "platforms": list(exported.platforms)},
+        "timings": {"export_s": round(time.perf_counter() - t0, 4)},
+        "notes": [],
+    }
+    binaries, binary_meta = platform.kernel_binaries(exported, exported.mlir_module(), entry)
+    payloads.update(binaries)
+    meta.update(binary_meta)
+
+    device, why_not = platform.compile_device(target)
+    if device is None:
+        meta["notes"].append(f"no compiled tier: {why_not}")
+        return payloads, meta
+    t0 = time.perf_counter()
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    compiled = jax.jit(exported.call).lower(*_avals(entry, sharding)).compile()
+    meta["timings"]["compile_s"] = round(time.perf_counter() - t0, 4)
+    try:
+        raw, exe_meta = codec.encode(compiled)
+    except codec.Unsupported as e:
+        meta["notes"].append(f"no compiled tier: {e}")
+        return payloads, meta
+    payloads["executable"] = raw
+    meta["executable"] = {**exe_meta, **platform.device_identity(target, device)}
+    meta["analysis"] = _analysis(compiled)
+    return payloads, meta
+
+
+def _analysis(compiled) -> dict:
+    out = {}
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        out["flops"] = float(cost.get("flops", 0.0))
+        out["bytes_accessed"] = float(cost.get("bytes accessed", 0.0))
+    except Exception:  # analyses are optional extras; not every backend provides them
+        pass
+    try:
+        mem = compiled.memory_analysis()
+        out["memory"] = {k: int(getattr(mem, k)) for k in (
+            "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes") if hasattr(mem, k)}
+    except Exception:
+        pass
+    return out
+
+
+def lower_and_store(entry: EntrySpec, store_root: str) -> dict:
+    """Lowers one entry and writes its blobs; returns the index record (not yet committed)."""
+    payloads, meta = lower_entry(entry)
+    store = FileStore(store_root)
+    refs = {kind: store.put_blob(data) for kind, data in payloads.items()}
+    return make_record(entry, refs, meta)
+
+
+def make_record(entry: EntrySpec, payload_refs: dict, meta: dict) -> dict:
+    import platform as _platform
+    from .store.format import FORMAT_VERSION
+    return {
+        "key": entry.key, "format": FORMAT_VERSION,
+        **{k: v for k, v in entry.identity().items()},
+        "config_source": entry.config_source,
+        "valid_length_dims": list(entry.spec.valid_length_dims),
+        "payloads": payload_refs,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_host": _platform.node(),
+        **meta,
+    }

@@ -1,0 +1,109 @@
+"""Planning: a manifest and a target become the list of entries to build.
+
+An entry is one kernel × bucket × dtype × static set × target, with the backend and
+config chosen for it. Its key hashes everything that determines the artifact's bytes,
+so an unchanged key means the stored artifact can be reused as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from . import toolchain as tc
+from .kernel_spec import KernelSpec
+from .manifest import Manifest
+from .registry import get_kernel
+from .targets import Target
+from . import tuning
+
+# Bump when the engine changes how any artifact is lowered or what it contains.
+LOWERING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    kernel: str
+    backend: str
+    target: str
+    platform: str
+    dims: dict
+    dtype: str
+    present: tuple[str, ...]              # optional inputs passed
+    static: dict
+    config: dict
+    config_source: dict                   # {"kind": "heuristic"} or {"kind": "tuned", ...}
+    source_hash: str
+    toolchain: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> KernelSpec:
+        return get_kernel(self.kernel)
+
+    def identity(self) -> dict:
+        """Everything that determines the artifact, in canonical form."""
+        return dict(lowering=LOWERING_VERSION, kernel=self.kernel, backend=self.backend,
+                    target=self.target, platform=self.platform, dims=self.dims, dtype=self.dtype,
+                    present=list(self.present), static=self.static, config=self.config,
+                    source_hash=self.source_hash, toolchain=self.toolchain)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(canonical_bytes(self.identity())).hexdigest()
+
+    def input_avals(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(name, shape, dtype) of every array the artifact takes, in order."""
+        spec = self.spec
+        return [(a.name, spec.shape_of(a, self.dims), spec.dtype_of(a, self.dtype))
+                for a in spec.inputs if not a.optional or a.name in self.present]
+
+    def describe(self) -> str:
+        dims = " ".join(f"{k}={v}" for k, v in self.dims.items())
+        stat = ",".join(f"{k}={v}" for k, v in self.static.items() if v not in (None, False))
+        return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip()
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """Deterministic msgpack: maps sorted by key, tuples as lists."""
+    def norm(o):
+        if isinstance(o, dict):
+            return {str(k): norm(o[k]) for k in sorted(o)}
+        if isinstance(o, (list, tuple)):
+            return [norm(x) for x in o]
+        return o
+    return msgpack.packb(norm(obj), use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    where: str
+    kernel: str
+    reason: str
+
+
+def plan(manifest: Manifest, target: Target) -> tuple[list[EntrySpec], list[Skipped]]:
+    entries: dict[str, EntrySpec] = {}
+    skipped: list[Skipped] = []
+    for block in manifest.blocks:
+        spec = block.kernel
+        if block.targets is not None and target.name not in block.targets:
+            continue
+        backend = next((b for b in target.backends if b in spec.backends), None)
+        if backend is None:
+            skipped.append(Skipped(block.where, spec.name,
+                                   f"no implementation for {target.name} (has {sorted(spec.backends)})"))
+            continue
+        tools = tc.toolchain(target.platform, backend)
+        for dims in block.buckets:
+            for dtype in block.dtypes:
+                for static in block.statics:
+                    config, source = tuning.choose_config(spec, backend, target, dims, dtype, static, tools)
+                    e = EntrySpec(kernel=spec.name, backend=backend, target=target.name,
+                                  platform=target.platform, dims=dict(dims), dtype=dtype,
+                                  present=tuple(a.name for a in spec.inputs if a.name in block.present),
+                                  static=dict(static), config=config, config_source=source,
+                                  source_hash=spec.source_hash(), toolchain=tools)
+                    entries.setdefault(e.key, e)
+    return list(entries.values()), skipped

@@ -1,0 +1,328 @@
+"""ejaot.load(): the serving runtime.
+
+    bundle = ejaot.load("artifacts/cpu")
+    out = bundle.call("attention", q, k, v, causal=True)
+
+Dispatch, per call: the exact bucket; else the cheapest stored bucket that covers the
+call along the kernel's paddable dimensions (pad, run, slice: the kernel masks the
+padding, so the result equals the unpadded one); else the JIT fallback, which still
+computes the right answer and records the miss. With strict=True a miss raises instead.
+
+The hot path is a dict lookup keyed by the call's shapes, dtypes and static arguments;
+everything else (binding, bucket search, verification, deserialization) happens once per
+distinct call signature.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import BucketMissError, CallError, StoreError
+from ..kernel_spec import KernelSpec
+from ..registry import all_kernels
+from ..store.filestore import FileStore
+from . import compat
+from .binding import bind, split_args
+from .entry import StoredEntry
+from .jit import fallback_backend, jitted
+from .misslog import MissLog
+
+
+def load(root, strict: bool = False, device=None, eager: bool = False, trusted_keys=None,
+         miss_log: bool = True) -> "Bundle":
+    """Opens a store for serving. Never raises for a bad store: problems are reported by
+    stats()["rejected"] and the affected calls are served by another tier or the JIT
+    fallback (or raise BucketMissError in strict mode)."""
+    return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
+                  miss_log=miss_log)
+
+
+def _freeze(v):
+    if type(v) is list:
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _static_key(spec: KernelSpec, static: dict) -> tuple:
+    return tuple(_freeze(static[n]) for n in spec.static_names)
+
+
+@dataclass
+class Group:
+    """Entries that differ only in their paddable dimensions."""
+    paddable: tuple[str, ...]
+    members: list[tuple[tuple[int, ...], StoredEntry]] = field(default_factory=list)
+
+
+class Plan:
+    """How one call signature is served. Built once, then called on the hot path."""
+    __slots__ = ("path", "tier", "run", "entry")
+
+    def __init__(self, path: str, tier: str, run: Callable, entry: StoredEntry | None = None):
+        self.path, self.tier, self.run, self.entry = path, tier, run, entry
+
+
+class Bundle:
+    def __init__(self, root, strict=False, device=None, eager=False, trusted_keys=None, miss_log=True):
+        import jax
+        self.root = str(root)
+        self.strict = strict
+        self.device = device or jax.local_devices()[0]
+        self.platform = compat.local_platform(self.device)
+        self.store = FileStore(root)
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+        self._rejected: list[dict] = []
+        self._rejected_seen: set = set()
+        self._plans: dict[tuple, Plan] = {}
+        self._groups: dict[tuple, Group] = {}
+        self._fallback_backends: dict[str, str] = {}
+        self.entries: dict[str, StoredEntry] = {}
+        self.store_problem: str | None = None
+        self.misses = MissLog(self.store.misses_path if miss_log else None)
+        self._verifier = None
+        if trusted_keys is not None:
+            from ..signing import Verifier
+            self._verifier = Verifier(trusted_keys)
+        self._open()
+        if eager:
+            self.warmup()
+
+    # -- opening ------------------------------------------------------------------------
+    def _open(self):
+        try:
+            index = self.store.read_index()
+        except FileNotFoundError:
+            self.store_problem = f"no store index at {self.store.index_path}"
+            self._reject_store(self.store_problem)
+            return
+        except StoreError as e:
+            self.store_problem = str(e)
+            self._reject_store(self.store_problem)
+            return
+        self.target = index.get("target")
+        kernels = all_kernels()
+        for key, record in index["entries"].items():
+            problem = compat.record_problem(key, record)
+            if problem is None and self._verifier is not None:
+                problem = self._verifier.problem(record)
+            if problem is None:
+                problem = compat.entry_problem(record, self.platform)
+            if problem is not None:
+                self._reject_record(key, record, "entry", problem)
+                continue
+            entry = StoredEntry(key, record, self.store, self.device, self._on_tier_rejected)
+            entry.portable_block = compat.portable_problem(record)
+            entry.compiled_block = compat.compiled_problem(record, self.device)
+            if entry.portable_block and entry.compiled_block:
+                self._reject_record(key, record, "entry", f"{entry.compiled_block}; {entry.portable_block}")
+                continue
+            for tier, why in (("compiled", entry.compiled_block), ("portable", entry.portable_block)):
+                if why and not why.startswith("no "):
+                    self._note_rejection(key, record.get("kernel"), tier, why)
+            self.entries[key] = entry
+            spec = kernels[record["kernel"]]
+            gkey, pdims = self._group_key(spec, record)
+            group = self._groups.setdefault(gkey, Group(tuple(d for d in spec.dims if d in spec.paddable)))
+            group.members.append((pdims, entry))
+        for group in self._groups.values():
+            group.members.sort(key=lambda m: (int(np.prod(m[0])), m[0]))
+
+    def _group_key(self, spec: KernelSpec, record: dict):
+        dims = record["dims"]
+        fixed = tuple((d, dims.get(d)) for d in spec.dims if d not in spec.paddable)
+        paddable = tuple(int(dims.get(d, 0)) for d in spec.dims if d in spec.paddable)
+        key = (spec.name, record["dtype"], tuple(record["present"]),
+               _static_key(spec, spec.canonical_static(record["static"])), fixed)
+        return key, paddable
+
+    # -- rejection bookkeeping --------------------------------------------------------------
+    def _note_rejection(self, key, kernel, tier, reason):
+        with self._lock:
+            if (key, tier) in self._rejected_seen:
+                return
+            self._rejected_seen.add((key, tier))
+            self._rejected.append({"entry": key, "kernel": kernel, "tier": tier, "reason": reason})
+
+    def _reject_store(self, reason):
+        self._note_rejection(None, None, "store", reason)
+
+    def _reject_record(self, key, record, tier, reason):
+        kernel = record.get("kernel") if isinstance(record, dict) else None
+        self._note_rejection(key, kernel, tier, reason)
+
+    def _on_tier_rejected(self, entry: StoredEntry, tier: str, reason: str):
+        self._note_rejection(entry.key, entry.kernel, tier, reason)
+
+    # -- serving --------------------------------------------------------------------------
+    def call(self, kernel: str, *args, **kwargs):
+        """Runs `kernel` on the arrays, returning what the kernel's public function returns."""
+        import jax
+        tracing = bool(args) and isinstance(args[0], jax.core.Tracer)
+        try:
+            sig = (kernel, tracing,
+                   tuple((a.shape, a.dtype) if hasattr(a, "shape") else a for a in args),
+                   tuple((k, (v.shape, v.dtype) if hasattr(v, "shape") else _freeze(v))
+                         for k, v in kwargs.items()))
+            plan = self._plans.get(sig)
+        except TypeError:        # an unhashable static argument: resolve without caching
+            sig, plan = None, None
+        if plan is None:
+            plan = self._resolve(kernel, tracing, args, kwargs, sig)
+        with self._lock:
+            self._counts[plan.path] += 1
+            self._counts["tier:" + plan.tier] += 1
+        return plan.run(args, kwargs)
+
+    def _resolve(self, kernel: str, tracing: bool, args, kwargs, sig) -> Plan:
+        kernels = all_kernels()
+        if kernel not in kernels:
+            raise CallError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(kernels)}")
+        spec = kernels[kernel]
+        call = bind(spec, args, kwargs)          # raises CallError on bad arguments
+        with self._lock:
+            plan = self._plans.get(sig) if sig is not None else None
+        if plan is not None:
+            return plan
+        plan = self._plan_for(spec, call, tracing, sig)
+        if sig is not None:
+            with self._lock:
+                self._plans[sig] = plan
+        return plan
+
+    def _plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
+        gkey = (spec.name, call.dtype, call.present, _static_key(spec, call.static),
+                tuple((d, call.dims.get(d)) for d in spec.dims if d not in spec.paddable))
+        group = self._groups.get(gkey)
+        want = tuple(call.dims.get(d, 0) for d in spec.dims if d in spec.paddable)
+        dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call))
+        if group is not None and dtypes_ok:
+            for pdims, entry in group.members:
+                if not all(w <= p for w, p in zip(want, pdims)):
+                    continue
+                runner, tier = self._runner(entry, tracing)
+                if runner is None:
+                    continue
+                path = "exact" if pdims == want else "padded"
+                return Plan(path, tier, self._make_run(spec, call, entry, runner, path), entry)
+        reason = ("no bucket covers this shape" if group is not None
+                  else "no stored entry for this kernel, dtype, inputs and static arguments")
+        if self.strict:
+            raise BucketMissError(self._miss_message(spec, call, group, reason))
+        self.misses.record(sig or repr((spec.name, call.dims, call.dtype, call.static)), spec.name,
+                           call.dims, call.dtype, call.present, call.static, reason)
+        return Plan("fallback", "jit", self._make_fallback(spec, call))
+
+    def _runner(self, entry: StoredEntry, tracing: bool):
+        if not tracing:
+            exe = entry.compiled()
+            if exe is not None:
+                return exe, "compiled"
+        fn = entry.portable()
+        return (fn, "portable") if fn is not None else (None, None)
+
+    def _make_run(self, spec: KernelSpec, call, entry: StoredEntry, runner, path: str):
+        import jax
+        import jax.numpy as jnp
+        names = [n for n, _, _ in _artifact_inputs(spec, call)]
+        prepare = spec.prepare_call
+        static = call.static
+        valid = np.array([call.dims[d] for d in spec.valid_length_dims], np.int32)
+        valid_arg = jax.device_put(valid, self.device)
+        bucket = {**call.dims, **entry.record["dims"]}
+        pads = []
+        for a in spec.inputs:
+            if a.name in names:
+                real, padded = spec.shape_of(a, call.dims), spec.shape_of(a, bucket)
+                pads.append(None if real == padded else
+                            ([(0, p - r) for r, p in zip(real, padded)], a.pad_value))
+        n_out = len(entry.record["outputs"])
+        slices = [None if spec.shape_of(o, call.dims) == spec.shape_of(o, bucket)
+                  else tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
+                  for o in spec.outputs[:n_out]]
+
+        def arrays_of(args, kwargs):
+            inputs, extra = split_args(spec, args, kwargs)
+            if prepare is not None:
+                prepare(inputs, extra)
+            return [inputs[n] for n in names]
+
+        if path == "exact":
+            def run(args, kwargs):
+                return spec.pack(runner(*arrays_of(args, kwargs), valid_arg), static)
+        else:
+            def run(args, kwargs):
+                arrays = [x if p is None else jnp.pad(x, p[0], constant_values=p[1])
+                          for x, p in zip(arrays_of(args, kwargs), pads)]
+                outs = runner(*arrays, valid_arg)
+                return spec.pack(tuple(o if s is None else o[s] for o, s in zip(outs, slices)), static)
+        return run
+
+    def _make_fallback(self, spec: KernelSpec, call):
+        backend = fallback_backend(spec, self.platform)
+        self._fallback_backends[spec.name] = backend
+        fn = jitted(spec, backend, call.present, call.static)
+        names = [n for n, _, _ in _artifact_inputs(spec, call)]
+        static, prepare = call.static, spec.prepare_call
+
+        def run(args, kwargs):
+            inputs, extra = split_args(spec, args, kwargs)
+            if prepare is not None:
+                prepare(inputs, extra)
+            return spec.pack(fn(*[inputs[n] for n in names]), static)
+        return run
+
+    def _miss_message(self, spec, call, group, reason) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in call.dims.items())
+        msg = f"{spec.name}: {reason} (call: {call.dtype}, {dims})"
+        if group is not None:
+            near = sorted(group.members, key=lambda m: sum(
+                abs(np.log2(max(p, 1)) - np.log2(max(w, 1)))
+                for p, w in zip(m[0], (call.dims.get(d, 0) for d in group.paddable))))[:3]
+            msg += "; nearest buckets: " + "; ".join(
+                ", ".join(f"{d}={v}" for d, v in zip(group.paddable, p)) for p, _ in near)
+        else:
+            same = [e.describe() for e in self.entries.values() if e.kernel == spec.name][:3]
+            msg += ("; stored entries of this kernel: " + "; ".join(same)) if same else "; the store has no entries for it"
+        if self.store_problem:
+            msg += f"; store problem: {self.store_problem}"
+        return msg
+
+    # -- reporting --------------------------------------------------------------------------
+    def stats(self) -> dict:
+        with self._lock:
+            counts = dict(self._counts)
+            rejected = list(self._rejected)
+        return {
+            "calls": {p: counts.get(p, 0) for p in ("exact", "padded", "fallback")},
+            "tiers": {t: counts.get("tier:" + t, 0) for t in ("compiled", "portable", "jit")},
+            "entries": len(self.entries),
+            "rejected": rejected,
+            "fallback_backend": dict(self._fallback_backends),
+            "miss_log": str(self.misses.path) if self.misses.path else None,
+            "miss_log_error": self.misses.error,
+            "store_problem": self.store_problem,
+        }
+
+    def warmup(self) -> dict:
+        """Verifies and deserializes every entry's compiled tier now (portable tier where
+        there is none) instead of on first use."""
+        ready = Counter()
+        for entry in self.entries.values():
+            if entry.compiled() is not None:
+                ready["compiled"] += 1
+            elif entry.portable() is not None:
+                ready["portable"] += 1
+            else:
+                ready["unusable"] += 1
+        return dict(ready)
+
+
+def _artifact_inputs(spec: KernelSpec, call):
+    """(name, shape, dtype) of the arrays the artifact takes, in order."""
+    return [(a.name, None, spec.dtype_of(a, call.dtype)) for a in spec.inputs
+            if not a.optional or a.name in call.present]

@@ -1,0 +1,76 @@
+"""Can this host use an entry's tiers? Decided from the verified index alone, before any
+payload is read or deserialized."""
+from __future__ import annotations
+
+from .. import toolchain as tc
+from ..registry import all_kernels
+from ..store.format import FORMAT_VERSION
+
+_RECORD_FIELDS = {"key": str, "kernel": str, "backend": str, "target": str, "platform": str,
+                  "dims": dict, "dtype": str, "present": list, "static": dict, "source_hash": str,
+                  "toolchain": dict, "payloads": dict, "inputs": list, "outputs": list,
+                  "exported": dict}
+
+
+def local_platform(device) -> str:
+    return {"gpu": "cuda"}.get(device.platform, device.platform)
+
+
+def record_problem(key: str, record) -> str | None:
+    """A structural problem with a record, or None."""
+    if not isinstance(record, dict):
+        return "record is not a table"
+    for f, t in _RECORD_FIELDS.items():
+        if not isinstance(record.get(f), t):
+            return f"record field {f!r} missing or not a {t.__name__}"
+    if record["key"] != key:
+        return "record key does not match its index slot"
+    if record.get("format") != FORMAT_VERSION:
+        return f"record format {record.get('format')!r}, this ejaot reads {FORMAT_VERSION}"
+    return None
+
+
+def entry_problem(record: dict, platform: str) -> str | None:
+    """Why no tier of this entry can serve on this host, or None."""
+    kernels = all_kernels()
+    spec = kernels.get(record["kernel"])
+    if spec is None:
+        return f"kernel {record['kernel']!r} is not installed here"
+    if record["platform"] != platform:
+        return f"built for platform {record['platform']}, this host runs {platform}"
+    if record["source_hash"] != spec.source_hash():
+        return "built from another version of the kernel's source than the one installed (stale)"
+    return None
+
+
+def portable_problem(record: dict) -> str | None:
+    from jax import export
+    if "exported" not in record["payloads"]:
+        return "no portable tier"
+    v = record["exported"].get("calling_convention_version")
+    lo, hi = export.minimum_supported_calling_convention_version, export.maximum_supported_calling_convention_version
+    if not isinstance(v, int) or not lo <= v <= hi:
+        return f"jax.export calling convention {v!r} is outside this jax's window [{lo}, {hi}]"
+    return None
+
+
+def compiled_problem(record: dict, device) -> str | None:
+    if "executable" not in record["payloads"]:
+        return "no compiled tier"
+    exe = record.get("executable")
+    if not isinstance(exe, dict):
+        return "compiled tier has no metadata"
+    built, here = record["toolchain"], tc.toolchain(record["platform"], record["backend"])
+    for tool in ("jax", "jaxlib"):
+        if built.get(tool) != here.get(tool):
+            return f"compiled with {tool} {built.get(tool)}, this host has {here.get(tool)}"
+    if record["platform"] == "cpu":
+        kind = tc.cpu_device_kind()
+        if exe.get("device_kind") != kind:
+            return f"compiled for {exe.get('device_kind')}, this host is {kind}"
+        missing = set(exe.get("cpu_features") or []) - set(tc.cpu_features())
+        if missing:
+            return f"compiled for CPU features this host lacks: {sorted(missing)}"
+    elif exe.get("device_kind") != device.device_kind:
+        return f"compiled for {exe.get('device_kind')}, this device is {device.device_kind}"
+    return None

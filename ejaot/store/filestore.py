@@ -1,0 +1,177 @@
+"""A store on a local or shared filesystem.
+
+    <root>/index.msgpack        the index (see format.py)
+    <root>/blobs/ab/abcd...     payloads, named by their sha256
+    <root>/misses.jsonl         calls no bucket covered (runtime/misslog.py)
+    <root>/tmp/                 staging for atomic writes
+    <root>/.lock                serializes index updates between builders
+
+Every write goes to tmp/ and is os.replace()d into place: rename within one filesystem
+is atomic, so a reader sees the old file or the new one, never a half-written one, and
+a killed writer leaves only a stray temp file. Index updates read-merge-write under an
+exclusive flock, so concurrent builders never drop each other's entries; readers take no
+lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import stat
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import StoreError
+from .format import decode_index, encode_index
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+INDEX_NAME = "index.msgpack"
+
+
+class FileStore:
+    def __init__(self, root):
+        self.root = Path(root)
+        self._real_root = None
+
+    # -- paths --------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX_NAME
+
+    @property
+    def misses_path(self) -> Path:
+        return self.root / "misses.jsonl"
+
+    def blob_path(self, sha: str) -> Path:
+        # The sha comes from an index that may be hostile: only 64 hex digits can name a
+        # blob, so no index entry can point outside blobs/.
+        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+            raise StoreError(f"invalid blob name {sha!r} (expected 64 hex digits)")
+        return self.root / "blobs" / sha[:2] / sha
+
+    # -- writing ------------------------------------------------------------------
+    def _atomic_write(self, dest: Path, data: bytes) -> None:
+        tmpdir = self.root / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        tmp = tmpdir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+
+    def put_blob(self, data: bytes) -> dict:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(sha)
+        if not self.has_blob(sha, len(data)):
+            self._atomic_write(path, data)
+        return {"sha256": sha, "size": len(data)}
+
+    @contextlib.contextmanager
+    def locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def commit(self, target: str, records: dict, remove: tuple[str, ...] = ()) -> None:
+        """Adds records (key -> record) to the index, atomically, under the lock."""
+        with self.locked():
+            try:
+                index = self.read_index()
+                entries = index["entries"] if index.get("target") == target else {}
+            except FileNotFoundError:
+                entries = {}
+            except StoreError:
+                entries = {}   # a corrupt index is replaced; its blobs are re-referenced as entries rebuild
+            entries.update(records)
+            for k in remove:
+                entries.pop(k, None)
+            self._atomic_write(self.index_path, encode_index(target, entries))
+
+    # -- reading ------------------------------------------------------------------
+    def read_index(self) -> dict:
+        """Raises FileNotFoundError when there is no index, StoreError when it is bad."""
+        data = self._read_regular(self.index_path)
+        return decode_index(data, str(self.index_path))
+
+    def has_blob(self, sha: str, size: int) -> bool:
+        try:
+            st = os.lstat(self.blob_path(sha))
+        except (FileNotFoundError, StoreError):
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+    def read_blob(self, sha: str, size: int | None = None) -> bytes:
+        """The blob's bytes, only if they hash to `sha`; StoreError otherwise."""
+        path = self.blob_path(sha)
+        try:
+            data = self._read_regular(path)
+        except FileNotFoundError:
+            raise StoreError(f"blob {sha[:16]} is missing") from None
+        if size is not None and len(data) != size:
+            raise StoreError(f"blob {sha[:16]} has {len(data)} bytes, the index says {size}")
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise StoreError(f"blob {sha[:16]} does not match its sha256 (corrupted or tampered)")
+        return data
+
+    def _read_regular(self, path: Path) -> bytes:
+        """Reads a regular file inside the store, refusing symlinks and anything that
+        resolves outside the store's root."""
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
+            raise StoreError(f"{path} resolves outside the store ({real})")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == 2:
+                raise FileNotFoundError(str(path)) from None
+            raise StoreError(f"{path}: cannot open ({e.strerror}; symlinks are refused)") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StoreError(f"{path} is not a regular file")
+            return f.read()
+
+    # -- maintenance ---------------------------------------------------------------
+    def blob_names(self) -> list[str]:
+        found = []
+        for sub in (self.root / "blobs").glob("*"):
+            found += [p.name for p in sub.iterdir() if _SHA_RE.match(p.name)]
+        return found
+
+    def collect_garbage(self, grace_seconds: float = 3600.0) -> dict:
+        """Deletes blobs no index entry references and stale temp files.
+
+        Runs under the builders' lock, so no build can commit a record whose blob this
+        deletes; a blob younger than `grace_seconds` is kept, since a running build writes
+        its blobs before it commits the record that references them. Readers are safe:
+        they only read blobs the index they loaded references, and those are kept."""
+        with self.locked():
+            index = self.read_index()
+            live = {p["sha256"] for r in index["entries"].values() for p in r.get("payloads", {}).values()}
+            now = time.time()
+            removed, kept_young, freed = 0, 0, 0
+            for sha in self.blob_names():
+                if sha in live:
+                    continue
+                path = self.blob_path(sha)
+                st = os.lstat(path)
+                if now - st.st_mtime < grace_seconds:
+                    kept_young += 1
+                    continue
+                path.unlink()
+                removed += 1
+                freed += st.st_size
+            for tmp in (self.root / "tmp").glob("*"):
+                if now - os.lstat(tmp).st_mtime >= grace_seconds:
+                    tmp.unlink()
+            return {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young, "live": len(live)}

@@ -1,0 +1,74 @@
+"""Versions of the tools an artifact depends on, and the identity of this host's device.
+
+Read through package metadata, never by importing: importing triton or libtpu costs
+seconds and libtpu prints at import.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+BASE_TOOLS = ("jax", "jaxlib")
+BACKEND_TOOLS = {
+    "triton": ("triton", "jax-triton", "jax-cuda13-plugin"),
+    "pallas_tpu": (),
+    "xla": (),
+}
+PLATFORM_TOOLS = {"tpu": ("libtpu",), "cuda": (), "cpu": ()}
+
+
+def extras_dir(name: str) -> Path:
+    """Where target-specific packages that must stay off the runtime path live."""
+    root = os.environ.get("EJAOT_EXTRAS") or os.path.join(sys.prefix, "ejaot-extras")
+    return Path(root) / name
+
+
+@lru_cache(maxsize=None)
+def version_of(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        pass
+    for extra in ("cuda", "tpu"):
+        for d in md.distributions(path=[str(extras_dir(extra))]):
+            if d.metadata["Name"].lower().replace("_", "-") == dist.lower():
+                return d.version
+    return None
+
+
+def toolchain(platform: str, backend: str) -> dict[str, str | None]:
+    names = BASE_TOOLS + BACKEND_TOOLS.get(backend, ()) + PLATFORM_TOOLS.get(platform, ())
+    return {n: version_of(n) for n in names}
+
+
+# x86 features that change what XLA's CPU backend emits. A CPU executable built where
+# one of these exists may execute illegal instructions where it does not.
+_CPU_FEATURES = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2",
+                 "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16",
+                 "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> tuple[str, ...]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return tuple(f for f in _CPU_FEATURES if f in have)
+    return ()
+
+
+def cpu_device_kind() -> str:
+    import platform
+    return f"cpu-{platform.machine()}"
+
+
+def fingerprint(obj: bytes) -> str:
+    return hashlib.sha256(obj).hexdigest()

@@ -1,0 +1,135 @@
+"""`ejaot verify`: integrity (sha256 of every payload), this host's compatibility with each
+tier, and numerics against the reference wherever this host's device can run the entry."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import toolchain as tc
+from .errors import EjaotError
+from .registry import all_kernels
+from .runtime import compat
+from .store.filestore import FileStore
+
+# atol = rtol per entry dtype, against a float32 reference on the same inputs.
+TOLERANCE = {"float32": 2e-4, "float64": 1e-8, "bfloat16": 3e-2, "float16": 6e-3}
+
+
+def compare(got, want, dtype: str) -> tuple[bool, float]:
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    tol = TOLERANCE.get(dtype, 3e-2)
+    err = float(np.max(np.abs(got - want) / (tol + tol * np.abs(want)))) if want.size else 0.0
+    return bool(np.all(np.isfinite(got)) and err <= 1.0), err
+
+
+def reference_outputs(spec, record, inputs: dict):
+    """The kernel's XLA implementation in float32 on the same inputs."""
+    import jax.numpy as jnp
+    from .runtime.jit import jitted
+    present = tuple(record["present"])
+    names = [a.name for a in spec.inputs if not a.optional or a.name in present]
+    arrays = [jnp.asarray(inputs[n], jnp.float32) if np.issubdtype(np.asarray(inputs[n]).dtype, np.floating)
+              or str(np.asarray(inputs[n]).dtype) == "bfloat16" else jnp.asarray(inputs[n]) for n in names]
+    static = dict(spec.canonical_static(record["static"]))
+    return jitted(spec, "xla", present, static)(*arrays)
+
+
+def verify_store(root, numerics=True, max_elements=1 << 26, echo=print, seed=None) -> bool:
+    import jax
+    store = FileStore(root)
+    device = jax.local_devices()[0]
+    platform = compat.local_platform(device)
+    echo(f"host: jax {tc.version_of('jax')}, jaxlib {tc.version_of('jaxlib')}, platform {platform}, "
+         f"device {device.device_kind}")
+    try:
+        index = store.read_index()
+    except FileNotFoundError:
+        echo(f"FAIL store: no index at {store.index_path}")
+        return False
+    except EjaotError as e:
+        echo(f"FAIL store: {e}")
+        return False
+    echo(f"store: target {index.get('target')}, {len(index['entries'])} entries")
+    ok = True
+    rng = np.random.default_rng(seed)
+    counts = {"numerics_ok": 0, "numerics_skipped": 0, "failed": 0}
+    import ejaot
+    bundle = ejaot.load(root, miss_log=False)
+    kernels = all_kernels()
+    for key, record in sorted(index["entries"].items(), key=lambda kv: str(kv[1].get("dims"))):
+        label = f"{key[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
+        problems = []
+        problem = compat.record_problem(key, record)
+        if problem:
+            echo(f"FAIL {label}: {problem}")
+            ok = False
+            counts["failed"] += 1
+            continue
+        for kind, ref in record["payloads"].items():
+            try:
+                store.read_blob(ref.get("sha256"), ref.get("size"))
+            except EjaotError as e:
+                problems.append(f"{kind}: {e}")
+        if problems:
+            echo(f"FAIL {label}: " + "; ".join(problems))
+            ok = False
+            counts["failed"] += 1
+            continue
+        tiers = []
+        why = compat.entry_problem(record, platform)
+        if why:
+            echo(f"ok   {label}: sha256 ok; not runnable here: {why}")
+            counts["numerics_skipped"] += 1
+            continue
+        c = compat.compiled_problem(record, device)
+        p = compat.portable_problem(record)
+        tiers.append("compiled " + ("usable" if not c else f"skipped ({c})"))
+        tiers.append("portable " + ("usable" if not p else f"skipped ({p})"))
+        entry = bundle.entries.get(key)
+        spec = kernels[record["kernel"]]
+        if not numerics or entry is None:
+            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers))
+            continue
+        if spec.footprint and spec.footprint(record["dims"]) > max_elements:
+            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers) + f"; numerics skipped (over --max-elements)")
+            counts["numerics_skipped"] += 1
+            continue
+        inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
+                                  record["static"], rng)
+        want = reference_outputs(spec, record, inputs)
+        names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
+        valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
+        results = []
+        for tier, fn in (("compiled", entry.compiled() if not c else None),
+                         ("portable", entry.portable() if not p else None)):
+            if fn is None:
+                continue
+            t0 = time.perf_counter()
+            got = fn(*[inputs[n] for n in names], valid)
+            jax.block_until_ready(got)
+            passed, err = all_close(got, want, record["dtype"])
+            results.append(f"{tier} {'ok' if passed else 'MISMATCH'} (err/tol {err:.3f})")
+            ok &= passed
+            if not passed:
+                counts["failed"] += 1
+        if results:
+            counts["numerics_ok"] += all("MISMATCH" not in r for r in results)
+        echo(("ok   " if all("MISMATCH" not in r for r in results) else "FAIL ") + f"{label}: sha256 ok; "
+             + "; ".join(results or tiers))
+    for r in bundle.stats()["rejected"]:
+        what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
+        echo(f"note: {what} {str(r['entry'])[:12]} rejected: {r['reason']}")
+    echo(f"summary: {counts['numerics_ok']} entries numerically verified, {counts['numerics_skipped']} "
+         f"not run here, {counts['failed']} failures")
+    return ok
+
+
+def all_close(got, want, dtype) -> tuple[bool, float]:
+    worst, passed = 0.0, True
+    for g, w in zip(got, want):
+        p, e = compare(g, w, dtype)
+        passed &= p
+        worst = max(worst, e)
+    return passed, worst

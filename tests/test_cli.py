@@ -1,0 +1,85 @@
+"""The command line, end to end through click."""
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+import ejaot
+from ejaot.cli import main
+from conftest import qkv
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_build_ls_inspect_verify(tmp_path, small_manifest):
+    out = tmp_path / "s"
+    code, text = run("build", "--manifest", small_manifest, "--target", "cpu", "--out", out, "--jobs", 1, "--quiet")
+    assert code == 0 and "8 built, 0 reused, 0 failed" in text
+    code, text = run("build", "--manifest", small_manifest, "--out", out, "--quiet")
+    assert code == 0 and "0 built, 8 reused" in text
+    code, text = run("ls", out, "--json")
+    rows = [json.loads(x) for x in text.splitlines()]
+    assert len(rows) == 8
+    for r in rows:
+        assert {"kernel", "target", "shapes", "dtypes", "static", "config", "payloads", "toolchain"} <= set(r)
+        assert set(r["payloads"]) == {"exported", "executable"} and all(v > 0 for v in r["payloads"].values())
+        assert r["shapes"]["query"][2:] == [4, 16] and r["toolchain"]["jax"] == "0.11.2"
+    code, text = run("inspect", out, rows[0]["key"][:10], "--hlo")
+    assert code == 0 and rows[0]["key"] in text and "stablehlo" in text and "func.func" in text
+    code, text = run("verify", out)
+    assert code == 0, text
+    assert "8 entries numerically verified" in text and "0 failures" in text
+
+
+def test_verify_fails_on_corruption(store_copy):
+    from ejaot.store.filestore import FileStore
+    r = next(iter(FileStore(store_copy).read_index()["entries"].values()))
+    path = FileStore(store_copy).blob_path(r["payloads"]["exported"]["sha256"])
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    code, text = run("verify", store_copy, "--no-numerics")
+    assert code == 1 and "FAIL" in text and "sha256" in text
+
+
+def test_build_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[kernel]]\nname = "nope"\n')
+    code, text = run("build", "--manifest", bad, "--out", tmp_path / "s")
+    assert code == 2 and "kernel[0].name" in text and "unknown kernel 'nope'" in text
+    code, text = run("build", "--target", "tpu-v9", "--out", tmp_path / "s")
+    assert code == 2 and "unknown target 'tpu-v9'" in text
+
+
+def test_misses_summarizes_as_buckets(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    for s in (40, 40, 50):
+        bundle.call("attention", *qkv(rng, 1, s), causal=True)
+    code, text = run("misses", store_copy)
+    assert code == 0 and "2 misses" in text and "seq=40" in text and "seq=50" in text
+    code, text = run("misses", store_copy, "--toml")
+    import tomllib
+    parsed = tomllib.loads(text)
+    assert parsed["kernel"][0]["name"] == "attention"
+    assert sorted(b["seq"] for b in parsed["kernel"][0]["buckets"]) == [40, 50]
+    # the suggested tables are a valid manifest
+    from ejaot.manifest import parse_manifest
+    assert parse_manifest(parsed, "misses.toml").blocks
+
+
+def test_gc_removes_only_unreferenced_blobs(store_copy):
+    from ejaot.store.filestore import FileStore
+    store = FileStore(store_copy)
+    orphan = store.put_blob(b"orphan bytes")
+    code, text = run("gc", store_copy, "--grace", 0)
+    assert code == 0 and "removed 1 blobs" in text
+    assert not store.has_blob(orphan["sha256"], orphan["size"])
+    bundle = ejaot.load(store_copy, eager=True)
+    assert bundle.warmup() == {"compiled": 8}
+
+
+def test_help_lists_every_command():
+    code, text = run("--help")
+    for cmd in ("build", "ls", "inspect", "verify", "misses", "gc", "targets", "kernels", "keygen"):
+        assert cmd in text

@@ -1,0 +1,159 @@
+"""Loading a store and dispatching calls: exact, padded, fallback, strict, jit, threads."""
+import json
+import threading
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+import ejaot
+from ejaot.errors import BucketMissError, CallError
+from conftest import qkv
+from reference import attention_reference
+
+
+def check(out, q, k, v, dtype=np.float32, **static):
+    tol = 2e-5 if dtype == np.float32 else 3e-2
+    want = attention_reference(q, k, v, **static)
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, atol=tol, rtol=tol)
+
+
+def test_exact_padded_and_fallback_each_counted_once(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    assert bundle.stats()["rejected"] == []
+    q, k, v = qkv(rng, 2, 32)
+    check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    q, k, v = qkv(rng, 1, 21)                    # padded into batch=1 seq=32
+    out = bundle.call("attention", q, k, v, causal=True)
+    assert out.shape == (1, 21, 4, 16)
+    check(out, q, k, v, causal=True)
+    q, k, v = qkv(rng, 3, 40)                    # larger than every bucket
+    check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    s = bundle.stats()
+    assert s["calls"] == {"exact": 1, "padded": 1, "fallback": 1}
+    assert s["tiers"] == {"compiled": 2, "portable": 0, "jit": 1}
+    assert s["fallback_backend"] == {"attention": "xla"}
+
+
+def test_padded_picks_the_smallest_covering_bucket(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 1, 9)
+    bundle.call("attention", q, k, v, causal=True)
+    plan = next(iter(bundle._plans.values()))
+    assert plan.path == "padded" and plan.entry.record["dims"]["seq"] == 16
+    assert plan.entry.record["dims"]["batch"] == 1
+
+
+def test_bf16_and_kv_longer_than_queries(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 2, 16, dtype=ml_dtypes.bfloat16)
+    out = bundle.call("attention", q, k, v, causal=True)
+    assert out.dtype == jnp.bfloat16
+    check(out, q, k, v, dtype=ml_dtypes.bfloat16, causal=True)
+    # seq 5 over kv 20: pads to the seq=kv=32 bucket; bottom-right causal stays exact
+    q, k, v = qkv(rng, 1, 5, t=20)
+    out = bundle.call("attention", q, k, v, causal=True)
+    check(out, q, k, v, causal=True)
+    assert bundle.stats()["calls"]["padded"] == 1
+
+
+def test_static_mismatch_goes_to_fallback(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 1, 16)
+    check(bundle.call("attention", q, k, v, causal=False), q, k, v)
+    assert bundle.stats()["calls"]["fallback"] == 1
+
+
+def test_inside_jit_uses_portable_tier(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 2, 20)
+    f = jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True) * 2)
+    out = f(q, k, v)
+    np.testing.assert_allclose(np.asarray(out) / 2, attention_reference(q, k, v, causal=True), atol=2e-5, rtol=2e-5)
+    s = bundle.stats()
+    assert s["tiers"]["portable"] == 1 and s["calls"]["padded"] == 1
+
+
+def test_strict_mode_raises_naming_nearest_buckets(store_copy, rng):
+    bundle = ejaot.load(store_copy, strict=True)
+    q, k, v = qkv(rng, 1, 16)
+    bundle.call("attention", q, k, v, causal=True)
+    q, k, v = qkv(rng, 1, 64)
+    with pytest.raises(BucketMissError, match=r"seq=64.*nearest buckets: .*seq=32"):
+        bundle.call("attention", q, k, v, causal=True)
+    with pytest.raises(BucketMissError, match="no stored entry"):
+        bundle.call("attention", *qkv(rng, 1, 16), causal=False)
+
+
+def test_misses_are_logged_once_per_signature(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    for _ in range(3):
+        bundle.call("attention", *qkv(rng, 1, 48), causal=True)
+    bundle.call("attention", *qkv(rng, 1, 50), causal=True)
+    lines = (store_copy / "misses.jsonl").read_text().splitlines()
+    assert [json.loads(x)["dims"]["seq"] for x in lines] == [48, 50]
+    assert bundle.stats()["calls"]["fallback"] == 4
+
+
+def test_bad_arguments_get_clear_errors(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 1, 16)
+    with pytest.raises(CallError, match="unknown kernel 'atention'"):
+        bundle.call("atention", q, k, v)
+    with pytest.raises(CallError, match=r"'query' must have 4 dimensions"):
+        bundle.call("attention", q[0], k, v)
+    with pytest.raises(CallError, match=r"dimension 'batch' is 1 in 'query' but 2 in 'key'"):
+        bundle.call("attention", q, np.concatenate([k, k]), v)
+    with pytest.raises(CallError, match="unexpected argument 'casual'"):
+        bundle.call("attention", q, k, v, casual=True)
+    with pytest.raises(CallError, match="sliding_window must be"):
+        bundle.call("attention", q, k, v, sliding_window="wide")
+    with pytest.raises(CallError, match="not a multiple of kv_heads"):
+        bundle.call("attention", *qkv(rng, 1, 16, hq=3, hk=2))
+
+
+def test_concurrent_calls_from_threads(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    shapes = [(2, 32), (1, 21), (1, 40), (2, 7)]
+    cases = [(qkv(rng, b, s)) for b, s in shapes]
+    wants = [attention_reference(*c, causal=True) for c in cases]
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(12):
+                c = (i + j) % len(cases)
+                out = bundle.call("attention", *cases[c], causal=True)
+                np.testing.assert_allclose(np.asarray(out), wants[c], atol=2e-5, rtol=2e-5)
+        except Exception as e:   # collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    s = bundle.stats()["calls"]
+    assert sum(s.values()) == 96 and s["fallback"] == 24
+    assert len((store_copy / "misses.jsonl").read_text().splitlines()) == 1
+
+
+def test_eager_load_materializes_every_entry(store_copy):
+    bundle = ejaot.load(store_copy, eager=True)
+    assert all(e._compiled is not None and e._compiled is not False for e in bundle.entries.values())
+    assert bundle.warmup() == {"compiled": 8}
+
+
+def test_read_only_store_still_serves(store_copy, rng):
+    import os
+    os.chmod(store_copy, 0o555)
+    try:
+        bundle = ejaot.load(store_copy)
+        q, k, v = qkv(rng, 1, 50)
+        check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+        if os.geteuid() != 0:  # root ignores permissions
+            assert "not writable" in bundle.stats()["miss_log_error"]
+    finally:
+        os.chmod(store_copy, 0o755)
