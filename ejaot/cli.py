@@ -156,6 +156,29 @@ def verify(store_dir, numerics, max_elements):
 
 @main.command()
 @click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Re-sign finalized entries with this ed25519 private key (PEM).")
+@click.option("--force", is_flag=True, help="Recompile entries that already have a usable compiled tier.")
+def finalize(store_dir, sign_key, force):
+    """Add the compiled tier for this host's device to every entry built for its platform
+    (e.g. on an H100 for a gpu-sm90 store). Needs only jax."""
+    from .finalize import finalize_store
+    signer = None
+    if sign_key:
+        from .signing import Signer
+        signer = Signer.from_file(sign_key)
+    try:
+        counts = finalize_store(store_dir, echo=click.echo, signer=signer, force=force)
+    except FileNotFoundError:
+        _fail(f"{store_dir}: no store index")
+    except EjaotError as e:
+        _fail(str(e))
+    click.echo(f"finalized: {counts['compiled']} compiled, {counts['skipped']} skipped, {counts['failed']} failed")
+    sys.exit(1 if counts["failed"] else 0)
+
+
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--toml", "as_toml", is_flag=True, help="Print manifest tables to add.")
 def misses(store_dir, as_toml):
     """Summarize calls no bucket covered, as buckets to add."""

@@ -68,6 +68,8 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     payloads["executable"] = raw
     meta["executable"] = {**exe_meta, **platform.device_identity(target, device)}
     meta["analysis"] = _analysis(compiled)
+    if hasattr(platform, "roofline"):
+        meta["roofline"] = platform.roofline(meta["analysis"], target)
     return payloads, meta
 
 

@@ -24,8 +24,27 @@ def all_kernels() -> dict[str, KernelSpec]:
     return dict(sorted(found.items()))
 
 
+_by_name: dict[str, KernelSpec] = {}
+
+
+def find_kernel(name: str) -> KernelSpec | None:
+    """The kernel called `name`, importing only its own folder (start-up is hot)."""
+    spec = _by_name.get(name)
+    if spec is None and isinstance(name, str) and name.isidentifier():
+        try:
+            module = importlib.import_module(f"{COLLECTION}.{name}")
+        except ImportError:
+            module = None
+        spec = getattr(module, "SPEC", None)
+        if not (isinstance(spec, KernelSpec) and spec.name == name):
+            spec = all_kernels().get(name)
+        if spec is not None:
+            _by_name[name] = spec
+    return spec
+
+
 def get_kernel(name: str) -> KernelSpec:
-    kernels = all_kernels()
-    if name not in kernels:
-        raise KeyError(f"unknown kernel {name!r}; known kernels: {', '.join(kernels)}")
-    return kernels[name]
+    spec = find_kernel(name)
+    if spec is None:
+        raise KeyError(f"unknown kernel {name!r}; known kernels: {', '.join(all_kernels())}")
+    return spec

@@ -29,6 +29,13 @@ def extras_dir(name: str) -> Path:
 
 @lru_cache(maxsize=None)
 def version_of(dist: str) -> str | None:
+    # jax and jaxlib are imported by every caller that asks on a hot path (start-up);
+    # their own version attributes are far cheaper than package metadata.
+    if dist in ("jax", "jaxlib") and dist in sys.modules:
+        module = sys.modules[dist]
+        v = getattr(module, "__version__", None) or getattr(getattr(module, "version", None), "__version__", None)
+        if v:
+            return v
     try:
         return md.version(dist)
     except md.PackageNotFoundError:

@@ -117,7 +117,7 @@ def verify_store(root, numerics=True, max_elements=1 << 26, echo=print, seed=Non
         if results:
             counts["numerics_ok"] += all("MISMATCH" not in r for r in results)
         echo(("ok   " if all("MISMATCH" not in r for r in results) else "FAIL ") + f"{label}: sha256 ok; "
-             + "; ".join(results or tiers))
+             + "; ".join(tiers) + "; numerics: " + ("; ".join(results) or "no usable tier"))
     for r in bundle.stats()["rejected"]:
         what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
         echo(f"note: {what} {str(r['entry'])[:12]} rejected: {r['reason']}")

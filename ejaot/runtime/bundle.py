@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import BucketMissError, CallError, StoreError
 from ..kernel_spec import KernelSpec
-from ..registry import all_kernels
+from ..registry import all_kernels, find_kernel
 from ..store.filestore import FileStore
 from . import compat
 from .binding import bind, split_args
@@ -105,7 +105,6 @@ class Bundle:
             self._reject_store(self.store_problem)
             return
         self.target = index.get("target")
-        kernels = all_kernels()
         for key, record in index["entries"].items():
             problem = compat.record_problem(key, record)
             if problem is None and self._verifier is not None:
@@ -125,7 +124,7 @@ class Bundle:
                 if why and not why.startswith("no "):
                     self._note_rejection(key, record.get("kernel"), tier, why)
             self.entries[key] = entry
-            spec = kernels[record["kernel"]]
+            spec = find_kernel(record["kernel"])
             gkey, pdims = self._group_key(spec, record)
             group = self._groups.setdefault(gkey, Group(tuple(d for d in spec.dims if d in spec.paddable)))
             group.members.append((pdims, entry))
@@ -179,10 +178,9 @@ class Bundle:
         return plan.run(args, kwargs)
 
     def _resolve(self, kernel: str, tracing: bool, args, kwargs, sig) -> Plan:
-        kernels = all_kernels()
-        if kernel not in kernels:
-            raise CallError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(kernels)}")
-        spec = kernels[kernel]
+        spec = find_kernel(kernel)
+        if spec is None:
+            raise CallError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(all_kernels())}")
         call = bind(spec, args, kwargs)          # raises CallError on bad arguments
         with self._lock:
             plan = self._plans.get(sig) if sig is not None else None

@@ -3,7 +3,7 @@ payload is read or deserialized."""
 from __future__ import annotations
 
 from .. import toolchain as tc
-from ..registry import all_kernels
+from ..registry import find_kernel
 from ..store.format import FORMAT_VERSION
 
 _RECORD_FIELDS = {"key": str, "kernel": str, "backend": str, "target": str, "platform": str,
@@ -32,8 +32,7 @@ def record_problem(key: str, record) -> str | None:
 
 def entry_problem(record: dict, platform: str) -> str | None:
     """Why no tier of this entry can serve on this host, or None."""
-    kernels = all_kernels()
-    spec = kernels.get(record["kernel"])
+    spec = find_kernel(record["kernel"])
     if spec is None:
         return f"kernel {record['kernel']!r} is not installed here"
     if record["platform"] != platform:

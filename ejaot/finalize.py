@@ -1,0 +1,60 @@
+"""`ejaot finalize`: add the compiled tier for this host's device to a store's entries.
+
+Run on a host with the target's device (e.g. an H100 for gpu-sm90). Needs only jax: the
+portable tier already contains the kernels (PTX for Triton), so neither triton nor
+jax-triton is imported. Each entry's portable bytes are verified before deserializing.
+"""
+from __future__ import annotations
+
+import time
+
+from .errors import EjaotError
+from .runtime import codec, compat
+from .store.filestore import FileStore
+
+
+def finalize_store(root, echo=print, signer=None, force=False) -> dict:
+    import jax
+    store = FileStore(root)
+    index = store.read_index()
+    device = jax.local_devices()[0]
+    platform = compat.local_platform(device)
+    identity = {"device_kind": device.device_kind}
+    cc = getattr(device, "compute_capability", None)
+    if cc:
+        identity["compute_capability"] = cc
+    counts = {"compiled": 0, "skipped": 0, "failed": 0}
+    for key, record in index["entries"].items():
+        label = f"{key[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
+        problem = compat.record_problem(key, record) or compat.entry_problem(record, platform)
+        if problem:
+            echo(f"skip {label}: {problem}")
+            counts["skipped"] += 1
+            continue
+        if not force and compat.compiled_problem(record, device) is None:
+            counts["skipped"] += 1
+            continue
+        try:
+            ref = record["payloads"]["exported"]
+            exported = jax.export.deserialize(bytearray(store.read_blob(ref["sha256"], ref["size"])))
+            sharding = jax.sharding.SingleDeviceSharding(device)
+            avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in exported.in_avals]
+            t0 = time.perf_counter()
+            compiled = jax.jit(exported.call).lower(*avals).compile()
+            seconds = time.perf_counter() - t0
+            raw, meta = codec.encode(compiled)
+        except (EjaotError, codec.Unsupported, Exception) as e:  # report per entry, keep going
+            echo(f"FAIL {label}: {type(e).__name__}: {e}")
+            counts["failed"] += 1
+            continue
+        new = dict(record)
+        new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw)}
+        new["executable"] = {**meta, **identity, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        new["timings"] = {**record.get("timings", {}), "compile_s": round(seconds, 4)}
+        new["toolchain"] = record["toolchain"]
+        if signer is not None:
+            new = signer.sign(new)
+        store.commit(index["target"], {key: new})
+        counts["compiled"] += 1
+        echo(f"ok   {label}: compiled in {seconds:.2f}s ({len(raw)} bytes)")
+    return counts

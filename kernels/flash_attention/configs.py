@@ -1,0 +1,118 @@
+"""Configs for `flash_attention` per backend: heuristics and autotuning candidates.
+Pure Python: the planner reads these without importing jax."""
+from __future__ import annotations
+
+
+def check_dims(dims, static):
+    if dims["q_heads"] % dims["kv_heads"]:
+        raise ValueError(f"q_heads={dims['q_heads']} is not a multiple of kv_heads={dims['kv_heads']}")
+    if dims["head_dim"] not in (32, 64, 128, 256):
+        raise ValueError(f"head_dim={dims['head_dim']} is not supported (32, 64, 128 or 256)")
+
+
+def _pow2_at_most(n, cap):
+    b = 16
+    while b * 2 <= min(n, cap):
+        b *= 2
+    return b
+
+
+def _compute_capability(target) -> int:
+    facts = getattr(target, "facts", None) or {}
+    return int(facts.get("compute_capability", 90))
+
+
+# Per (generation, head_dim): forward (block_m, block_n, num_warps, num_stages), dK/dV
+# (queries per step, keys per program, warps, stages), dQ (queries per program, keys per step,
+# warps, stages). Hopper has 227 KB of shared memory per block, Ampere 163 KB.
+_TRITON_TABLE = {
+    90: {32: ((128, 128, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2)),
+         64: ((128, 128, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2)),
+         128: ((128, 128, 8, 3), (64, 128, 8, 2), (128, 64, 8, 2)),
+         256: ((128, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 2))},
+    80: {32: ((128, 64, 4, 3), (64, 64, 4, 2), (64, 64, 4, 2)),
+         64: ((128, 64, 4, 3), (64, 64, 4, 2), (64, 64, 4, 2)),
+         128: ((128, 64, 8, 3), (32, 64, 4, 2), (64, 32, 4, 2)),
+         256: ((64, 64, 4, 2), (16, 64, 4, 1), (64, 32, 4, 1))},
+}
+
+
+def _shrink(block, n):
+    """A power-of-two block no larger than needed for a dimension of n (at least 16)."""
+    while block > 16 and block // 2 >= n:
+        block //= 2
+    return block
+
+
+def _triton_config(dims, cc, fwd, dkdv, dq):
+    s, t = dims["seq"], dims["kv_seq"]
+    return {"compute_capability": cc,
+            "block_m": _shrink(fwd[0], s), "block_n": _shrink(fwd[1], t),
+            "num_warps": fwd[2], "num_stages": fwd[3],
+            "bwd_block_m": _shrink(dkdv[0], s), "bwd_block_n": _shrink(dkdv[1], t),
+            "bwd_num_warps": dkdv[2], "bwd_num_stages": dkdv[3],
+            "dq_block_m": _shrink(dq[0], s), "dq_block_n": _shrink(dq[1], t),
+            "dq_num_warps": dq[2], "dq_num_stages": dq[3]}
+
+
+def triton_heuristic(dims, static, target):
+    cc = _compute_capability(target)
+    table = _TRITON_TABLE[90 if cc >= 90 else 80]
+    d = dims["head_dim"]
+    fwd, dkdv, dq = table[d if d in table else 128]
+    return _triton_config(dims, cc, fwd, dkdv, dq)
+
+
+def triton_candidates(dims, static, target):
+    """Forward tiles to time (the backward keeps the heuristic's): large tiles first."""
+    cc = _compute_capability(target)
+    d = dims["head_dim"]
+    base = triton_heuristic(dims, static, target)
+    smem = (227 if cc >= 90 else 163) * 1024
+    out, seen = [], set()
+    for bm in (128, 64):
+        for bn in (128, 64, 32):
+            for warps in (8, 4):
+                for stages in (3, 2, 4):
+                    # q tile + stages of (k, v) tiles, 2-byte elements
+                    if (bm * d + stages * 2 * bn * d) * 2 > smem:
+                        continue
+                    if bm > max(16, dims["seq"] * 2) or bn > max(16, dims["kv_seq"] * 2):
+                        continue
+                    cfg = dict(base)
+                    cfg.update(block_m=_shrink(bm, dims["seq"]), block_n=_shrink(bn, dims["kv_seq"]),
+                               num_warps=warps, num_stages=stages)
+                    key = tuple(sorted(cfg.items()))
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(cfg)
+    return out
+
+
+def tpu_heuristic(dims, static, target):
+    """Block sizes from the generation's facts: blocks are multiples of the MXU edge and
+    a q block, a k block of K and V, and the f32 accumulators must fit well inside VMEM."""
+    facts = getattr(target, "facts", {}) or {}
+    mxu = facts.get("mxu", 128)
+    vmem = facts.get("vmem_bytes", 16 << 20)
+    s, t, d = dims["seq"], dims["kv_seq"], dims["head_dim"]
+    block_q = min(512 if vmem >= (64 << 20) else 256, s)
+    block_k_major = min(512 if vmem >= (64 << 20) else 256, t)
+    block_k = min(block_k_major, max(mxu, 128))
+    while (block_q * d * 4 * 3 + block_k_major * d * 2 * 4) > vmem // 4 and block_q > mxu:
+        block_q //= 2
+    return {"block_q": block_q, "block_k_major": block_k_major, "block_k": block_k, "block_b": 1,
+            "block_q_major_dkv": block_q, "block_k_major_dkv": block_k_major, "block_k_dkv": block_k,
+            "block_q_dkv": block_q, "block_k_major_dq": block_k_major, "block_k_dq": block_k,
+            "block_q_dq": block_q}
+
+
+def tpu_candidates(dims, static, target):
+    out = []
+    for bq in (128, 256, 512):
+        for bk in (128, 256, 512):
+            if bq <= dims["seq"] and bk <= dims["kv_seq"]:
+                base = tpu_heuristic(dims, static, target)
+                base.update(block_q=bq, block_k_major=bk, block_k=min(bk, 256))
+                out.append(base)
+    return out
