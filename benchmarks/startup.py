@@ -1,0 +1,250 @@
+"""Start-up and dispatch benchmarks for the cpu target (`make bench`).
+
+For every entry of a store, in fresh processes: time to first result for
+  jit    the kernel's public function, traced and compiled on first call
+  cache  the same with JAX's persistent compilation cache warm (min compile time 0)
+  ejaot  ejaot.load(store) + bundle.call
+and the steady-state run time of the kernel (the same call repeated), so the start-up
+overhead (first result minus steady run) is reported beside the raw figure. Also: the
+per-call dispatch cost of bundle.call against calling the deserialized executable
+directly, lazy vs eager load of the whole store, and a no-op rebuild of the manifest.
+
+Results: <out>/startup.json and <out>/startup.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
+    t_import0 = time.perf_counter()
+    import numpy as np
+    import jax
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    import ejaot
+    import ejaot.runtime.bundle  # noqa: F401  (library import, timed with jax's as import_s)
+    from ejaot.registry import get_kernel
+    from ejaot.store.filestore import FileStore
+    import_s = time.perf_counter() - t_import0
+    record = FileStore(store).read_index()["entries"][key]
+    spec = get_kernel(record["kernel"])
+    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]), record["static"],
+                              np.random.default_rng(0))
+    arrays = [jax.device_put(inputs[a.name]) for a in spec.inputs if not a.optional or a.name in record["present"]]
+    jax.block_until_ready(arrays)
+    static = {k: v for k, v in record["static"].items()}
+    if mode == "ejaot":
+        t0 = time.perf_counter()
+        bundle = ejaot.load(store, miss_log=False)
+        call = lambda: bundle.call(spec.name, *arrays, **static)
+    else:
+        import importlib
+        public = getattr(importlib.import_module(spec.package), spec.name)
+        t0 = time.perf_counter()
+        call = lambda: public(*arrays, **static)
+    jax.block_until_ready(call())
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        runs.append(time.perf_counter() - t)
+    out = {"mode": mode, "first_s": first, "steady_s": min(runs), "import_s": import_s}
+    if mode == "ejaot":
+        out["stats"] = bundle.stats()["calls"]
+        out["tiers"] = bundle.stats()["tiers"]
+    return out
+
+
+def run_child(mode, store, key, cache_dir=None) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.startup", "--child", mode, "--store", store, "--key", key]
+    if cache_dir:
+        cmd += ["--cache-dir", cache_dir]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{mode} {key[:12]} failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def dispatch_cost(n: int = 20000) -> dict:
+    """bundle.call vs the deserialized executable, on a tiny bucket so the kernel's own
+    run time is small; both loops dispatch asynchronously and block once at the end."""
+    import numpy as np
+    import jax
+    import ejaot
+    from ejaot.build import build
+    manifest = """format = 1
+[[kernel]]
+name = "attention"
+dtypes = ["float32"]
+[kernel.dims]
+batch = 1
+seq = [8, 16]
+q_heads = 2
+kv_heads = 1
+head_dim = 8
+[kernel.static]
+causal = true
+"""
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "m.toml").write_text(manifest)
+        build(Path(d) / "m.toml", "cpu", Path(d) / "s", jobs=1)
+        bundle = ejaot.load(Path(d) / "s", miss_log=False)
+        rng = np.random.default_rng(0)
+        arrays = [jax.device_put(rng.standard_normal(s).astype(np.float32))
+                  for s in ((1, 16, 2, 8), (1, 16, 1, 8), (1, 16, 1, 8))]
+        padded = [a[:, :12] for a in arrays]
+        entry = next(e for e in bundle.entries.values() if e.record["dims"]["seq"] == 16)
+        exe = entry.compiled()
+        valid = jax.device_put(np.array([16, 16], np.int32))
+
+        def per_call(fn, reps):
+            best = float("inf")
+            for _ in range(5):
+                jax.block_until_ready(fn())
+                t = time.perf_counter()
+                for _ in range(reps):
+                    r = fn()
+                jax.block_until_ready(r)
+                best = min(best, (time.perf_counter() - t) / reps)
+            return best * 1e6
+        direct = per_call(lambda: exe(*arrays, valid), n)
+        via = per_call(lambda: bundle.call("attention", *arrays, causal=True), n)
+        pad = per_call(lambda: bundle.call("attention", *padded, causal=True), n // 10)
+        pad_kernel = per_call(lambda: exe(*[jax.numpy.pad(a, [(0, 0), (0, 4), (0, 0), (0, 0)]) for a in padded], valid), n // 10)
+    return {"direct_us": direct, "bundle_exact_us": via, "overhead_exact_us": via - direct,
+            "bundle_padded_us": pad, "pad_and_call_direct_us": pad_kernel}
+
+
+def load_times(store: str) -> dict:
+    code = ("import time,sys; import jax, ejaot; t=time.perf_counter(); b=ejaot.load(sys.argv[1], eager={e}, miss_log=False);"
+            " print(time.perf_counter()-t, len(b.entries))")
+    out = {}
+    for eager in (False, True):
+        vals = []
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-c", code.format(e=eager), store], capture_output=True,
+                               text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
+            vals.append(float(r.stdout.split()[0]))
+        out["eager" if eager else "lazy"] = min(vals)
+    return out
+
+
+def noop_rebuild(manifest: str, store: str) -> float:
+    exe = str(Path(sys.executable).parent / "ejaot")
+    subprocess.run([exe, "build", "--manifest", manifest, "--out", store, "--quiet"], check=True,
+                   capture_output=True, cwd=REPO)
+    vals = []
+    for _ in range(3):
+        t = time.perf_counter()
+        r = subprocess.run([exe, "build", "--manifest", manifest, "--out", store, "--quiet"], check=True,
+                           capture_output=True, text=True, cwd=REPO)
+        vals.append(time.perf_counter() - t)
+        assert " 0 built" in r.stdout, r.stdout
+    return min(vals)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--manifest", default="manifests/default.toml")
+    ap.add_argument("--store", default="artifacts/cpu")
+    ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N entries (smallest first)")
+    ap.add_argument("--child")
+    ap.add_argument("--key")
+    ap.add_argument("--cache-dir")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.store, args.key, args.cache_dir)))
+        return
+    os.chdir(REPO)
+    rebuild_s = noop_rebuild(args.manifest, args.store)      # also makes sure the store is built
+    from ejaot.store.filestore import FileStore
+    from ejaot.registry import get_kernel
+    entries = FileStore(args.store).read_index()["entries"]
+    keys = sorted((k for k, r in entries.items() if r["platform"] == "cpu"),
+                  key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]), entries[k]["dtype"]))
+    keys = keys[: args.limit] if args.limit else keys
+    rows = []
+    for key in keys:
+        r = entries[key]
+        with tempfile.TemporaryDirectory() as cache:
+            run_child("cache", args.store, key, cache)                # populate the cache
+            res = {m: run_child(m, args.store, key, cache if m == "cache" else None)
+                   for m in ("jit", "cache", "ejaot")}
+        row = {"key": key, "kernel": r["kernel"], "dtype": r["dtype"], "dims": r["dims"], **{
+            f"{m}_{f}": res[m][f] for m in res for f in ("first_s", "steady_s")}, "ejaot_tiers": res["ejaot"]["tiers"]}
+        for m in ("jit", "cache", "ejaot"):
+            row[f"{m}_overhead_s"] = max(res[m]["first_s"] - res[m]["steady_s"], 0.0)
+        rows.append(row)
+        print(f"{r['kernel']} {r['dtype']} b={r['dims'].get('batch')} s={r['dims'].get('seq')}: "
+              f"jit {row['jit_first_s']*1e3:.1f} ms, cache {row['cache_first_s']*1e3:.1f} ms, "
+              f"ejaot {row['ejaot_first_s']*1e3:.1f} ms (steady run {row['ejaot_steady_s']*1e3:.1f} ms)", flush=True)
+    dispatch = dispatch_cost()
+    loads = load_times(args.store)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+              "cpu": _cpu_name(), "cores": os.cpu_count(), "store": args.store, "rows": rows,
+              "dispatch": dispatch, "load": loads, "noop_rebuild_s": rebuild_s, "entries_in_store": len(entries)}
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    (out / "startup.json").write_text(json.dumps(result, indent=1))
+    (out / "startup.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown(res: dict) -> str:
+    rows = res["rows"]
+    lines = [f"Measured {res['date']} on {res['cpu']} ({res['cores']} cores), store {res['store']} "
+             f"({res['entries_in_store']} entries), each figure a fresh process.", "",
+             "| entry | JIT first | cache first | ejaot first | steady run | JIT / ejaot overhead | cache / ejaot overhead |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        d = r["dims"]
+        name = f"{r['kernel']} {r['dtype']} b={d.get('batch')} s={d.get('seq')}"
+        ov = max(r["ejaot_overhead_s"], 1e-4)
+        lines.append(f"| {name} | {r['jit_first_s']*1e3:.1f} ms | {r['cache_first_s']*1e3:.1f} ms | "
+                     f"{r['ejaot_first_s']*1e3:.1f} ms | {r['ejaot_steady_s']*1e3:.1f} ms | "
+                     f"{r['jit_overhead_s']/ov:.0f}x | {r['cache_overhead_s']/ov:.0f}x |")
+    ratios_jit = [r["jit_overhead_s"] / max(r["ejaot_overhead_s"], 1e-4) for r in rows]
+    ratios_cache = [r["cache_overhead_s"] / max(r["ejaot_overhead_s"], 1e-4) for r in rows]
+    if rows:
+        lines += ["", f"Start-up overhead (first result minus steady run), ejaot vs JIT: median "
+                      f"{statistics.median(ratios_jit):.0f}x, min {min(ratios_jit):.0f}x; vs warm persistent cache: "
+                      f"median {statistics.median(ratios_cache):.0f}x, min {min(ratios_cache):.0f}x."]
+    d = res["dispatch"]
+    lines += ["", f"Dispatch (tiny bucket, per call): executable direct {d['direct_us']:.1f} us, "
+                  f"bundle.call exact {d['bundle_exact_us']:.1f} us (overhead {d['overhead_exact_us']:.1f} us); "
+                  f"padded {d['bundle_padded_us']:.1f} us vs pad + direct call {d['pad_and_call_direct_us']:.1f} us.",
+              f"ejaot.load of the whole store: lazy {res['load']['lazy']*1e3:.1f} ms, eager (verify + deserialize "
+              f"every entry) {res['load']['eager']*1e3:.1f} ms.",
+              f"No-op rebuild of the manifest (whole `ejaot build` process): {res['noop_rebuild_s']:.2f} s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
