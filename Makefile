@@ -54,8 +54,10 @@ artifacts: $(TARGET_DEPS)
 test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The long hardening runs: 1000 store mutations, a minute of 32 threads under load.
 fuzz: $(VENV)/.base-installed
-	EJAOT_FUZZ_MUTATIONS=1000 $(PYTHON) -m pytest -q tests/test_fuzz_store.py $(PYTEST_ARGS)
+	EJAOT_FUZZ_MUTATIONS=1000 EJAOT_LOAD_SECONDS=60 $(PYTHON) -m pytest -q -s \
+	  tests/test_fuzz_store.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
 
 bench: $(VENV)/.base-installed
 	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results
