@@ -66,12 +66,16 @@ def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
 def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
           signer=None) -> BuildReport:
     """progress, if given, is called as progress(done, total, description) per entry."""
-    t0 = time.perf_counter()
     target = get_target(target_name)
-    manifest = load_manifest(manifest_path)
-    entries, skipped = plan(manifest, target)
+    entries, skipped = plan(load_manifest(manifest_path), target)
+    return build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped)
+
+
+def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=None, signer=None,
+                  skipped=(), supersede=True) -> BuildReport:
+    t0 = time.perf_counter()
     store = FileStore(out)
-    report = BuildReport(target.name, str(out), skipped=skipped)
+    report = BuildReport(target.name, str(out), skipped=list(skipped))
     try:
         existing = store.read_index()["entries"]
     except FileNotFoundError:
@@ -96,7 +100,7 @@ def build(manifest_path, target_name: str, out, jobs: int | None = None, progres
     # replacements are committed.
     current = {e.kernel: e.source_hash for e in entries}
     superseded = tuple(k for k, r in existing.items()
-                       if isinstance(r, dict) and r.get("kernel") in current
+                       if supersede and isinstance(r, dict) and r.get("kernel") in current
                        and r.get("source_hash") != current[r.get("kernel")])
 
     def commit(e: EntrySpec, record: dict):

@@ -240,6 +240,50 @@ def gc(store_dir, grace):
                f"{r['kept_recent']} recent unreferenced")
 
 
+@main.group()
+def tune():
+    """Autotuning: build candidate configs anywhere, measure them on the target device."""
+
+
+@tune.command("build")
+@click.option("--manifest", default="manifests/default.toml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--target", required=True, help="Target to tune, e.g. gpu-sm90.")
+@click.option("--out", required=True, help="Candidates store directory.")
+@click.option("--jobs", type=int, default=None)
+def tune_build(manifest, target, out, jobs):
+    """Lower every candidate config of every bucket into a candidates store (no device needed)."""
+    from .build import build_entries
+    from .manifest import load_manifest
+    from .targets import get_target
+    from .tuning import candidate_entries
+    try:
+        tgt = get_target(target)
+        entries = candidate_entries(load_manifest(manifest), tgt)
+    except (KeyError, EjaotError) as e:
+        _fail(e.args[0] if isinstance(e, KeyError) else str(e))
+    report = build_entries(entries, tgt, out, jobs=jobs, progress=_progress_printer(), supersede=False)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@tune.command("measure")
+@click.argument("candidates_dir", type=click.Path(file_okay=False))
+@click.option("--write/--no-write", default=True, show_default=True,
+              help="Write the winners to kernels/<kernel>/tuned/<target>.json.")
+@click.option("--iters", type=int, default=20, show_default=True)
+def tune_measure(candidates_dir, write, iters):
+    """On the target's device: time every candidate (checked against the reference) and
+    keep the fastest per bucket, with its measured time."""
+    from .store.filestore import FileStore
+    from .targets import get_target
+    from .tuning import measure_store, write_tuned
+    _, index = _open_index(candidates_dir)
+    result = measure_store(candidates_dir, echo=click.echo, iters=iters)
+    if write:
+        for path in write_tuned(result, get_target(index["target"]), echo=click.echo):
+            click.echo(f"wrote {path}")
+
+
 @main.command()
 @click.argument("private_key", type=click.Path(dir_okay=False))
 @click.argument("public_key", type=click.Path(dir_okay=False))

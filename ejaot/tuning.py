@@ -52,3 +52,107 @@ def choose_config(spec: KernelSpec, backend: str, target: Target, dims, dtype, s
         return heuristic, {"kind": "heuristic", "why": "tuning record stale: " + ", ".join(stale)}
     return dict(rec["config"]), {"kind": "tuned", "device_kind": db.get("device_kind"),
                                  "measured_us": rec.get("measured_us"), "tuned_at": db.get("tuned_at")}
+
+
+# -- tuning: candidates built anywhere, measured on the target's device ----------------------
+
+def candidate_entries(manifest, target):
+    """Every planned entry once per candidate config of its backend (none for backends
+    without candidates). The builds go to a separate candidates store."""
+    from dataclasses import replace
+    from .plan import plan
+    entries, _ = plan(manifest, target)
+    out = []
+    for e in entries:
+        backend = e.spec.backends[e.backend]
+        if backend.config_candidates is None:
+            continue
+        for i, cfg in enumerate(backend.config_candidates(e.dims, e.static, target)):
+            out.append(replace(e, config=dict(cfg), config_source={"kind": "candidate", "index": i}))
+    return out
+
+
+def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
+    """Times every candidate entry of a candidates store on this host's device, checks its
+    result against the XLA reference, and returns the winners by bucket key."""
+    import time
+    import jax
+    import numpy as np
+    import ejaot
+    from .registry import get_kernel
+    from .verify import all_close, reference_outputs
+
+    bundle = ejaot.load(root, miss_log=False)
+    groups: dict = {}
+    for key, entry in bundle.entries.items():
+        r = entry.record
+        groups.setdefault((r["kernel"], bucket_key(r["backend"], r["dims"], r["dtype"], r["static"])), []).append(entry)
+    rng = np.random.default_rng()
+    winners = {}
+    for (kernel, bkey), entries in sorted(groups.items()):
+        spec = get_kernel(kernel)
+        r0 = entries[0].record
+        inputs = spec.make_inputs(r0["dims"], r0["dtype"], tuple(r0["present"]), r0["static"], rng)
+        want = reference_outputs(spec, r0, inputs)
+        names = [a.name for a in spec.inputs if not a.optional or a.name in r0["present"]]
+        args = [jax.device_put(inputs[n]) for n in names]
+        args.append(jax.device_put(np.array([r0["dims"][d] for d in spec.valid_length_dims], np.int32)))
+        timings = []
+        for entry in entries:
+            fn = entry.compiled() or entry.portable()
+            if fn is None:
+                continue
+            try:
+                got = jax.block_until_ready(fn(*args))
+                ok, err = all_close(got, want, r0["dtype"])
+                if not ok:
+                    echo(f"  reject {entry.record['config']}: wrong result (err/tol {err:.2f})")
+                    continue
+                for _ in range(warmup):
+                    jax.block_until_ready(fn(*args))
+                samples = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(fn(*args))
+                    samples.append(time.perf_counter() - t0)
+                timings.append((float(np.median(samples)) * 1e6, entry.record["config"]))
+            except Exception as e:  # a candidate that fails to run is dropped, not fatal
+                echo(f"  reject {entry.record['config']}: {type(e).__name__}: {e}")
+        if not timings:
+            echo(f"{bkey}: no candidate ran")
+            continue
+        best_us, best_cfg = min(timings, key=lambda t: t[0])
+        winners[bkey] = {"kernel": kernel, "config": best_cfg, "measured_us": round(best_us, 2),
+                         "candidates": len(timings), "record": r0}
+        echo(f"{bkey}: best {best_cfg} {best_us:.1f} us of {len(timings)}")
+    return {"device_kind": bundle.device.device_kind, "winners": winners}
+
+
+def write_tuned(result: dict, target: Target, echo=print) -> list[Path]:
+    """Merges winners into kernels/<kernel>/tuned/<target>.json, one file per kernel."""
+    import time
+    from .registry import get_kernel
+    by_kernel: dict = {}
+    for bkey, w in result["winners"].items():
+        by_kernel.setdefault(w["kernel"], {})[bkey] = w
+    written = []
+    for kernel, winners in by_kernel.items():
+        spec = get_kernel(kernel)
+        path = tuned_path(spec, target)
+        rec0 = next(iter(winners.values()))["record"]
+        if rec0["source_hash"] != spec.source_hash():
+            echo(f"{kernel}: candidates were built from another kernel source; not writing")
+            continue
+        db = _read(path) if path.exists() else {}
+        if db.get("source_hash") != rec0["source_hash"] or db.get("toolchain") != rec0["toolchain"]:
+            db = {}
+        db.update({"target": target.name, "device_kind": result["device_kind"], "source_hash": rec0["source_hash"],
+                   "toolchain": rec0["toolchain"], "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        entries = db.setdefault("entries", {})
+        for bkey, w in winners.items():
+            entries[bkey] = {"config": w["config"], "measured_us": w["measured_us"], "candidates": w["candidates"]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(db, indent=1, sort_keys=True) + "\n")
+        _read.cache_clear()
+        written.append(path)
+    return written

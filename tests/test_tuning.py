@@ -1,0 +1,60 @@
+"""Tuning plumbing on the CPU: candidates built into a store, measured, winners written,
+then picked up by the planner, and ignored once stale."""
+import dataclasses
+import json
+
+import pytest
+
+from ejaot import tuning
+from ejaot.build import build_entries
+from ejaot.kernel_spec import Backend
+from ejaot.manifest import load_manifest
+from ejaot.plan import plan
+from ejaot.registry import get_kernel
+from ejaot.targets import get_target
+
+
+@pytest.fixture
+def tunable_attention(monkeypatch, tmp_path):
+    """attention's XLA backend given two (result-neutral) candidate configs."""
+    spec = get_kernel("attention")
+    backend = dataclasses.replace(spec.backends["xla"],
+                                  heuristic_config=lambda d, s, t: {"variant": 0},
+                                  config_candidates=lambda d, s, t: [{"variant": 1}, {"variant": 2}])
+    patched = dataclasses.replace(spec, backends={"xla": backend})
+    import ejaot.registry as registry
+    monkeypatch.setitem(registry._by_name, "attention", patched)
+    monkeypatch.setitem(registry.all_kernels(), "attention", patched)
+    monkeypatch.setattr(tuning, "tuned_path", lambda spec, target: tmp_path / "tuned" / f"{target.name}.json")
+    tuning._read.cache_clear()
+    yield patched
+    tuning._read.cache_clear()
+
+
+def test_candidates_measured_written_and_used(tunable_attention, small_manifest, tmp_path):
+    target = get_target("cpu")
+    manifest = load_manifest(small_manifest)
+    entries, _ = plan(manifest, target)
+    assert all(e.config_source == {"kind": "heuristic", "why": "no tuning record for this bucket"} for e in entries)
+    cands = tuning.candidate_entries(manifest, target)
+    assert len(cands) == 2 * len(entries)
+    report = build_entries(cands, target, tmp_path / "cands", jobs=1, supersede=False)
+    assert report.ok and len(report.built) == 16
+    result = tuning.measure_store(tmp_path / "cands", echo=lambda *_: None, iters=2)
+    assert len(result["winners"]) == len(entries)
+    assert all(w["measured_us"] > 0 and w["config"]["variant"] in (1, 2) for w in result["winners"].values())
+    [path] = tuning.write_tuned(result, target, echo=lambda *_: None)
+    db = json.loads(path.read_text())
+    assert db["source_hash"] == tunable_attention.source_hash() and db["device_kind"]
+
+    tuned, _ = plan(manifest, target)
+    assert all(e.config_source["kind"] == "tuned" and e.config["variant"] in (1, 2) for e in tuned)
+    assert all(e.config_source["measured_us"] > 0 for e in tuned)
+    assert {e.key for e in tuned}.isdisjoint({e.key for e in entries})   # the config is part of the key
+
+    db["source_hash"] = "0" * 64                                         # the kernel changed since
+    path.write_text(json.dumps(db))
+    tuning._read.cache_clear()
+    stale, _ = plan(manifest, target)
+    assert all(e.config_source == {"kind": "heuristic", "why": "tuning record stale: kernel source changed"}
+               for e in stale)
