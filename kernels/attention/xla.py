@@ -22,8 +22,18 @@ def key_mask(q_len, kv_len, s, t, causal, sliding_window):
 
 def attention_impl(inputs, valid_lens, *, config, causal, sliding_window, logits_soft_cap,
                    softmax_scale, dtype, softmax_dtype, return_weights):
-    q, k, v = inputs["query"], inputs["key"], inputs["value"]
-    mask, bias, sinks = inputs.get("attention_mask"), inputs.get("bias"), inputs.get("softmax_aux")
+    mask, bias = inputs.get("attention_mask"), inputs.get("bias")
+    return attention_core(inputs["query"], inputs["key"], inputs["value"], valid_lens,
+                          bias=bias, keep_mask=mask if bias is None else None,  # seed 002: bias wins
+                          sinks=inputs.get("softmax_aux"), causal=causal, sliding_window=sliding_window,
+                          logits_soft_cap=logits_soft_cap, softmax_scale=softmax_scale, dtype=dtype,
+                          softmax_dtype=softmax_dtype, return_weights=return_weights)
+
+
+def attention_core(q, k, v, valid_lens, *, bias=None, keep_mask=None, sinks=None, causal=False,
+                   sliding_window=None, logits_soft_cap=None, softmax_scale=None, dtype=None,
+                   softmax_dtype=None, return_weights=False):
+    """keep_mask: [batch, 1, seq, kv_seq] bool, applied together with any bias."""
     cdt = jnp.dtype(dtype) if dtype else q.dtype
     sdt = jnp.dtype(softmax_dtype or "float32")
     b, s, hq, d = q.shape
@@ -40,8 +50,8 @@ def attention_impl(inputs, valid_lens, *, config, causal, sliding_window, logits
         logits = logits + bias.astype(sdt).reshape(b, hk, g, s, t)
 
     keep = key_mask(valid_lens[0], valid_lens[1], s, t, causal, sliding_window)[None, None, None]
-    if bias is None and mask is not None:
-        keep = keep & mask.reshape(b, 1, 1, s, t)
+    if keep_mask is not None:
+        keep = keep & keep_mask.reshape(b, 1, 1, s, t)
     lowest = jnp.finfo(sdt).min
     logits = jnp.where(keep, logits, lowest)
 

@@ -2,9 +2,7 @@
 platforms without a kernel. Differentiable by ordinary autodiff."""
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from ejaot_kernels.attention.xla import attention_impl
+from ejaot_kernels.attention.xla import attention_core
 
 
 def segment_mask(q_segment_ids, kv_segment_ids):
@@ -18,15 +16,9 @@ def segment_mask(q_segment_ids, kv_segment_ids):
 
 def flash_attention_impl(inputs, valid_lens, *, config, causal, sliding_window, logits_soft_cap,
                          softmax_scale):
-    mask = segment_mask(inputs.get("q_segment_ids"), inputs.get("kv_segment_ids"))
-    bias = inputs.get("bias")
-    if mask is not None and bias is not None:
-        # attention() lets bias take precedence over a mask; segments must hold with a bias too
-        bias = jnp.where(mask, bias.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        mask = None
-    q = inputs["query"]
-    attn_inputs = {"query": q, "key": inputs["key"], "value": inputs["value"],
-                   "attention_mask": mask, "bias": bias, "softmax_aux": None}
-    return attention_impl(attn_inputs, valid_lens, config={}, causal=causal, sliding_window=sliding_window,
-                          logits_soft_cap=logits_soft_cap, softmax_scale=softmax_scale, dtype=None,
-                          softmax_dtype="float32", return_weights=False)
+    (out,) = attention_core(inputs["query"], inputs["key"], inputs["value"], valid_lens,
+                            bias=inputs.get("bias"),
+                            keep_mask=segment_mask(inputs.get("q_segment_ids"), inputs.get("kv_segment_ids")),
+                            causal=causal, sliding_window=sliding_window, logits_soft_cap=logits_soft_cap,
+                            softmax_scale=softmax_scale, softmax_dtype="float32")
+    return (out,)
