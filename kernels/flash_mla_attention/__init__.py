@@ -1,0 +1,49 @@
+"""`flash_mla_attention`: attention through shared latent projections (seed 000).
+
+Layout heads-first: query, key, value [batch, heads, seq, head_dim]; latent_key,
+latent_value [head_dim, latent_dim] (shared by every head); optional additive bias
+[batch, heads, seq, seq].
+
+Semantics:
+  q_l = query @ latent_key      k_l = key @ latent_key      v_l = value @ latent_value
+  logits = (q_l · k_l) * softmax_scale + bias, in float32
+      (softmax_scale default 1/sqrt(latent_dim): the dot product is latent_dim wide)
+  keep key j for query i when j < valid length; and j <= i if causal
+  p = softmax over kept keys (a row with no kept key is zeros)
+  output = (p @ v_l) @ latent_value^T   [batch, heads, seq, head_dim], query's dtype
+Queries and keys share one length (seed 000), so causal needs no alignment choice.
+"""
+from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+
+from ejaot_kernels.attention.statics import norm_bool, norm_scale
+
+SPEC = KernelSpec(
+    name="flash_mla_attention",
+    package=__name__,
+    dims=("batch", "heads", "seq", "head_dim", "latent_dim"),
+    inputs=(
+        ArrayArg("query", ("batch", "heads", "seq", "head_dim")),
+        ArrayArg("key", ("batch", "heads", "seq", "head_dim")),
+        ArrayArg("value", ("batch", "heads", "seq", "head_dim")),
+        ArrayArg("latent_key", ("head_dim", "latent_dim")),
+        ArrayArg("latent_value", ("head_dim", "latent_dim")),
+        ArrayArg("bias", ("batch", "heads", "seq", "seq"), optional=True),
+    ),
+    outputs=(ArrayArg("output", ("batch", "heads", "seq", "head_dim")),),
+    statics=(
+        StaticArg("causal", False, norm_bool("causal")),
+        StaticArg("softmax_scale", None, norm_scale),
+    ),
+    paddable=frozenset({"batch", "seq"}),
+    valid_length_dims=("seq",),
+    dtypes=("float32", "bfloat16", "float16"),
+    backends={"xla": Backend("ejaot_kernels.flash_mla_attention.xla:flash_mla_attention_impl")},
+    example_inputs="ejaot_kernels.flash_mla_attention.examples:make_inputs",
+    footprint=lambda d: d["batch"] * d["heads"] * d["seq"] * d["seq"],
+)
+
+
+def flash_mla_attention(query, key, value, latent_key, latent_value, bias=None, **static):
+    """The public function (JIT path): compiled on first use of each shape."""
+    from ejaot.runtime.jit import call_jit
+    return call_jit(SPEC, (query, key, value, latent_key, latent_value, bias), static)
