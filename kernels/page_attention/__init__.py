@@ -1,0 +1,86 @@
+"""`page_attention`: paged grouped-query attention for decoding (seed 003).
+
+One query token per sequence attends over that sequence's KV cache, which lives in
+fixed-size pages shared by every sequence:
+
+  query        [num_seqs, q_heads, head_dim]
+  key_cache    [kv_heads, total_pages, page_size, head_dim]   (value_cache alike)
+  context_lens [num_seqs] int32: tokens in each sequence's cache
+  block_tables [num_seqs, max_blocks] int32: token t of sequence s lives in page
+               block_tables[s, t // page_size], row t % page_size
+  output       [num_seqs, q_heads, head_dim], the query's dtype
+
+Semantics: q head h reads kv head h // (q_heads // kv_heads) (GQA; MQA and MHA are the
+extremes). Over the tokens 0..context_len-1 (the last `sliding_window` of them when it is
+set): logits = (q · k) * attn_scale, with attn_scale defaulting to 1/sqrt(head_dim);
+then attn_logits_soft_cap * tanh(logits / cap) when a cap is set; softmax in float32;
+output = softmax · v. context_lens are clamped to [0, max_blocks * page_size], the
+longest context a block table can address. A sequence with context length 0 (a padded
+row) outputs zeros, never NaN. Block-table entries past a sequence's context are never
+read for values, so they may point anywhere (stale or uninitialized pages are harmless).
+
+Differences from the seed interface:
+  * attn_scale is applied by every backend. The seed's TPU kernel ignores it (leaving
+    the caller to pre-scale the query); here the same call gives the same result on
+    every platform.
+  * max_context_len, num_splits, mask_value, pages_per_compute_block, megacore_mode and
+    inline_seq_dim are accepted as call keywords and dropped: they are performance
+    knobs (or unused by the TPU kernel), and which blocking/megacore split a TPU entry
+    uses is its per-target config (see configs.py). Results do not depend on them.
+
+Padding: num_seqs and max_blocks may be padded to a bucket. Padded sequences get context
+length 0 (so zeros, sliced away) and padded block-table columns lie past every context,
+so no valid_lens are needed: context_lens already carries the real lengths.
+
+Backends: `pallas_tpu` (TPU, Mosaic: pages DMA'd from HBM by block table, online softmax
+over page blocks) and `xla` (every platform; the reference and the fallback).
+"""
+from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+
+from ejaot_kernels.attention.statics import norm_positive_float
+from .configs import check_dims, tpu_candidates, tpu_heuristic
+from .statics import SEED_CALL_KWARGS, norm_attn_scale, norm_sliding_window, prepare_call
+
+SPEC = KernelSpec(
+    name="page_attention",
+    package=__name__,
+    dims=("num_seqs", "q_heads", "kv_heads", "head_dim", "total_pages", "page_size", "max_blocks"),
+    dim_defaults={"kv_heads": "q_heads"},
+    inputs=(
+        ArrayArg("query", ("num_seqs", "q_heads", "head_dim")),
+        ArrayArg("key_cache", ("kv_heads", "total_pages", "page_size", "head_dim")),
+        ArrayArg("value_cache", ("kv_heads", "total_pages", "page_size", "head_dim")),
+        ArrayArg("context_lens", ("num_seqs",), dtype="int32", pad_value=0),
+        ArrayArg("block_tables", ("num_seqs", "max_blocks"), dtype="int32", pad_value=0),
+    ),
+    outputs=(ArrayArg("output", ("num_seqs", "q_heads", "head_dim")),),
+    statics=(
+        StaticArg("attn_scale", None, norm_attn_scale, "logit scale; none: 1/sqrt(head_dim)"),
+        StaticArg("attn_logits_soft_cap", None, norm_positive_float("attn_logits_soft_cap"),
+                  "cap * tanh(logits / cap) when set"),
+        StaticArg("sliding_window", None, norm_sliding_window,
+                  "attend only to the last W tokens of each context"),
+    ),
+    paddable=frozenset({"num_seqs", "max_blocks"}),
+    valid_length_dims=(),
+    dtypes=("float32", "bfloat16", "float16"),
+    backends={
+        "xla": Backend("ejaot_kernels.page_attention.xla:page_attention_impl"),
+        "pallas_tpu": Backend("ejaot_kernels.page_attention.pallas_tpu:page_attention_impl",
+                              tpu_heuristic, tpu_candidates),
+    },
+    check=check_dims,
+    prepare_call=prepare_call,
+    call_kwargs=SEED_CALL_KWARGS,
+    example_inputs="ejaot_kernels.page_attention.examples:make_inputs",
+    footprint=lambda d: d["num_seqs"] * d["q_heads"] * d["max_blocks"] * d["page_size"],
+    doc=__doc__,
+)
+
+
+def page_attention(query, key_cache, value_cache, context_lens, block_tables, **kw):
+    """The public function (JIT path): the platform's kernel, compiled on first use.
+    Keywords: attn_scale, attn_logits_soft_cap, sliding_window, and the seed's
+    scheduling knobs (accepted, ignored; see the module docstring)."""
+    from ejaot.runtime.jit import call_jit
+    return call_jit(SPEC, (query, key_cache, value_cache, context_lens, block_tables), kw)
