@@ -241,3 +241,23 @@ def test_engine_exact_padded_and_fallback(tmp_path, rng):
     call(make_case(rng, lens=[17, 40, 0], mb=5, **shape))            # padded into 4 x 8
     call(make_case(rng, lens=[70, 3], mb=9, **shape))                # 9 blocks: no bucket
     assert bundle.stats()["calls"] == {"exact": 1, "padded": 1, "fallback": 1}
+
+
+def test_pallas_tpu_splits_block_tables_larger_than_smem(monkeypatch):
+    """A block table too large for one call's SMEM runs as several calls over sequence
+    chunks, with the same result."""
+    import ejaot_kernels.page_attention.pallas_tpu as tpu
+    rng = np.random.default_rng()
+    dims = dict(num_seqs=5, q_heads=4, kv_heads=2, head_dim=128, total_pages=24, page_size=8, max_blocks=6)
+    from ejaot_kernels.page_attention.examples import make_inputs
+    inputs = make_inputs(dims, "float32", (), {}, rng)
+    static = dict(attn_scale=None, attn_logits_soft_cap=None, sliding_window=None)
+    cfg = {"interpret": True, "pages_per_compute_block": 2}
+    whole = tpu.page_attention_impl(dict(inputs), None, config=cfg, **static)[0]
+    calls = []
+    real = tpu._call
+    monkeypatch.setattr(tpu, "_call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tpu, "_SMEM_TABLE_ENTRIES", 2 * dims["max_blocks"])
+    chunked = tpu.page_attention_impl(dict(inputs), None, config=cfg, **static)[0]
+    assert len(calls) == 3
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)

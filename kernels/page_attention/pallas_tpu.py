@@ -164,13 +164,34 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
 
     # Clamp once here so the kernel never indexes past a sequence's row of the table.
     ctx = jnp.clip(inputs["context_lens"].astype(jnp.int32), 0, mb * ps)
-    flat_tables = tables.astype(jnp.int32).reshape(-1)   # 1-D: SMEM pads 2-D arrays heavily
+    tables = tables.astype(jnp.int32)
     qg = q.reshape(s, hk, g, d)
+    # Scalar prefetch puts the whole block table in SMEM (1 MiB on current chips, shared
+    # with everything else prefetched): large batches of long contexts run as several
+    # calls over sequence chunks whose tables fit.
+    chunk = max(1, min(s, _SMEM_TABLE_ENTRIES // mb))
+    outs = []
+    for lo in range(0, s, chunk):
+        hi = min(s, lo + chunk)
+        outs.append(_call(ctx[lo:hi], tables[lo:hi].reshape(-1), qg[lo:hi], kc, vc, cfg=cfg, ppcb=ppcb,
+                          num_blocks=num_blocks, block_tokens=block_tokens, scale=scale,
+                          soft_cap=attn_logits_soft_cap, window=sliding_window, inline=inline, mode=mode))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+    return (out.reshape(s, hq, d),)
+
+
+_SMEM_TABLE_ENTRIES = 64 * 1024        # 256 KiB of int32 block-table entries per call
+
+
+def _call(ctx, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, scale, soft_cap,
+          window, inline, mode):
+    s, hk, g, d = qg.shape
+    ps, mb = kc.shape[2], flat_tables.shape[0] // s
     kv_dtype = kc.dtype
 
     kernel = functools.partial(
         _kernel, ppcb=ppcb, page_size=ps, max_blocks=mb, num_blocks=num_blocks,
-        scale=float(scale), soft_cap=attn_logits_soft_cap, window=sliding_window, inline=inline,
+        scale=float(scale), soft_cap=soft_cap, window=window, inline=inline,
         seq_major=mode == "batch")
     # Mosaic splits a leading "parallel" grid axis over a megacore's two TensorCores, so
     # megacore_mode picks which axis leads. (kv head, sequence) instances are independent
@@ -184,7 +205,7 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
     semantics = ("arbitrary" if mode is None else "parallel", "arbitrary", "arbitrary")
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((s, hk, g, d), q.dtype),
+        out_shape=jax.ShapeDtypeStruct((s, hk, g, d), qg.dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2,
             grid=grid,
@@ -202,4 +223,4 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
         interpret=_interpret(cfg.get("interpret")),
         name="page_attention",
     )(ctx, flat_tables, qg, kc, vc)
-    return (out.reshape(s, hq, d),)
+    return out
