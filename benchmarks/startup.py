@@ -1,9 +1,13 @@
 """Start-up and dispatch benchmarks for the cpu target (`make bench`).
 
 For every entry of a store, in fresh processes: time to first result for
-  jit    the kernel's public function, traced and compiled on first call
-  cache  the same with JAX's persistent compilation cache warm (min compile time 0)
-  ejaot  ejaot.load(store) + bundle.call
+  jit       the kernel's public function, traced and compiled on first call
+  portable  the entry's jax.export module compiled on first call (what a server pays
+            without the compiled tier; on a GPU host without jax-triton this is the
+            closest thing to JIT: it skips tracing and Triton's own compile)
+  cache     `jit` (or `portable` with --base portable) with JAX's persistent compilation
+            cache warm (min compile time 0)
+  ejaot     ejaot.load(store) + bundle.call
 and the steady-state run time of the kernel (the same call repeated), so the start-up
 overhead (first result minus steady run) is reported beside the raw figure. Also: the
 per-call dispatch cost of bundle.call against calling the deserialized executable
@@ -51,6 +55,13 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
         t0 = time.perf_counter()
         bundle = ejaot.load(store, miss_log=False)
         call = lambda: bundle.call(spec.name, *arrays, **static)
+    elif mode in ("portable", "cache-portable"):
+        ref = record["payloads"]["exported"]
+        raw = FileStore(store).read_blob(ref["sha256"], ref["size"])
+        valid = jax.device_put(np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32))
+        t0 = time.perf_counter()
+        fn = jax.jit(jax.export.deserialize(bytearray(raw)).call)
+        call = lambda: fn(*arrays, valid)
     else:
         import importlib
         public = getattr(importlib.import_module(spec.package), spec.name)
@@ -71,10 +82,11 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
 
 
 def run_child(mode, store, key, cache_dir=None) -> dict:
+    mode = {"cache": "cache-jit"}.get(mode, mode)
     cmd = [sys.executable, "-m", "benchmarks.startup", "--child", mode, "--store", store, "--key", key]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = dict(os.environ)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{mode} {key[:12]} failed: {r.stderr[-2000:]}")
@@ -139,7 +151,7 @@ def load_times(store: str) -> dict:
         vals = []
         for _ in range(3):
             r = subprocess.run([sys.executable, "-c", code.format(e=eager), store], capture_output=True,
-                               text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
+                               text=True, cwd=REPO, check=True)
             vals.append(float(r.stdout.split()[0]))
         out["eager" if eager else "lazy"] = min(vals)
     return out
@@ -165,6 +177,14 @@ def main():
     ap.add_argument("--store", default="artifacts/cpu")
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--limit", type=int, default=None, help="only the first N entries (smallest first)")
+    ap.add_argument("--base", choices=("jit", "portable"), default="jit",
+                    help="what the `jit` and `cache` columns compile: the public function, or the "
+                         "entry's portable module (GPU hosts without jax-triton)")
+    ap.add_argument("--platform", default="cpu", help="entries of this platform (cpu, cuda)")
+    ap.add_argument("--skip-rebuild", action="store_true", help="do not build or time a no-op rebuild")
+    ap.add_argument("--max-footprint", type=float, default=2 ** 26,
+                    help="skip entries whose largest reference intermediate has more elements "
+                         "(their run time, not start-up, dominates; listed as skipped)")
     ap.add_argument("--child")
     ap.add_argument("--key")
     ap.add_argument("--cache-dir")
@@ -173,19 +193,24 @@ def main():
         print(json.dumps(child(args.child, args.store, args.key, args.cache_dir)))
         return
     os.chdir(REPO)
-    rebuild_s = noop_rebuild(args.manifest, args.store)      # also makes sure the store is built
+    rebuild_s = None if args.skip_rebuild else noop_rebuild(args.manifest, args.store)
     from ejaot.store.filestore import FileStore
     from ejaot.registry import get_kernel
     entries = FileStore(args.store).read_index()["entries"]
-    keys = sorted((k for k, r in entries.items() if r["platform"] == "cpu"),
+    keys = sorted((k for k, r in entries.items() if r["platform"] == args.platform),
                   key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]), entries[k]["dtype"]))
+    over = [k for k in keys if get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]) > args.max_footprint]
+    keys = [k for k in keys if k not in over]
     keys = keys[: args.limit] if args.limit else keys
     rows = []
     for key in keys:
         r = entries[key]
         with tempfile.TemporaryDirectory() as cache:
-            run_child("cache", args.store, key, cache)                # populate the cache
-            res = {m: run_child(m, args.store, key, cache if m == "cache" else None)
+            run_child(f"cache-{args.base}", args.store, key, cache)       # populate the cache
+            if args.base == "portable":
+                run_child("cache-portable", args.store, key, cache)
+            res = {m: run_child({"jit": args.base, "cache": f"cache-{args.base}"}.get(m, m), args.store, key,
+                                cache if m == "cache" else None)
                    for m in ("jit", "cache", "ejaot")}
         row = {"key": key, "kernel": r["kernel"], "dtype": r["dtype"], "dims": r["dims"], **{
             f"{m}_{f}": res[m][f] for m in res for f in ("first_s", "steady_s")}, "ejaot_tiers": res["ejaot"]["tiers"]}
@@ -195,16 +220,22 @@ def main():
         print(f"{r['kernel']} {r['dtype']} b={r['dims'].get('batch')} s={r['dims'].get('seq')}: "
               f"jit {row['jit_first_s']*1e3:.1f} ms, cache {row['cache_first_s']*1e3:.1f} ms, "
               f"ejaot {row['ejaot_first_s']*1e3:.1f} ms (steady run {row['ejaot_steady_s']*1e3:.1f} ms)", flush=True)
-    dispatch = dispatch_cost()
+    dispatch = dispatch_cost() if args.platform == "cpu" else None
     loads = load_times(args.store)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
-              "cpu": _cpu_name(), "cores": os.cpu_count(), "store": args.store, "rows": rows,
-              "dispatch": dispatch, "load": loads, "noop_rebuild_s": rebuild_s, "entries_in_store": len(entries)}
+              "cpu": _cpu_name(), "device": _device_name(), "base": args.base, "cores": os.cpu_count(), "store": args.store, "rows": rows,
+              "dispatch": dispatch, "load": loads, "noop_rebuild_s": rebuild_s, "entries_in_store": len(entries),
+              "skipped_over_footprint": len(over)}
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / "startup.json").write_text(json.dumps(result, indent=1))
     (out / "startup.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def _device_name() -> str:
+    import jax
+    return jax.local_devices()[0].device_kind
 
 
 def _cpu_name() -> str:
@@ -219,9 +250,11 @@ def _cpu_name() -> str:
 
 def markdown(res: dict) -> str:
     rows = res["rows"]
-    lines = [f"Measured {res['date']} on {res['cpu']} ({res['cores']} cores), store {res['store']} "
-             f"({res['entries_in_store']} entries), each figure a fresh process.", "",
-             "| entry | JIT first | cache first | ejaot first | steady run | JIT / ejaot overhead | cache / ejaot overhead |",
+    jit = "JIT" if res.get("base", "jit") == "jit" else "portable compile"
+    lines = [f"Measured {res['date']} on {res['device']} (host CPU {res['cpu']}, {res['cores']} cores), store "
+             f"{res['store']} ({res['entries_in_store']} entries; {res['skipped_over_footprint']} with more than "
+             f"2^26-element intermediates not timed), each figure a fresh process.", "",
+             f"| entry | {jit} first | cache first | ejaot first | steady run | {jit} / ejaot overhead | cache / ejaot overhead |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         d = r["dims"]
@@ -237,12 +270,14 @@ def markdown(res: dict) -> str:
                       f"{statistics.median(ratios_jit):.0f}x, min {min(ratios_jit):.0f}x; vs warm persistent cache: "
                       f"median {statistics.median(ratios_cache):.0f}x, min {min(ratios_cache):.0f}x."]
     d = res["dispatch"]
-    lines += ["", f"Dispatch (tiny bucket, per call): executable direct {d['direct_us']:.1f} us, "
-                  f"bundle.call exact {d['bundle_exact_us']:.1f} us (overhead {d['overhead_exact_us']:.1f} us); "
-                  f"padded {d['bundle_padded_us']:.1f} us vs pad + direct call {d['pad_and_call_direct_us']:.1f} us.",
-              f"ejaot.load of the whole store: lazy {res['load']['lazy']*1e3:.1f} ms, eager (verify + deserialize "
-              f"every entry) {res['load']['eager']*1e3:.1f} ms.",
-              f"No-op rebuild of the manifest (whole `ejaot build` process): {res['noop_rebuild_s']:.2f} s."]
+    if d:
+        lines += ["", f"Dispatch (tiny bucket, per call): executable direct {d['direct_us']:.1f} us, "
+                      f"bundle.call exact {d['bundle_exact_us']:.1f} us (overhead {d['overhead_exact_us']:.1f} us); "
+                      f"padded {d['bundle_padded_us']:.1f} us vs pad + direct call {d['pad_and_call_direct_us']:.1f} us."]
+    lines += [f"ejaot.load of the whole store: lazy {res['load']['lazy']*1e3:.1f} ms, eager (verify + deserialize "
+              f"every entry) {res['load']['eager']*1e3:.1f} ms."]
+    if res["noop_rebuild_s"] is not None:
+        lines += [f"No-op rebuild of the manifest (whole `ejaot build` process): {res['noop_rebuild_s']:.2f} s."]
     return "\n".join(lines) + "\n"
 
 

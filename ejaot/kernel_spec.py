@@ -125,9 +125,14 @@ class KernelSpec:
     def dtype_of(self, arg: ArrayArg, dtype: str) -> str:
         return arg.dtype or dtype
 
-    def source_hash(self) -> str:
-        """sha256 over the kernel folder's Python sources: a change makes entries stale."""
-        return package_source_hash(self.package)
+    def source_hash(self, backend: str) -> str:
+        """sha256 over the kernel folder's Python sources that `backend`'s artifacts depend
+        on: everything but the other backends' implementation modules (editing the TPU
+        kernel does not make CPU artifacts stale). A change makes entries stale."""
+        own = self.backends[backend].impl.partition(":")[0]
+        others = {m.impl.partition(":")[0].rsplit(".", 1)[-1] + ".py"
+                  for m in self.backends.values() if m.impl.partition(":")[0] != own}
+        return package_source_hash(self.package, frozenset(others))
 
     def make_inputs(self, dims, dtype, present, static, rng) -> dict:
         """Fresh random inputs that satisfy the kernel's contract (never zeros)."""
@@ -140,18 +145,20 @@ class KernelSpec:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-_source_hashes: dict[str, str] = {}
+_source_hashes: dict[tuple, str] = {}
 
 
-def package_source_hash(package: str) -> str:
-    if package not in _source_hashes:
+def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
+    if (package, exclude) not in _source_hashes:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise LookupError(f"kernel package {package!r} not found")
         folder = Path(list(spec.submodule_search_locations)[0])
         h = hashlib.sha256()
         for path in sorted(folder.rglob("*.py")):
+            if path.relative_to(folder).as_posix() in exclude:
+                continue
             h.update(str(path.relative_to(folder)).encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
-        _source_hashes[package] = h.hexdigest()
-    return _source_hashes[package]
+        _source_hashes[(package, exclude)] = h.hexdigest()
+    return _source_hashes[(package, exclude)]

@@ -104,6 +104,6 @@ def plan(manifest: Manifest, target: Target) -> tuple[list[EntrySpec], list[Skip
                                   platform=target.platform, dims=dict(dims), dtype=dtype,
                                   present=tuple(a.name for a in spec.inputs if a.name in block.present),
                                   static=dict(static), config=config, config_source=source,
-                                  source_hash=spec.source_hash(), toolchain=tools)
+                                  source_hash=spec.source_hash(backend), toolchain=tools)
                     entries.setdefault(e.key, e)
     return list(entries.values()), skipped

@@ -44,7 +44,7 @@ def choose_config(spec: KernelSpec, backend: str, target: Target, dims, dtype, s
     if rec is None:
         return heuristic, {"kind": "heuristic", "why": "no tuning record for this bucket"}
     stale = []
-    if db.get("source_hash") != spec.source_hash():
+    if db.get("source_hash") != spec.source_hash(backend):
         stale.append("kernel source changed")
     if db.get("toolchain") != {k: tools.get(k) for k in db.get("toolchain", {})}:
         stale.append("toolchain changed")
@@ -140,7 +140,7 @@ def write_tuned(result: dict, target: Target, echo=print) -> list[Path]:
         spec = get_kernel(kernel)
         path = tuned_path(spec, target)
         rec0 = next(iter(winners.values()))["record"]
-        if rec0["source_hash"] != spec.source_hash():
+        if rec0["source_hash"] != spec.source_hash(rec0["backend"]):
             echo(f"{kernel}: candidates were built from another kernel source; not writing")
             continue
         db = _read(path) if path.exists() else {}

@@ -62,7 +62,10 @@ def test_parallel_build_matches_serial(tmp_path, built_store):
 
 def test_kernel_source_change_supersedes_old_entries(store_copy, small_manifest, monkeypatch):
     from ejaot import kernel_spec
-    monkeypatch.setitem(kernel_spec._source_hashes, "ejaot_kernels.attention", "0" * 64)
+    real = kernel_spec.package_source_hash
+    monkeypatch.setattr(kernel_spec, "package_source_hash",
+                        lambda package, exclude=frozenset(): "0" * 64 if package.endswith(".attention")
+                        else real(package, exclude))
     report = build(small_manifest, "cpu", store_copy, jobs=1)
     assert len(report.built) == 8
     entries = FileStore(store_copy).read_index()["entries"]

@@ -45,7 +45,7 @@ def test_candidates_measured_written_and_used(tunable_attention, small_manifest,
     assert all(w["measured_us"] > 0 and w["config"]["variant"] in (1, 2) for w in result["winners"].values())
     [path] = tuning.write_tuned(result, target, echo=lambda *_: None)
     db = json.loads(path.read_text())
-    assert db["source_hash"] == tunable_attention.source_hash() and db["device_kind"]
+    assert db["source_hash"] == tunable_attention.source_hash("xla") and db["device_kind"]
 
     tuned, _ = plan(manifest, target)
     assert all(e.config_source["kind"] == "tuned" and e.config["variant"] in (1, 2) for e in tuned)

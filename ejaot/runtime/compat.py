@@ -35,9 +35,11 @@ def entry_problem(record: dict, platform: str) -> str | None:
     spec = find_kernel(record["kernel"])
     if spec is None:
         return f"kernel {record['kernel']!r} is not installed here"
+    if record["backend"] not in spec.backends:
+        return f"backend {record['backend']!r} is not a backend of {record['kernel']} here"
     if record["platform"] != platform:
         return f"built for platform {record['platform']}, this host runs {platform}"
-    if record["source_hash"] != spec.source_hash():
+    if record["source_hash"] != spec.source_hash(record["backend"]):
         return "built from another version of the kernel's source than the one installed (stale)"
     return None
 
