@@ -185,6 +185,7 @@ def main():
     ap.add_argument("--max-footprint", type=float, default=2 ** 26,
                     help="skip entries whose largest reference intermediate has more elements "
                          "(their run time, not start-up, dominates; listed as skipped)")
+    ap.add_argument("--kernel", default="", help="only entries of these kernels (comma-separated)")
     ap.add_argument("--child")
     ap.add_argument("--key")
     ap.add_argument("--cache-dir")
@@ -197,7 +198,8 @@ def main():
     from ejaot.store.filestore import FileStore
     from ejaot.registry import get_kernel
     entries = FileStore(args.store).read_index()["entries"]
-    keys = sorted((k for k, r in entries.items() if r["platform"] == args.platform),
+    keys = sorted((k for k, r in entries.items() if r["platform"] == args.platform
+                   and (not args.kernel or r["kernel"] in args.kernel.split(","))),
                   key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]), entries[k]["dtype"]))
     over = [k for k in keys if get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]) > args.max_footprint]
     keys = [k for k in keys if k not in over]
