@@ -1,0 +1,830 @@
+"""`flash_attention` in Triton (through jax-triton): forward and backward for NVIDIA GPUs.
+
+Layout [batch, seq, heads, head_dim] everywhere, read in place through strides (GQA
+indexes the kv head h // (q_heads // kv_heads); K and V are never repeated). Scores are
+kept in the log2 domain (softmax_scale * log2(e) folded into one multiply) so that the
+softmax runs on exp2. Each program of the forward and of the dQ kernel owns a block of
+queries and walks the key blocks in three phases: masked blocks at the left edge of a
+sliding window, fully visible blocks (no mask arithmetic at all), and masked blocks at the
+right edge (causal diagonal, window, the valid-length tail). Blocks no query of the
+program can see are skipped by the loop bounds. The dK/dV kernel owns a block of keys and
+walks the query blocks of every query head of its group the same way, so GQA gradients
+are summed without atomics (deterministic), and it writes the bias gradient tile by tile.
+
+The forward saves the row logsumexp (base 2; +inf for rows that see no key, which makes
+their recomputed probabilities exactly zero). The backward is a `jax.custom_vjp`:
+delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ.
+
+The valid lengths (q_len, kv_len) are traced: the kernels read them from device memory.
+Everything else (shapes, strides, flags, scale, window) is a compile-time constant.
+
+Config keys (configs.triton_heuristic fills the missing ones; {} means: the heuristic for
+this host's GPU): compute_capability; block_m, block_n, num_warps, num_stages (forward);
+bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ); tma
+(sm90: the forward's unmasked K/V loads go through device-side TMA descriptors) and
+warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default). float32
+inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
+
+Imports without triton (the kernels then cannot lower) and touches no device at import;
+jax_triton is imported on first call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from types import SimpleNamespace
+
+try:  # a host without triton can still import this module (and learn it cannot lower)
+    import triton
+    import triton.language as tl
+    _jit = triton.jit
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
+
+LOG2E = 1.4426950408889634
+
+# ----------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------
+
+
+@_jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, abs error ~1e-7 near 0.
+    e = tl.math.exp2(x * 2.8853900817779268)
+    return 1.0 - 2.0 / (e + 1.0)
+
+
+@_jit
+def _kv_bounds(m_first, kv_len, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, WL: tl.constexpr,
+               WR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For a query block whose first row sits at key position m_first: the key range
+    [lo, hi) any row can see, and [full_lo, full_hi), BLOCK_N-aligned, that every row
+    sees whole (lo <= full_lo <= full_hi <= hi)."""
+    m_last = m_first + (BLOCK_M - 1)
+    hi = kv_len
+    full_hi = kv_len
+    if CAUSAL:
+        hi = tl.minimum(hi, m_last + 1)
+        full_hi = tl.minimum(full_hi, m_first + 1)
+    lo = hi * 0
+    full_lo = hi * 0
+    if WINDOW:
+        hi = tl.minimum(hi, m_last + (WR + 1))
+        full_hi = tl.minimum(full_hi, m_first + (WR + 1))
+        lo = (tl.maximum(m_first - WL, 0) // BLOCK_N) * BLOCK_N
+        full_lo = ((tl.maximum(m_last - WL, 0) + (BLOCK_N - 1)) // BLOCK_N) * BLOCK_N
+    hi = tl.maximum(hi, lo)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = (tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@_jit
+def _scores(qk, bias, sm_scale: tl.constexpr, soft_cap: tl.constexpr, HAS_CAP: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
+    """Generic path: log2-domain logits ((qk * scale) -> soft cap -> + bias) * log2(e), and
+    tanh of the capped argument (1 when no cap; the backward needs 1 - t^2)."""
+    s = qk * sm_scale
+    t = s
+    if HAS_CAP:
+        t = _tanh(s * (1.0 / soft_cap))
+        s = t * soft_cap
+    if HAS_BIAS:
+        s = s + bias.to(tl.float32)
+    return s * 1.4426950408889634, t
+
+
+@_jit
+def _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
+              desc_k, desc_v, tma_row, tma_col,
+              offs_m, offs_d, lo, hi,
+              USE_TMA: tl.constexpr, WS: tl.constexpr,
+              KV_ROW: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
+              sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+              WL: tl.constexpr, WR: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+              HAS_CAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr,
+              FAST: tl.constexpr, MASKED: tl.constexpr, EVEN_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_nb = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_nb
+        kv_off = offs_n[:, None] * KV_ROW + offs_d[None, :]
+        kv_ok = offs_n < kv_len
+        if MASKED:
+            k = tl.load(k_base + kv_off, mask=kv_ok[:, None], other=0.0)
+        elif USE_TMA:
+            k = desc_k.load([tma_row + start_n, tma_col])
+        else:
+            k = tl.load(k_base + kv_off)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        if FAST:
+            s = qk
+        else:
+            bias = qk
+            if HAS_BIAS:
+                b_ptrs = bias_base + offs_m[:, None] * KV_SEQ + offs_n[None, :]
+                if MASKED:
+                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None] & kv_ok[None, :], other=0.0)
+                elif EVEN_M:
+                    bias = tl.load(b_ptrs)
+                else:
+                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None], other=0.0)
+            s, _t = _scores(qk, bias, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
+        if MASKED:
+            keep = kv_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= q_pos[:, None])
+            if WINDOW:
+                keep = keep & (offs_n[None, :] >= q_pos[:, None] - WL) & (offs_n[None, :] <= q_pos[:, None] + WR)
+            if HAS_SEG:
+                kseg = tl.load(kseg_base + offs_n, mask=kv_ok, other=-1)
+                keep = keep & (qseg[:, None] == kseg[None, :])
+            s = tl.where(keep, s, float("-inf"))
+        elif HAS_SEG:
+            kseg = tl.load(kseg_base + offs_n)
+            s = tl.where(qseg[:, None] == kseg[None, :], s, float("-inf"))
+        if FAST:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED or HAS_SEG or HAS_BIAS:
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # a row with nothing seen yet
+        else:
+            m_use = m_new
+        if FAST:
+            p = tl.math.exp2(s * qk_scale - m_use[:, None])
+        else:
+            p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_base + kv_off, mask=kv_ok[:, None], other=0.0)
+        elif USE_TMA:
+            v = desc_v.load([tma_row + start_n, tma_col])
+        else:
+            v = tl.load(v_base + kv_off)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@_jit
+def _fwd_kernel(Q, K, V, Bias, QSeg, KSeg, VL, Out, Lse,
+                sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+                SEQ: tl.constexpr, KV_SEQ: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr,
+                D: tl.constexpr, WL: tl.constexpr, WR: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr, FAST: tl.constexpr,
+                DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                USE_TMA: tl.constexpr, WS: tl.constexpr, BATCH: tl.constexpr):
+    NUM_M: tl.constexpr = (SEQ + BLOCK_M - 1) // BLOCK_M
+    EVEN_M: tl.constexpr = SEQ % BLOCK_M == 0
+    Q_ROW: tl.constexpr = HQ * D
+    KV_ROW: tl.constexpr = HK * D
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = (NUM_M - 1) - pid_m          # the longest rows first
+    bh = tl.program_id(1)
+    b = bh // HQ
+    h = bh % HQ
+    kh = h // (HQ // HK)
+    b64 = b.to(tl.int64)
+    q_len = tl.load(VL)
+    kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q_off = b64 * (SEQ * Q_ROW) + h * D + offs_m[:, None] * Q_ROW + offs_d[None, :]
+    if EVEN_M:
+        q = tl.load(Q + q_off)
+    else:
+        q = tl.load(Q + q_off, mask=(offs_m < SEQ)[:, None], other=0.0)
+    k_base = K + b64 * (KV_SEQ * KV_ROW) + kh * D
+    v_base = V + b64 * (KV_SEQ * KV_ROW) + kh * D
+    bias_base = Bias
+    if HAS_BIAS:
+        bias_base = Bias + (b64 * HQ + h) * (SEQ * KV_SEQ)
+    kseg_base = KSeg + b64 * KV_SEQ
+    qseg = offs_m
+    if HAS_SEG:
+        qseg = tl.load(QSeg + b64 * SEQ + offs_m, mask=offs_m < SEQ, other=-1)
+    q_pos = offs_m + off
+    tma_row = b * KV_SEQ
+    desc_k = K
+    desc_v = V
+    if USE_TMA:   # 2-D views [batch * kv_seq, kv_heads * head_dim]; a block is one head's slice
+        desc_k = tl.make_tensor_descriptor(K, shape=[BATCH * KV_SEQ, KV_ROW], strides=[KV_ROW, 1],
+                                           block_shape=[BLOCK_N, D])
+        desc_v = tl.make_tensor_descriptor(V, shape=[BATCH * KV_SEQ, KV_ROW], strides=[KV_ROW, 1],
+                                           block_shape=[BLOCK_N, D])
+
+    lo, full_lo, full_hi, hi = _kv_bounds(pid_m * BLOCK_M + off, kv_len, CAUSAL, WINDOW, WL, WR,
+                                          BLOCK_M, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    if WINDOW:
+        acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base,
+                                  kseg_base, desc_k, desc_v, tma_row, kh * D, offs_m, offs_d, lo,
+                                  full_lo, False, False, KV_ROW, SEQ, KV_SEQ,
+                                  sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL, WINDOW, HAS_CAP,
+                                  HAS_BIAS, HAS_SEG, FAST, True, EVEN_M, BLOCK_N, DOT_PREC)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base,
+                              kseg_base, desc_k, desc_v, tma_row, kh * D, offs_m, offs_d, full_lo,
+                              full_hi, USE_TMA, WS, KV_ROW, SEQ, KV_SEQ,
+                              sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL, WINDOW, HAS_CAP,
+                              HAS_BIAS, HAS_SEG, FAST, False, EVEN_M, BLOCK_N, DOT_PREC)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base,
+                              kseg_base, desc_k, desc_v, tma_row, kh * D, offs_m, offs_d, full_hi,
+                              hi, False, False, KV_ROW, SEQ, KV_SEQ,
+                              sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL, WINDOW, HAS_CAP,
+                              HAS_BIAS, HAS_SEG, FAST, True, EVEN_M, BLOCK_N, DOT_PREC)
+
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    lse_ptrs = Lse + bh.to(tl.int64) * SEQ + offs_m
+    if EVEN_M:
+        tl.store(Out + q_off, out.to(Out.dtype.element_ty))
+        tl.store(lse_ptrs, lse)
+    else:
+        tl.store(Out + q_off, out.to(Out.dtype.element_ty), mask=(offs_m < SEQ)[:, None])
+        tl.store(lse_ptrs, lse, mask=offs_m < SEQ)
+
+
+@_jit
+def _bwd_preprocess_kernel(O, DO, Delta, SEQ: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
+                           BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HQ
+    h = bh % HQ
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < SEQ
+    off = b.to(tl.int64) * (SEQ * HQ * D) + h * D + offs_m[:, None] * (HQ * D) + offs_d[None, :]
+    o = tl.load(O + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + bh.to(tl.int64) * SEQ + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@_jit
+def _dq_loop(dq, q, do, lse, delta, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
+             offs_m, offs_d, lo, hi,
+             KV_ROW: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
+             sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+             WL: tl.constexpr, WR: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+             HAS_CAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr,
+             FAST: tl.constexpr, MASKED: tl.constexpr, EVEN_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_nb = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_nb
+        kv_off = offs_n[:, None] * KV_ROW + offs_d[None, :]
+        kv_ok = offs_n < kv_len
+        if MASKED:
+            k = tl.load(k_base + kv_off, mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_base + kv_off, mask=kv_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + kv_off)
+            v = tl.load(v_base + kv_off)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        t = qk
+        if FAST:
+            s = qk * qk_scale
+        else:
+            bias = qk
+            if HAS_BIAS:
+                b_ptrs = bias_base + offs_m[:, None] * KV_SEQ + offs_n[None, :]
+                if MASKED:
+                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None] & kv_ok[None, :], other=0.0)
+                elif EVEN_M:
+                    bias = tl.load(b_ptrs)
+                else:
+                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None], other=0.0)
+            s, t = _scores(qk, bias, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
+        if MASKED:
+            keep = kv_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= q_pos[:, None])
+            if WINDOW:
+                keep = keep & (offs_n[None, :] >= q_pos[:, None] - WL) & (offs_n[None, :] <= q_pos[:, None] + WR)
+            if HAS_SEG:
+                kseg = tl.load(kseg_base + offs_n, mask=kv_ok, other=-1)
+                keep = keep & (qseg[:, None] == kseg[None, :])
+            s = tl.where(keep, s, float("-inf"))
+        elif HAS_SEG:
+            kseg = tl.load(kseg_base + offs_n)
+            s = tl.where(qseg[:, None] == kseg[None, :], s, float("-inf"))
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        if HAS_CAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    return dq
+
+
+@_jit
+def _bwd_dq_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DQ,
+                   sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+                   SEQ: tl.constexpr, KV_SEQ: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr,
+                   D: tl.constexpr, WL: tl.constexpr, WR: tl.constexpr,
+                   CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr, FAST: tl.constexpr,
+                   DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    NUM_M: tl.constexpr = (SEQ + BLOCK_M - 1) // BLOCK_M
+    EVEN_M: tl.constexpr = SEQ % BLOCK_M == 0
+    Q_ROW: tl.constexpr = HQ * D
+    KV_ROW: tl.constexpr = HK * D
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = (NUM_M - 1) - pid_m
+    bh = tl.program_id(1)
+    b = bh // HQ
+    h = bh % HQ
+    kh = h // (HQ // HK)
+    b64 = b.to(tl.int64)
+    q_len = tl.load(VL)
+    kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q_off = b64 * (SEQ * Q_ROW) + h * D + offs_m[:, None] * Q_ROW + offs_d[None, :]
+    lse_ptrs = Lse + bh.to(tl.int64) * SEQ + offs_m
+    delta_ptrs = Delta + bh.to(tl.int64) * SEQ + offs_m
+    if EVEN_M:
+        q = tl.load(Q + q_off)
+        do = tl.load(DO + q_off)
+        lse = tl.load(lse_ptrs)
+        delta = tl.load(delta_ptrs)
+    else:
+        row_ok = offs_m < SEQ
+        q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + q_off, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
+    k_base = K + b64 * (KV_SEQ * KV_ROW) + kh * D
+    v_base = V + b64 * (KV_SEQ * KV_ROW) + kh * D
+    bias_base = Bias
+    if HAS_BIAS:
+        bias_base = Bias + (b64 * HQ + h) * (SEQ * KV_SEQ)
+    kseg_base = KSeg + b64 * KV_SEQ
+    qseg = offs_m
+    if HAS_SEG:
+        qseg = tl.load(QSeg + b64 * SEQ + offs_m, mask=offs_m < SEQ, other=-1)
+    q_pos = offs_m + off
+
+    lo, full_lo, full_hi, hi = _kv_bounds(pid_m * BLOCK_M + off, kv_len, CAUSAL, WINDOW, WL, WR,
+                                          BLOCK_M, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    if WINDOW:
+        dq = _dq_loop(dq, q, do, lse, delta, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
+                      offs_m, offs_d, lo, full_lo, KV_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap,
+                      WL, WR, CAUSAL, WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, EVEN_M,
+                      BLOCK_N, DOT_PREC)
+    dq = _dq_loop(dq, q, do, lse, delta, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
+                  offs_m, offs_d, full_lo, full_hi, KV_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap,
+                  WL, WR, CAUSAL, WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, False, EVEN_M,
+                  BLOCK_N, DOT_PREC)
+    dq = _dq_loop(dq, q, do, lse, delta, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
+                  offs_m, offs_d, full_hi, hi, KV_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap,
+                  WL, WR, CAUSAL, WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, EVEN_M,
+                  BLOCK_N, DOT_PREC)
+    dq = dq * sm_scale
+    if EVEN_M:
+        tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty))
+    else:
+        tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=(offs_m < SEQ)[:, None])
+
+
+@_jit
+def _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base, delta_base,
+               qseg_base, bias_base, dbias_base, offs_d, lo, hi,
+               Q_ROW: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
+               sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+               WL: tl.constexpr, WR: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+               HAS_CAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr,
+               FAST: tl.constexpr, MASKED: tl.constexpr,
+               BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Transposed tiles: rows are this program's keys, columns a block of queries."""
+    offs_mb = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + offs_mb
+        row_ok = offs_m < SEQ
+        q_off = offs_m[:, None] * Q_ROW + offs_d[None, :]
+        if MASKED:
+            q = tl.load(q_base + q_off, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        else:
+            q = tl.load(q_base + q_off)
+            lse = tl.load(lse_base + offs_m)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+        tT = qkT
+        if FAST:
+            sT = qkT * qk_scale
+        else:
+            biasT = qkT
+            if HAS_BIAS:
+                b_ptrs = bias_base + offs_m[None, :] * KV_SEQ + offs_n[:, None]
+                if MASKED:
+                    biasT = tl.load(b_ptrs, mask=row_ok[None, :] & kv_ok[:, None], other=0.0)
+                else:
+                    biasT = tl.load(b_ptrs)
+            sT, tT = _scores(qkT, biasT, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
+        if MASKED:
+            keep = kv_ok[:, None]
+            q_pos = offs_m + off
+            if CAUSAL:
+                keep = keep & (offs_n[:, None] <= q_pos[None, :])
+            if WINDOW:
+                keep = keep & (offs_n[:, None] >= q_pos[None, :] - WL) & (offs_n[:, None] <= q_pos[None, :] + WR)
+            if HAS_SEG:
+                qseg = tl.load(qseg_base + offs_m, mask=row_ok, other=-1)
+                keep = keep & (kseg[:, None] == qseg[None, :])
+            sT = tl.where(keep, sT, float("-inf"))
+        elif HAS_SEG:
+            qseg = tl.load(qseg_base + offs_m)
+            sT = tl.where(kseg[:, None] == qseg[None, :], sT, float("-inf"))
+        pT = tl.math.exp2(sT - lse[None, :])
+        if MASKED:
+            do = tl.load(do_base + q_off, mask=row_ok[:, None], other=0.0)
+            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        else:
+            do = tl.load(do_base + q_off)
+            delta = tl.load(delta_base + offs_m)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        if HAS_BIAS:
+            db_ptrs = dbias_base + offs_m[None, :] * KV_SEQ + offs_n[:, None]
+            if MASKED:
+                tl.store(db_ptrs, dsT.to(dbias_base.dtype.element_ty),
+                         mask=row_ok[None, :] & (offs_n < KV_SEQ)[:, None])
+            else:
+                tl.store(db_ptrs, dsT.to(dbias_base.dtype.element_ty))
+        if HAS_CAP:
+            dsT = dsT * (1.0 - tT * tT)
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@_jit
+def _zero_dbias_rows(dbias_base, offs_n, lo, hi, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dbias = 0 for the query blocks [lo, hi) this key block never meets."""
+    offs_mb = tl.arange(0, BLOCK_M)
+    zeros = tl.zeros([BLOCK_N, BLOCK_M], dtype=dbias_base.dtype.element_ty)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_mb
+        tl.store(dbias_base + offs_m[None, :] * KV_SEQ + offs_n[:, None], zeros,
+                 mask=(offs_m < SEQ)[None, :] & (offs_n < KV_SEQ)[:, None])
+
+
+@_jit
+def _bwd_dkdv_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DK, DV, DBias,
+                     sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
+                     SEQ: tl.constexpr, KV_SEQ: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr,
+                     D: tl.constexpr, WL: tl.constexpr, WR: tl.constexpr,
+                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr, FAST: tl.constexpr,
+                     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    GROUP: tl.constexpr = HQ // HK
+    Q_ROW: tl.constexpr = HQ * D
+    KV_ROW: tl.constexpr = HK * D
+    pid_n = tl.program_id(0)
+    bkh = tl.program_id(1)
+    b = bkh // HK
+    kh = bkh % HK
+    b64 = b.to(tl.int64)
+    q_len = tl.load(VL)
+    kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    n_first = pid_n * BLOCK_N
+    offs_n = n_first + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    kv_ok = offs_n < kv_len
+    kv_off = b64 * (KV_SEQ * KV_ROW) + kh * D + offs_n[:, None] * KV_ROW + offs_d[None, :]
+    k = tl.load(K + kv_off, mask=kv_ok[:, None], other=0.0)
+    v = tl.load(V + kv_off, mask=kv_ok[:, None], other=0.0)
+    kseg = offs_n
+    if HAS_SEG:
+        kseg = tl.load(KSeg + b64 * KV_SEQ + offs_n, mask=kv_ok, other=-2)
+
+    # Query rows i that can see some key of this block: i + off >= j (causal), and
+    # j - WR <= i + off <= j + WL (window).
+    n_last = n_first + (BLOCK_N - 1)
+    m_start = n_first * 0
+    m_end = m_start + SEQ
+    full_lo = m_start
+    full_hi = m_start + (SEQ // BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        m_start = tl.maximum(m_start, n_first - off)
+        full_lo = tl.maximum(full_lo, n_last - off)
+    if WINDOW:
+        m_start = tl.maximum(m_start, n_first - off - WR)
+        full_lo = tl.maximum(full_lo, n_last - off - WR)
+        m_end = tl.minimum(m_end, n_last - off + (WL + 1))
+        full_hi = tl.minimum(full_hi, (tl.maximum(n_first - off + (WL + 1), 0) // BLOCK_M) * BLOCK_M)
+    m_lo = (tl.minimum(m_start, SEQ) // BLOCK_M) * BLOCK_M
+    m_hi = tl.where(n_first < kv_len, tl.maximum(m_end, m_lo), m_lo)
+    full_lo = ((full_lo + (BLOCK_M - 1)) // BLOCK_M) * BLOCK_M
+    full_lo = tl.minimum(tl.maximum(full_lo, m_lo), m_hi)
+    full_hi = tl.where(n_last < kv_len, full_hi, full_lo)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), m_hi)
+    visited_end = ((m_hi + (BLOCK_M - 1)) // BLOCK_M) * BLOCK_M
+
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    qseg_base = QSeg + b64 * SEQ
+    for g in range(GROUP):
+        h = kh * GROUP + g
+        bh64 = b64 * HQ + h
+        q_base = Q + b64 * (SEQ * Q_ROW) + h * D
+        do_base = DO + b64 * (SEQ * Q_ROW) + h * D
+        lse_base = Lse + bh64 * SEQ
+        delta_base = Delta + bh64 * SEQ
+        bias_base = Bias
+        dbias_base = DBias
+        if HAS_BIAS:
+            bias_base = Bias + bh64 * (SEQ * KV_SEQ)
+            dbias_base = DBias + bh64 * (SEQ * KV_SEQ)
+        dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
+                            delta_base, qseg_base, bias_base, dbias_base, offs_d, m_lo, full_lo,
+                            Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, BLOCK_M, DOT_PREC)
+        dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
+                            delta_base, qseg_base, bias_base, dbias_base, offs_d, full_lo, full_hi,
+                            Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, False, BLOCK_M, DOT_PREC)
+        dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
+                            delta_base, qseg_base, bias_base, dbias_base, offs_d, full_hi, m_hi,
+                            Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, BLOCK_M, DOT_PREC)
+        if HAS_BIAS:
+            _zero_dbias_rows(dbias_base, offs_n, m_lo * 0, m_lo, SEQ, KV_SEQ, BLOCK_M, BLOCK_N)
+            _zero_dbias_rows(dbias_base, offs_n, visited_end, m_lo * 0 + SEQ, SEQ, KV_SEQ, BLOCK_M, BLOCK_N)
+
+    dk = dk * sm_scale
+    out_off = b64 * (KV_SEQ * KV_ROW) + kh * D + offs_n[:, None] * KV_ROW + offs_d[None, :]
+    store_ok = (offs_n < KV_SEQ)[:, None]
+    tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=store_ok)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=store_ok)
+
+
+# ----------------------------------------------------------------------------------------
+# JAX side
+# ----------------------------------------------------------------------------------------
+
+_FWD_KEYS = ("block_m", "block_n", "num_warps", "num_stages")
+_BWD_KEYS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages",
+             "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    causal: bool
+    window: tuple[int, int] | None
+    soft_cap: float | None
+    scale: float
+    cc: int
+    fwd: tuple[int, int, int, int]        # block_m, block_n, num_warps, num_stages
+    dkdv: tuple[int, int, int, int]       # block_m (queries), block_n (keys), warps, stages
+    dq: tuple[int, int, int, int]         # block_m (queries), block_n (keys), warps, stages
+    tma: bool = False                     # forward's main loop loads K/V through TMA (sm90+)
+    ws: bool = False                      # forward's main loop warp-specialized (sm90+)
+
+
+def _local_compute_capability() -> int:
+    import jax
+    for dev in jax.local_devices():
+        cc = getattr(dev, "compute_capability", None)
+        if dev.platform == "gpu" and cc:
+            major, _, minor = str(cc).partition(".")
+            return int(major) * 10 + int(minor or 0)
+    raise ValueError("flash_attention (triton): the config has no compute_capability and this host "
+                     "has no GPU to read it from; give config['compute_capability'] (e.g. 90)")
+
+
+def _pow2_block(requested: int, n: int) -> int:
+    """The requested block, shrunk toward the dimension (never below 16, tl.dot's minimum)."""
+    b = max(16, int(requested))
+    while b > 16 and b // 2 >= n:
+        b //= 2
+    return b
+
+
+def _resolve_config(config, dims, static) -> dict:
+    from .configs import triton_heuristic
+    cfg = dict(config or {})
+    cc = cfg.get("compute_capability")
+    if cc is None:
+        cc = _local_compute_capability()
+    full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
+    full.update(cfg)
+    full["compute_capability"] = int(cc)
+    return full
+
+
+def _fit_smem(kind, tiles, d, itemsize, cc):
+    """Float32 inputs: shrinks the tiles (stages first, then the streamed block to 32, the
+    resident block to 64, then both to 16) until an estimate of the kernel's shared memory
+    fits the generation. tf32x3 dots keep two copies of a resident operand, hence the 2x.
+    The 2-byte configs in configs.py are sized for their inputs and left alone."""
+    limit = int((227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024 * 0.85)
+    m, n, warps, stages = tiles
+    if itemsize <= 2:
+        return tiles
+
+    def need(m, n, stages):
+        if kind == "dkdv":      # keys (n) resident, queries (m) streamed
+            return itemsize * (4 * n * d + stages * 2 * m * d + 2 * m * n)
+        return itemsize * (4 * m * d + stages * 2 * n * d + 2 * m * n)   # fwd, dq: queries resident
+    res, strm = ("n", "m") if kind == "dkdv" else ("m", "n")
+    blocks = {"m": m, "n": n}
+    while need(blocks["m"], blocks["n"], stages) > limit:
+        if stages > 1:
+            stages -= 1
+        elif blocks[strm] > 32:
+            blocks[strm] //= 2
+        elif blocks[res] > 64:
+            blocks[res] //= 2
+        elif blocks[strm] > 16:
+            blocks[strm] //= 2
+        elif blocks[res] > 16:
+            blocks[res] //= 2
+        else:
+            break
+    if blocks["m"] * blocks["n"] < 64 * 64:
+        warps = min(warps, 4)
+    return blocks["m"], blocks["n"], warps, stages
+
+
+def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_scale) -> _Static:
+    b, s, hq, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    dims = {"batch": b, "seq": s, "kv_seq": t, "q_heads": hq, "kv_heads": hk, "head_dim": d}
+    static = {"causal": causal, "sliding_window": sliding_window,
+              "logits_soft_cap": logits_soft_cap, "softmax_scale": softmax_scale}
+    cfg = _resolve_config(config, dims, static)
+    cc = int(cfg["compute_capability"])
+    itemsize = q.dtype.itemsize
+    window = None if sliding_window is None else (int(sliding_window[0]), int(sliding_window[1]))
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
+
+    def tiles(kind, bm, bn, warps, stages):
+        got = (_pow2_block(cfg[bm], s), _pow2_block(cfg[bn], t), int(cfg[warps]), int(cfg[stages]))
+        return _fit_smem(kind, got, d, itemsize, cc)
+    tma = bool(cfg.get("tma", False)) and cc >= 90 and itemsize == 2
+    return _Static(
+        causal=bool(causal), window=window,
+        soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
+        scale=scale, cc=cc,
+        fwd=tiles("fwd", "block_m", "block_n", "num_warps", "num_stages"),
+        dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
+        dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
+        tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
+    )
+
+
+def _constexprs(st: _Static, q, k, has_bias: bool, has_seg: bool) -> dict:
+    import jax.numpy as jnp
+    b, s, hq, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    if hq % hk:
+        raise ValueError(f"flash_attention: q_heads={hq} is not a multiple of kv_heads={hk}")
+    if d not in (16, 32, 64, 128, 256):
+        raise ValueError(f"flash_attention (triton): head_dim={d} must be a power of two in [16, 256]")
+    has_cap = st.soft_cap is not None
+    wl, wr = st.window if st.window is not None else (0, 0)
+    return dict(
+        sm_scale=st.scale, qk_scale=st.scale * LOG2E, soft_cap=st.soft_cap if has_cap else 1.0,
+        SEQ=s, KV_SEQ=t, HQ=hq, HK=hk, D=d, WL=wl, WR=wr,
+        CAUSAL=st.causal, WINDOW=st.window is not None, HAS_CAP=has_cap,
+        HAS_BIAS=has_bias, HAS_SEG=has_seg,
+        FAST=(not has_cap) and (not has_bias) and st.scale > 0,
+        DOT_PREC="tf32x3" if q.dtype == jnp.float32 else "tf32",
+    )
+
+
+def _placeholders(q, bias, q_seg, kv_seg):
+    """Absent optional inputs travel as one-element arrays the kernel never reads."""
+    import jax.numpy as jnp
+    has_seg = q_seg is not None and kv_seg is not None
+    if (q_seg is None) != (kv_seg is None):
+        raise ValueError("flash_attention: give both q_segment_ids and kv_segment_ids, or neither")
+    bias_arg = bias if bias is not None else jnp.zeros((1,), q.dtype)
+    qseg_arg = q_seg.astype(jnp.int32) if has_seg else jnp.zeros((1,), jnp.int32)
+    kseg_arg = kv_seg.astype(jnp.int32) if has_seg else jnp.zeros((1,), jnp.int32)
+    return bias_arg, qseg_arg, kseg_arg, has_seg
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
+    import jax
+    import jax.numpy as jnp
+    import jax_triton as jt
+    b, s, hq, d = q.shape
+    bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
+    ce = _constexprs(st, q, k, bias is not None, has_seg)
+    bm, bn, warps, stages = st.fwd
+    out, lse = jt.triton_call(
+        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens,
+        kernel=_fwd_kernel,
+        out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, s), jnp.float32)),
+        grid=(_cdiv(s, bm), b * hq), num_warps=warps, num_stages=stages,
+        compute_capability=st.cc, name="flash_attention_fwd",
+        BLOCK_M=bm, BLOCK_N=bn, USE_TMA=st.tma, WS=st.ws, BATCH=b, **ce)
+    return out, lse
+
+
+def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout):
+    import jax
+    import jax.numpy as jnp
+    import jax_triton as jt
+    b, s, hq, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    dout = dout.astype(q.dtype)
+    bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
+    ce = _constexprs(st, q, k, bias is not None, has_seg)
+
+    pre_bm = 64 if d <= 128 else 32
+    delta = jt.triton_call(
+        out, dout, kernel=_bwd_preprocess_kernel,
+        out_type=jax.ShapeDtypeStruct((b, hq, s), jnp.float32),
+        grid=(_cdiv(s, pre_bm), b * hq), num_warps=4, num_stages=1,
+        compute_capability=st.cc, name="flash_attention_bwd_delta",
+        SEQ=s, HQ=hq, D=d, BLOCK_M=pre_bm)
+
+    bm, bn, warps, stages = st.dkdv
+    dbias_type = jax.ShapeDtypeStruct(bias.shape if bias is not None else (1,), bias_arg.dtype)
+    dk, dv, dbias = jt.triton_call(
+        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens, dout, lse, delta,
+        kernel=_bwd_dkdv_kernel,
+        out_type=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+                  dbias_type),
+        grid=(_cdiv(t, bn), b * hk), num_warps=warps, num_stages=stages,
+        compute_capability=st.cc, name="flash_attention_bwd_dkdv",
+        BLOCK_M=bm, BLOCK_N=bn, **ce)
+
+    bm, bn, warps, stages = st.dq
+    dq = jt.triton_call(
+        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens, dout, lse, delta,
+        kernel=_bwd_dq_kernel,
+        out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(_cdiv(s, bm), b * hq), num_warps=warps, num_stages=stages,
+        compute_capability=st.cc, name="flash_attention_bwd_dq",
+        BLOCK_M=bm, BLOCK_N=bn, **ce)
+    return dq, dk, dv, (dbias if bias is not None else None)
+
+
+@functools.cache
+def _differentiable():
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def flash(st, q, k, v, bias, q_seg, kv_seg, valid_lens):
+        return _forward(st, q, k, v, bias, q_seg, kv_seg, valid_lens)[0]
+
+    def flash_fwd(st, q, k, v, bias, q_seg, kv_seg, valid_lens):
+        out, lse = _forward(st, q, k, v, bias, q_seg, kv_seg, valid_lens)
+        return out, (q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse)
+
+    def flash_bwd(st, res, dout):
+        q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse = res
+        dq, dk, dv, dbias = _backward(st, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout)
+        return dq, dk, dv, dbias, None, None, None
+
+    flash.defvjp(flash_fwd, flash_bwd)
+    return flash
+
+
+def flash_attention_impl(inputs, valid_lens, *, config, causal, sliding_window, logits_soft_cap,
+                         softmax_scale):
+    import jax.numpy as jnp
+    q, k, v = inputs["query"], inputs["key"], inputs["value"]
+    bias = inputs.get("bias")
+    q_seg, kv_seg = inputs.get("q_segment_ids"), inputs.get("kv_segment_ids")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+    st = _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_scale)
+    valid_lens = jnp.asarray(valid_lens, jnp.int32).reshape(2)
+    out = _differentiable()(st, q, k, v, bias, q_seg, kv_seg, valid_lens)
+    return (out,)

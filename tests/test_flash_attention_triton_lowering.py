@@ -1,0 +1,216 @@
+"""The Triton `flash_attention` lowers on a CPU-only host for sm90 and sm80: forward and
+backward (jax.vjp), several head dims, causal or not, GQA, and the optional features.
+
+Lowering Triton for CUDA here needs the CUDA plugin from the extras folder at the front of
+sys.path with JAX_PLATFORMS=cpu set before jax is imported, so each check runs in a fresh
+subprocess that does exactly that (as the build does). No GPU is touched: the checks read
+the exported StableHLO, the jax-triton custom calls in it, and the PTX inside them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _extras() -> Path:
+    root = os.environ.get("EJAOT_EXTRAS") or os.path.join(sys.prefix, "ejaot-extras")
+    return Path(root) / "cuda"
+
+
+pytestmark = pytest.mark.skipif(
+    not _extras().is_dir(),
+    reason=f"CUDA extras for lowering Triton on a CPU host are not installed ({_extras()} is missing)")
+
+# Runs in the subprocess: lowers every case, prints one JSON line per exported function.
+_SCRIPT = textwrap.dedent(r'''
+    import json, os, re, sys, zlib
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path.insert(0, EXTRAS)
+    import jax
+    import jax.numpy as jnp
+    import jax_triton.triton_lib as jt_lib
+    from ejaot_kernels.flash_attention.triton_gpu import flash_attention_impl
+
+    # Record each compiled kernel's shared memory: too much only fails at launch on the GPU.
+    SMEM = []
+    _compile = jt_lib.compile_ttir_inplace
+
+    def _recording_compile(*args, **kwargs):
+        result = _compile(*args, **kwargs)
+        SMEM.append([result.name, int(result.shared_mem_bytes)])
+        return result
+    jt_lib.compile_ttir_inplace = _recording_compile
+    from ejaot_kernels.flash_attention.configs import triton_heuristic
+
+    TARGET = "triton_kernel_call_ffi"
+    CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TARGET)]
+
+    def opaque_blobs(text):
+        """The zlib'd kernel-call protos in the custom calls' backend_config."""
+        out = []
+        for m in re.finditer(r'opaque = "((?:[^"\\]|\\.)*)"', text):
+            s, raw, i = m.group(1), bytearray(), 0
+            while i < len(s):
+                if s[i] == "\\":
+                    if s[i + 1] in "0123456789ABCDEFabcdef" and s[i + 2] in "0123456789ABCDEFabcdef":
+                        raw.append(int(s[i + 1:i + 3], 16)); i += 3
+                    else:
+                        raw.append(ord(s[i + 1])); i += 2
+                else:
+                    raw += s[i].encode(); i += 1
+            out.append(zlib.decompress(bytes(raw)))
+        return out
+
+    def ptx_targets(text):
+        found = set()
+        for blob in opaque_blobs(text):
+            found.update(m.decode() for m in re.findall(rb"\.target\s+(sm_\w+)", blob))
+        return sorted(found)
+
+    class Target:
+        def __init__(self, cc):
+            self.facts = {"compute_capability": cc}
+
+    def run(case):
+        cc, b, s, t, hq, hk, d = (case[k] for k in ("cc", "b", "s", "t", "hq", "hk", "d"))
+        dt = jnp.dtype(case.get("dtype", "bfloat16"))
+        dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d)
+        static = dict(causal=case["causal"], sliding_window=case.get("window"),
+                      logits_soft_cap=case.get("cap"), softmax_scale=case.get("scale"))
+        config = triton_heuristic(dims, static, Target(cc))
+        assert config["compute_capability"] == cc, config
+        has_bias, has_seg = case.get("bias", False), case.get("seg", False)
+
+        def fwd(q, k, v, vl, *rest):
+            rest = list(rest)
+            inputs = {"query": q, "key": k, "value": v,
+                      "bias": rest.pop(0) if has_bias else None}
+            if has_seg:
+                inputs["q_segment_ids"], inputs["kv_segment_ids"] = rest
+            return flash_attention_impl(inputs, vl, config=config, **static)[0]
+
+        def bwd(q, k, v, vl, *rest):
+            *rest, ct = rest
+            if has_bias:
+                bias, segs = rest[0], rest[1:]
+                return jax.vjp(lambda q, k, v, bias: fwd(q, k, v, vl, bias, *segs), q, k, v, bias)[1](ct)
+            return jax.vjp(lambda q, k, v: fwd(q, k, v, vl, *rest), q, k, v)[1](ct)
+
+        av = [jax.ShapeDtypeStruct((b, s, hq, d), dt), jax.ShapeDtypeStruct((b, t, hk, d), dt),
+              jax.ShapeDtypeStruct((b, t, hk, d), dt), jax.ShapeDtypeStruct((2,), jnp.int32)]
+        if has_bias:
+            av.append(jax.ShapeDtypeStruct((b, hq, s, t), dt))
+        if has_seg:
+            av += [jax.ShapeDtypeStruct((b, s), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.int32)]
+        for kind, fn, args in (("fwd", fwd, av), ("bwd", bwd, av + [av[0]])):
+            SMEM.clear()   # kernels compiled for this export (a cached one is not recompiled)
+            exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*args)
+            text = exp.mlir_module()
+            print("RESULT " + json.dumps({
+                "case": case, "kind": kind, "platforms": list(exp.platforms),
+                "calls": text.count("stablehlo.custom_call @" + TARGET),
+                "in_serialized": TARGET.encode() in bytes(exp.serialize()),
+                "out_avals": [[list(a.shape), str(a.dtype)] for a in exp.out_avals],
+                "smem": list(SMEM),
+                "ptx_targets": ptx_targets(text)}), flush=True)
+
+    for case in CASES:
+        run(case)
+''')
+
+
+def _lower(cases: list[dict]) -> list[dict]:
+    code = f"import json\nEXTRAS = {str(_extras())!r}\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, f"lowering failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+            if line.startswith("RESULT ")]
+
+
+# Largest shared memory a block may use: H100 227 KB, A100 163 KB.
+SMEM_LIMIT = {90: 232448, 80: 166912}
+
+
+def _check(results: list[dict], cases: list[dict]):
+    assert len(results) == 2 * len(cases), results
+    # each case compiles at least its forward, dK/dV and dQ kernels (delta kernels get reused)
+    assert sum(len(r["smem"]) for r in results) >= 3 * len(cases)
+    for r in results:
+        c = r["case"]
+        b, s, t, hq, hk, d = (c[k] for k in ("b", "s", "t", "hq", "hk", "d"))
+        dt = c.get("dtype", "bfloat16")
+        assert r["platforms"] == ["cuda"]
+        assert r["in_serialized"], r
+        for name, smem in r["smem"]:
+            assert smem <= SMEM_LIMIT[c["cc"]], (name, smem, c)
+        # PTX compiled for the requested generation (sm_90a on Hopper)
+        assert r["ptx_targets"] and all(p.startswith(f"sm_{c['cc']}") for p in r["ptx_targets"]), r
+        if r["kind"] == "fwd":
+            assert r["calls"] == 1, r
+            assert r["out_avals"] == [[[b, s, hq, d], dt]], r
+        else:
+            assert r["calls"] == 4, r   # forward (saves lse), delta, dK/dV, dQ
+            want = [[[b, s, hq, d], dt], [[b, t, hk, d], dt], [[b, t, hk, d], dt]]
+            if c.get("bias"):
+                want.append([[b, hq, s, t], dt])
+            assert r["out_avals"] == want, r
+
+
+@pytest.mark.parametrize("cc", [90, 80])
+def test_lowers_fwd_and_bwd_for_head_dims_causal_and_gqa(cc):
+    cases = [dict(cc=cc, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal)
+             for d in (64, 128, 256) for causal in (True, False)]
+    _check(_lower(cases), cases)
+
+
+def test_lowers_optional_features():
+    """Sliding window, soft cap, bias (with its gradient), segment ids, unequal and
+    non-multiple-of-block lengths, MQA, float16, and float32 (whose tiles are shrunk to fit
+    shared memory) up to head_dim 256."""
+    cases = [
+        dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, window=[64, 0], cap=30.0,
+             bias=True, seg=True),
+        dict(cc=80, b=2, s=96, t=160, hq=4, hk=2, d=128, causal=False, window=[32, 16], scale=0.1,
+             dtype="float16"),
+        dict(cc=90, b=1, s=128, t=128, hq=2, hk=2, d=32, causal=True, dtype="float32"),
+        dict(cc=90, b=1, s=96, t=96, hq=2, hk=1, d=256, causal=True, dtype="float32"),
+        dict(cc=80, b=1, s=96, t=96, hq=2, hk=1, d=256, causal=False, dtype="float32"),
+        dict(cc=80, b=1, s=64, t=64, hq=2, hk=2, d=128, causal=True, dtype="float32"),
+    ]
+    _check(_lower(cases), cases)
+
+
+def test_heuristic_carries_compute_capability():
+    from ejaot.targets import get_target
+    from ejaot_kernels.flash_attention.configs import triton_candidates, triton_heuristic
+    dims = dict(batch=2, seq=8192, kv_seq=8192, q_heads=16, kv_heads=16, head_dim=128)
+    static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
+    for name, cc in (("gpu-sm90", 90), ("gpu-sm80", 80)):
+        target = get_target(name)
+        cfg = triton_heuristic(dims, static, target)
+        assert cfg["compute_capability"] == cc
+        assert {"block_m", "block_n", "num_warps", "num_stages"} <= cfg.keys()
+        cands = triton_candidates(dims, static, target)
+        assert cands and all(c["compute_capability"] == cc for c in cands)
+    small = triton_heuristic(dict(dims, seq=16, kv_seq=24), static, get_target("gpu-sm90"))
+    assert small["block_m"] == 16 and small["block_n"] == 32
+
+
+def test_module_imports_without_gpu():
+    code = ("import os; os.environ['JAX_PLATFORMS']='cpu'\n"
+            "import ejaot_kernels.flash_attention.triton_gpu as m\n"
+            "assert callable(m.flash_attention_impl)\n"
+            "import jax; assert jax.default_backend() == 'cpu'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
