@@ -38,7 +38,7 @@ over page blocks) and `xla` (every platform; the reference and the fallback).
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels.attention.statics import norm_positive_float
-from .configs import check_dims, tpu_candidates, tpu_heuristic
+from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic
 from .statics import SEED_CALL_KWARGS, norm_attn_scale, norm_sliding_window, prepare_call
 
 SPEC = KernelSpec(
@@ -68,6 +68,8 @@ SPEC = KernelSpec(
         "xla": Backend("ejaot_kernels.page_attention.xla:page_attention_impl"),
         "pallas_tpu": Backend("ejaot_kernels.page_attention.pallas_tpu:page_attention_impl",
                               tpu_heuristic, tpu_candidates),
+        "triton": Backend("ejaot_kernels.page_attention.triton_gpu:page_attention_impl",
+                          triton_heuristic, triton_candidates),
     },
     check=check_dims,
     prepare_call=prepare_call,
