@@ -23,7 +23,8 @@ The XLA backend computes either the naive form (decompress K/V) or the absorbed 
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels.attention.statics import norm_bool, norm_scale
-from .configs import check_dims, tpu_candidates, tpu_heuristic, xla_heuristic
+from .configs import (check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic,
+                      xla_heuristic)
 from .statics import prepare_call
 
 SPEC = KernelSpec(
@@ -51,6 +52,8 @@ SPEC = KernelSpec(
     dtypes=("float32", "bfloat16", "float16"),
     backends={
         "xla": Backend("ejaot_kernels.mla_attention.xla:mla_attention_impl", xla_heuristic),
+        "triton": Backend("ejaot_kernels.mla_attention.triton_gpu:mla_attention_impl", triton_heuristic,
+                          triton_candidates),
         "pallas_tpu": Backend("ejaot_kernels.mla_attention.pallas_tpu:mla_attention_impl",
                               tpu_heuristic, tpu_candidates),
     },

@@ -90,18 +90,131 @@ def tpu_candidates(dims, static, target):
     return out or [base]
 
 
-# Seed 001's FlashMLAConfig(block_q, block_k, num_warps, num_stages), kept for a future
-# Triton backend (not declared in SPEC.backends: there is no Triton implementation yet).
-TRITON_CANDIDATES = ((64, 64, 4, 1), (128, 128, 4, 2), (256, 256, 8, 2))
+# -- Triton (GPU): the absorbed-form decode kernel in triton_gpu.py ----------------------
+# Seed 001's FlashMLAConfig(block_q, block_k, num_warps, num_stages) candidates were
+# (64, 64, 4, 1), (128, 128, 4, 2), (256, 256, 8, 2); the kernel here blocks heads
+# (block_h rows of (query, head) pairs, sharing every kv block) and kv tokens (block_n),
+# and adds num_splits (flash-decoding) and the compute capability it is compiled for.
+
+def _compute_capability(target) -> int:
+    facts = getattr(target, "facts", None) or {}
+    return int(facts.get("compute_capability", 90))
 
 
-def _triton_config(block_q, block_k, num_warps, num_stages):
-    return {"block_q": block_q, "block_k": block_k, "num_warps": num_warps, "num_stages": num_stages}
+def _next_pow2(n):
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _smem_limit(cc):
+    return (227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024
+
+
+def fit_triton_tiles(block_h, block_n, stages, rank_p, rope_p, itemsize, cc):
+    """Shrinks (stages beyond 2, then block_n to 32, then stages, then block_h) until an
+    estimate of the tl.dot decode kernel's shared memory fits the generation: the resident
+    q_lat (+ b_q rows), `stages` staged kv (+ b_k) tiles, and the p tile."""
+    width = rank_p + rope_p
+
+    def need(bh, bn, st):
+        return itemsize * (bh * width + st * bn * width + bh * bn)
+    limit = _smem_limit(cc)
+    while need(block_h, block_n, stages) > limit:
+        if stages > 2:
+            stages -= 1
+        elif block_n > 32:
+            block_n //= 2
+        elif stages > 1:
+            stages -= 1
+        elif block_h > 16:
+            block_h //= 2
+        elif block_n > 16:
+            block_n //= 2
+        else:
+            break
+    return block_h, block_n, stages
+
+
+def choose_splits(batch, rows, kv_seq, block_h, block_n, rank, sm_count, max_splits=64):
+    """Flash-decoding split count minimizing an estimated time, in units of one kv block's
+    time per program (about 3 us for 64 heads x 64 keys x 576 on an H100): the critical
+    path (waves of programs x kv blocks per program), plus, with splits, a combine launch
+    (~2 units) and the f32 partials (block_h x rank x 4 bytes per program, written and
+    read back; ~5.5 MB of traffic per unit at ~2.5 TB/s)."""
+    row_blocks = -(-rows // block_h)
+    n_blocks = -(-kv_seq // block_n)
+    best, best_cost = 1, None
+    for ns in range(1, min(max_splits, n_blocks) + 1):
+        if ns > 1 and n_blocks < 2 * ns:      # at least two kv blocks per split
+            break
+        programs = batch * row_blocks * ns
+        waves = -(-programs // sm_count)
+        cost = waves * -(-n_blocks // ns)
+        if ns > 1:
+            cost += 2 + programs * block_h * rank * 8 / 5.5e6
+        if best_cost is None or cost < best_cost - 1e-9:
+            best, best_cost = ns, cost
+    return best
 
 
 def triton_heuristic(dims, static, target):
-    return _triton_config(128, 128, 4, 2)
+    """Decode (absorbed form) tiles. Hopper: 64 (query, head) rows per program on two
+    warpgroups (wgmma needs 64 rows; the f32 out_lat accumulator, 64 x 512, is 128
+    registers a thread over 8 warps), 64 keys per block, two smem stages (q_lat 74 KB +
+    2 x 74 KB of kv + b_k tiles, under 227 KB). Ampere: 32-key blocks (163 KB)."""
+    cc = _compute_capability(target)
+    facts = getattr(target, "facts", None) or {}
+    s, t = dims["seq"], dims.get("kv_seq", dims["seq"])
+    rows = s * dims["q_heads"]
+    rope = dims.get("rope_dim", 64) or 0
+    block_h = max(16, min(64, _next_pow2(rows)))
+    block_n = max(16, min(64 if cc >= 90 else 32, _next_pow2(t)))
+    stages = 2
+    block_h, block_n, stages = fit_triton_tiles(
+        block_h, block_n, stages, max(16, _next_pow2(dims["kv_lora_rank"])),
+        max(16, _next_pow2(rope)) if rope else 0, 2, cc)
+    sm_count = int(facts.get("sm_count", 132 if cc >= 90 else 108))
+    splits = choose_splits(dims["batch"], rows, t, block_h, block_n, dims["kv_lora_rank"], sm_count)
+    # Hopper runs the Gluon wgmma kernel (64 x 64 tiles, 8 warps, 2 TMA stages; the
+    # tile fields above then describe the tl.dot kernel, which serves other generations,
+    # float32 inputs and shapes the wgmma kernel does not tile).
+    return {"compute_capability": cc, "form": choose_form(dims),
+            "kernel": "wgmma" if cc // 10 == 9 else "dot", "block_h": block_h,
+            "block_n": block_n, "num_splits": splits, "num_warps": 8 if block_h >= 64 else 4,
+            "num_stages": stages}
 
 
 def triton_candidates(dims, static, target):
-    return [_triton_config(*c) for c in TRITON_CANDIDATES]
+    """Decode configs to time: the heuristic, then tiles and split counts around it. The
+    Hopper wgmma kernel tiles 64 keys x 2 stages or 32 keys x 3-4 stages (it ignores
+    num_warps); the tl.dot kernel is a candidate there too."""
+    base = triton_heuristic(dims, static, target)
+    cc = base["compute_capability"]
+    rope = dims.get("rope_dim", 64) or 0
+    width = max(16, _next_pow2(dims["kv_lora_rank"])) + (max(16, _next_pow2(rope)) if rope else 0)
+    out, seen = [], set()
+
+    def add(c):
+        key = tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    add(base)
+    dot = {**base, "kernel": "dot"}
+    if base["kernel"] == "wgmma":
+        for bn, stages in ((32, 4), (32, 3)):
+            add({**base, "block_n": bn, "num_stages": stages})
+        bn0 = 64
+    else:
+        bn0 = base["block_n"]
+    for bn in (bn0, 32, 128):
+        for stages in (2, 3, 1):
+            for warps in (8, 4):
+                bh = base["block_h"]
+                if 2 * (bh * width + stages * bn * width + bh * bn) > _smem_limit(cc):
+                    continue
+                if warps == 4 and bh >= 64:     # a 64 x 512 f32 accumulator on one warpgroup spills
+                    continue
+                add({**dot, "block_n": bn, "num_stages": stages, "num_warps": warps})
+    for ns in sorted({1, 2, 4, max(1, base["num_splits"] // 2), base["num_splits"] * 2}):
+        add({**base, "num_splits": ns})
+    return out

@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Numerics and speed of the Triton `mla_attention` backend (absorbed-form decode) on a GPU
+(H100), against the XLA backend.
+
+Run on the GPU host, from anywhere (the repo is found from this file's path):
+
+    python3 benchmarks/gpu_mla_check.py --out bench-results/mla_h100.json
+    python3 benchmarks/gpu_mla_check.py --quick --out /tmp/mla_quick.json
+
+Two ways to get the kernel:
+  * default (JIT): imports `ejaot_kernels.mla_attention.triton_gpu`, which needs
+    `jax_triton` (and a triton it works with) importable on the GPU host;
+  * artifacts: `--export DIR` on a CPU build host with the CUDA extras (it lowers every
+    case for --cc, default 90, through jax.export), then `--artifacts DIR` on the GPU host,
+    which needs only jax with CUDA: the serialized modules carry the compiled kernels.
+The XLA backend (the reference and the speed baseline) is plain jax and runs JIT on the
+GPU host in both modes.
+
+Numerics: fresh random inputs from the kernel's own example generator (w_kc, w_vc ~
+N(0, 1/rank), so logits are O(1) under the default scale), in float32 (the exact-f32
+dot kernel) and bfloat16 (the Hopper wgmma kernel at decode shapes); the reference is
+the XLA backend on the same inputs upcast to float32 at the highest matmul precision.
+Relative L2 error of the whole output, rows past q_len excluded.
+
+Speed: DeepSeek-V3 decode (128 q heads, head_dim 128, kv_lora_rank 512, rope 64, one
+query over 4096 keys, causal, bf16) at batch 64 and 128. Bytes counted per call: the
+latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are NOT
+counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
+@ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
+bytes (cache + rope keys + q_lat + out_lat). Median of timed batches after warm-up,
+alternating two input sets. Every row catches its own failure; tables come last.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PEAK_BYTES_PER_S = 3.0e12          # H100 SXM device-to-device copy, as measured here
+
+# name, B, S, T, Hq, Hk, D, R, rope (0: none), causal, valid (q_len, kv_len) or None
+NUMERIC_CASES = [
+    ("ds3_decode_rope_causal", 2, 1, 4096, 128, 128, 128, 512, 64, True, None),
+    ("ds3_decode_norope_full_t1000", 2, 1, 1000, 128, 128, 128, 512, 0, False, None),
+    ("ds3_decode_padded_kv", 3, 1, 2048, 128, 128, 128, 512, 64, True, (1, 1500)),
+    ("mtp2_causal_t777", 2, 2, 777, 128, 128, 128, 512, 64, True, None),
+    ("gqa32_8_r256_s4", 2, 4, 640, 32, 8, 64, 256, 32, True, None),
+    ("split_b1_t8192", 1, 1, 8192, 128, 128, 128, 512, 64, True, None),
+    ("rows_without_keys", 1, 4, 64, 64, 64, 128, 512, 64, True, (4, 2)),
+    ("prefill_delegates_to_xla", 1, 256, 256, 16, 16, 64, 128, 32, True, None),
+]
+QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv"]
+
+# name, B  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64, causal)
+TIMING_CASES = [("ds3_decode_B64_T4096", 64), ("ds3_decode_B128_T4096", 128)]
+QUICK_TIMING = ["ds3_decode_B64_T4096"]
+
+TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="mla_check.json", help="JSON results path")
+    p.add_argument("--quick", action="store_true", help="one timing shape, two numerics cases, few iters")
+    p.add_argument("--export", metavar="DIR", help="(CPU build host) lower every case into DIR and exit")
+    p.add_argument("--artifacts", metavar="DIR", help="(GPU host) run the kernels exported into DIR")
+    p.add_argument("--cc", type=int, default=90, help="compute capability to export for (with --export)")
+    p.add_argument("--config", default="{}", help="JSON dict merged into the kernel config")
+    p.add_argument("--skip-numerics", action="store_true")
+    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--only", default="", help="comma-separated case names to run (default all)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
+    p.add_argument("--iters", type=int, default=0, help="timed batches per measurement (0: auto)")
+    return p.parse_args()
+
+
+def setup_paths(export: bool):
+    if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
+        if not extras.is_dir():
+            extras = REPO / ".venv" / "ejaot-extras" / "cuda"
+        sys.path.insert(0, str(extras))
+    sys.path.insert(0, str(REPO))
+    if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
+        spec = importlib.util.spec_from_file_location(
+            "ejaot_kernels", REPO / "kernels" / "__init__.py",
+            submodule_search_locations=[str(REPO / "kernels")])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["ejaot_kernels"] = mod
+        spec.loader.exec_module(mod)
+
+
+# ---------------------------------------------------------------------------------------
+# cases and the functions under test
+# ---------------------------------------------------------------------------------------
+
+def numeric_case(row):
+    name, b, s, t, hq, hk, d, r, e, causal, valid = row
+    return dict(name=name, B=b, S=s, T=t, HQ=hq, HK=hk, D=d, R=r, E=e, causal=causal, valid=valid)
+
+
+def timing_case(row):
+    name, b = row
+    return dict(name=name, B=b, S=1, T=4096, HQ=128, HK=128, D=128, R=512, E=64, causal=True, valid=None)
+
+
+def dims_of(c):
+    return dict(batch=c["B"], seq=c["S"], kv_seq=c["T"], q_heads=c["HQ"], kv_heads=c["HK"],
+                head_dim=c["D"], kv_lora_rank=c["R"], rope_dim=c["E"] or 64, num_seqs_plus_one=2)
+
+
+def static_of(c):
+    return {"causal": c["causal"], "softmax_scale": None}
+
+
+def selected(args):
+    only = {x for x in args.only.split(",") if x}
+    num = [numeric_case(r) for r in NUMERIC_CASES]
+    tim = [timing_case(r) for r in TIMING_CASES]
+    if args.quick:
+        num = [c for c in num if c["name"] in QUICK_NUMERIC]
+        tim = [c for c in tim if c["name"] in QUICK_TIMING]
+    if only:
+        num = [c for c in num if c["name"] in only]
+        tim = [c for c in tim if c["name"] in only]
+    return num, tim, [d for d in args.dtypes.split(",") if d]
+
+
+def triton_config(c, cc, override):
+    from types import SimpleNamespace
+    from ejaot_kernels.mla_attention.configs import triton_heuristic
+    cfg = triton_heuristic(dims_of(c), static_of(c), SimpleNamespace(facts={"compute_capability": cc}))
+    cfg.update(override)
+    return cfg
+
+
+def make_fn(c, impl, config):
+    """fn(q, kv, w_kc, w_vc, valid_lens, [b_q, b_k]) -> out, as the build calls an impl."""
+    rope = bool(c["E"])
+
+    def fn(q, kv, wk, wv, vl, *rest):
+        inputs = {"query": q, "key_value": kv, "w_kc": wk, "w_vc": wv,
+                  "b_q": rest[0] if rope else None, "b_k": rest[1] if rope else None, "cu_seqlens": None}
+        return impl(inputs, vl, config=config, **static_of(c))[0]
+    return fn
+
+
+def make_kernel_fn(c, config):
+    """The Triton attention alone: fn(q_lat [B,S,H,R], kv, valid_lens, b_q, b_k) -> out_lat."""
+    import jax.numpy as jnp
+    from ejaot_kernels.mla_attention import triton_gpu as tg
+    dims = dict(dims_of(c), rope_dim=c["E"])
+
+    def fn(q_lat, kv, vl, bq, bk):
+        cfg = tg._resolve_config(config, dims, static_of(c))
+        st = tg._make_static(cfg, dims, jnp.dtype(q_lat.dtype).itemsize)
+        scale = (c["D"] + c["E"]) ** -0.5
+        return tg.latent_attention(st, q_lat, bq, kv, bk, vl, scale=scale, causal=c["causal"],
+                                   out_dtype=q_lat.dtype)
+    return fn
+
+
+def avals(c, dtype):
+    import jax
+    import jax.numpy as jnp
+    dt = jnp.dtype(dtype)
+    b, s, t, hq, hk, d, r, e = (c[k] for k in ("B", "S", "T", "HQ", "HK", "D", "R", "E"))
+    out = [jax.ShapeDtypeStruct((b, s, hq, d), dt), jax.ShapeDtypeStruct((b, t, r), dt),
+           jax.ShapeDtypeStruct((r, hk, d), dt), jax.ShapeDtypeStruct((r, hk, d), dt),
+           jax.ShapeDtypeStruct((2,), jnp.int32)]
+    if e:
+        out += [jax.ShapeDtypeStruct((b, s, e), dt), jax.ShapeDtypeStruct((b, t, e), dt)]
+    return out
+
+
+def kernel_avals(c, dtype):
+    import jax
+    import jax.numpy as jnp
+    dt = jnp.dtype(dtype)
+    b, s, t, hq, r, e = (c[k] for k in ("B", "S", "T", "HQ", "R", "E"))
+    return [jax.ShapeDtypeStruct((b, s, hq, r), dt), jax.ShapeDtypeStruct((b, t, r), dt),
+            jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((b, s, e), dt),
+            jax.ShapeDtypeStruct((b, t, e), dt)]
+
+
+def make_args(c, dtype, rng):
+    """Fresh inputs from the kernel's example generator (never zeros), as jax arrays."""
+    import jax.numpy as jnp
+    import numpy as np
+    from ejaot_kernels.mla_attention import SPEC
+    present = ("b_q", "b_k") if c["E"] else ()
+    x = SPEC.make_inputs(dims_of(c), np.dtype(jnp.dtype(dtype)), present, static_of(c), rng)
+    args = [jnp.asarray(x[k]) for k in ("query", "key_value", "w_kc", "w_vc")]
+    args.append(jnp.asarray(c["valid"] or (c["S"], c["T"]), jnp.int32))
+    if c["E"]:
+        args += [jnp.asarray(x["b_q"]), jnp.asarray(x["b_k"])]
+    return args
+
+
+def export_name(c, dtype, kind):
+    return f"{c['name']}__{dtype}__{kind}.bin"
+
+
+class Kernel:
+    """The Triton path for a case: jitted from source, or deserialized artifacts."""
+
+    def __init__(self, args):
+        self.artifacts = Path(args.artifacts) if args.artifacts else None
+        self.override = json.loads(args.config)
+        self.configs = {}
+        if self.artifacts is not None:
+            meta = self.artifacts / "export.json"
+            if meta.exists():
+                self.configs = json.loads(meta.read_text()).get("configs", {})
+        else:
+            from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
+            self.impl = mla_attention_impl
+
+    def config(self, c):
+        if self.artifacts is not None:
+            return self.configs.get(c["name"])
+        import jax
+        dev = jax.devices()[0]
+        major, _, minor = str(getattr(dev, "compute_capability", "9.0")).partition(".")
+        return triton_config(c, int(major) * 10 + int(minor or 0), self.override)
+
+    def fn(self, c, dtype, kind="full"):
+        import jax
+        if self.artifacts is not None:
+            blob = (self.artifacts / export_name(c, dtype, kind)).read_bytes()
+            return jax.jit(jax.export.deserialize(bytearray(blob)).call)
+        if kind == "kernel":
+            return jax.jit(make_kernel_fn(c, self.config(c)))
+        return jax.jit(make_fn(c, self.impl, self.config(c)))
+
+
+# ---------------------------------------------------------------------------------------
+# export mode (CPU build host)
+# ---------------------------------------------------------------------------------------
+
+def do_export(args):
+    import jax
+    from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
+    out_dir = Path(args.export)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    override = json.loads(args.config)
+    checks = [jax.export.DisabledSafetyCheck.custom_call("triton_kernel_call_ffi")]
+    num, tim, dtypes = selected(args)
+    jobs = [] if args.skip_numerics else [(c, dt, "full") for c in num for dt in dtypes]
+    if not args.skip_timing:
+        jobs += [(c, "bfloat16", kind) for c in tim for kind in ("full", "kernel")]
+    configs = {}
+    for c, dt, kind in jobs:
+        cfg = {"compute_capability": args.cc, **triton_config(c, args.cc, override)}
+        configs[c["name"]] = cfg
+        t0 = time.perf_counter()
+        try:
+            if kind == "kernel":
+                fn, av = make_kernel_fn(c, cfg), kernel_avals(c, dt)
+            else:
+                fn, av = make_fn(c, mla_attention_impl, cfg), avals(c, dt)
+            exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=checks)(*av)
+            (out_dir / export_name(c, dt, kind)).write_bytes(exp.serialize())
+            print(f"exported {c['name']} {dt} {kind} in {time.perf_counter() - t0:.1f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 - the GPU run reports the missing file
+            print(f"EXPORT FAILED {c['name']} {dt} {kind}: {type(e).__name__}: {str(e)[:500]}", flush=True)
+    (out_dir / "export.json").write_text(json.dumps({"cc": args.cc, "configs": configs,
+                                                     "jax": jax.__version__}, indent=1))
+
+
+# ---------------------------------------------------------------------------------------
+# numerics
+# ---------------------------------------------------------------------------------------
+
+def rel_err(a, b):
+    import numpy as np
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if not np.all(np.isfinite(a)):
+        return float("inf"), float("inf")
+    denom = max(float(np.linalg.norm(b)), 1e-30)
+    return float(np.linalg.norm(a - b) / denom), float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def run_numerics(kernel, cases, dtypes, rng, results):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from ejaot_kernels.mla_attention.xla import mla_attention_impl as xla_impl
+    for c in cases:
+        for dt in dtypes:
+            rec = {"case": c["name"], "dtype": dt, "config": kernel.config(c)}
+            try:
+                fn = kernel.fn(c, dt)
+                args = make_args(c, dt, rng)
+                out = np.asarray(jax.block_until_ready(fn(*args)).astype(jnp.float32))
+                f32 = [a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
+                with jax.default_matmul_precision("highest"):
+                    ref = np.asarray(jax.jit(make_fn(c, xla_impl, {}))(*f32))
+                q_len = (c["valid"] or (c["S"], c["T"]))[0]
+                assert out.shape == ref.shape, (out.shape, ref.shape)
+                rel, mx = rel_err(out[:, :q_len], ref[:, :q_len])
+                zero_rows_ok = True
+                if c["name"] == "rows_without_keys":   # queries 0, 1 see no key: exact zeros
+                    zero_rows_ok = bool(np.all(out[:, :2] == 0)) and bool(np.all(np.abs(out[:, 2:]).sum(-1) > 0))
+                tol = TOL[dt]
+                ok = rel <= tol and zero_rows_ok
+                rec.update(rel_l2=rel, max_abs=mx, tol=tol, zero_rows_ok=zero_rows_ok, passed=ok)
+                print(f"  numerics {c['name']} {dt}: rel {rel:.2e} max_abs {mx:.2e} {'PASS' if ok else 'FAIL'}",
+                      flush=True)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                rec.update(passed=False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=6))
+                print(f"  numerics {c['name']} {dt}: ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+            results.append(rec)
+
+
+# ---------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------
+
+def bench(fn, arg_sets, iters, reps):
+    """Median seconds per call: `reps` back-to-back calls per timed batch (alternating the
+    input sets), `iters` batches."""
+    import jax
+    for a in arg_sets:
+        jax.block_until_ready(fn(*a))
+        jax.block_until_ready(fn(*a))
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        for i in range(reps):
+            out = fn(*arg_sets[i % len(arg_sets)])
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def run_timing(kernel, cases, rng, iters, results):
+    import jax
+    import jax.numpy as jnp
+    from ejaot_kernels.mla_attention.xla import mla_attention_impl as xla_impl
+    for c in cases:
+        b, s, t, hq, d, r, e = (c[k] for k in ("B", "S", "T", "HQ", "D", "R", "E"))
+        io = 2 * b * s * hq * d * 2                                   # q + out, bf16
+        nbytes = b * t * (r + e) * 2 + io
+        kernel_bytes = b * t * (r + e) * 2 + 2 * b * s * hq * r * 2   # + q_lat + out_lat
+        rec = {"case": c["name"], "B": b, "T": t, "bytes": nbytes, "kernel_bytes": kernel_bytes,
+               "config": kernel.config(c) if kernel else None, "us": {}, "gbps": {}, "errors": {}}
+        try:
+            sets = [make_args(c, "bfloat16", rng) for _ in range(2)]
+            ksets = [[jnp.asarray(rng.standard_normal((b, s, hq, r)) * 0.5, jnp.bfloat16), a[1], a[4], a[5], a[6]]
+                     for a in sets]
+        except Exception as ex:  # noqa: BLE001
+            rec["errors"]["inputs"] = f"{type(ex).__name__}: {ex}"
+            results.append(rec)
+            print(f"  timing {c['name']}: inputs failed: {ex}", flush=True)
+            continue
+        reps = 20
+        runs = [("triton", lambda: kernel.fn(c, "bfloat16"), sets, nbytes),
+                ("kernel", lambda: kernel.fn(c, "bfloat16", "kernel"), ksets, kernel_bytes),
+                ("xla", lambda: jax.jit(make_fn(c, xla_impl, {"form": "absorbed"})), sets, nbytes)]
+        for key, get, arg_sets, nb in runs:
+            try:
+                sec = bench(get(), arg_sets, iters, reps)
+                rec["us"][key] = sec * 1e6
+                rec["gbps"][key] = nb / sec / 1e9
+                print(f"  timing {c['name']} {key}: {sec * 1e6:.1f} us, {nb / sec / 1e9:.0f} GB/s "
+                      f"({100 * nb / sec / PEAK_BYTES_PER_S:.0f}% of 3.0 TB/s)", flush=True)
+            except Exception as ex:  # noqa: BLE001
+                msg = f"{type(ex).__name__}: {str(ex).splitlines()[0][:300] if str(ex) else ''}"
+                rec["errors"][key] = msg
+                print(f"  timing {c['name']} {key}: failed: {msg}", flush=True)
+        results.append(rec)
+        del sets, ksets
+
+
+def print_tables(numerics, timing):
+    if numerics:
+        print("\n## numerics (relative L2 error vs the XLA backend in float32, highest precision)\n")
+        print("| case | dtype | kernel | splits | rel L2 | max abs | tol | result |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in numerics:
+            cfg = r.get("config") or {}
+            kern = cfg.get("kernel", "?")
+            if cfg.get("form") == "naive":
+                kern = "xla (naive form)"
+            elif r["dtype"] == "float32":
+                kern = "dot (exact f32)"     # the wgmma kernel takes 2-byte inputs only
+            if "error" in r:
+                print(f"| {r['case']} | {r['dtype']} | {kern} | {cfg.get('num_splits', '-')} | ERROR "
+                      f"{r['error'][:120]} | | | FAIL |")
+            else:
+                print(f"| {r['case']} | {r['dtype']} | {kern} | {cfg.get('num_splits', '-')} | {r['rel_l2']:.2e} "
+                      f"| {r['max_abs']:.2e} | {r['tol']:g} | {'PASS' if r['passed'] else 'FAIL'} |")
+    if timing:
+        print("\n## speed: MLA decode, bf16, 128 heads, d 128, rank 512, rope 64 (GB/s counts latent cache"
+              "\n## + rope keys + q + out; weights excluded; % of 3.0 TB/s; us per call in parentheses)\n")
+        print("| shape | triton (whole path) | xla absorbed | triton / xla | kernel alone* | config |")
+        print("|---|---|---|---|---|---|")
+        for r in timing:
+            def cell(k):
+                if k in r["gbps"]:
+                    return f"{r['gbps'][k]:.0f} GB/s, {100 * r['gbps'][k] * 1e9 / PEAK_BYTES_PER_S:.0f}% ({r['us'][k]:.1f})"
+                return "err" if k in r["errors"] else "-"
+            ratio = (f"{r['gbps']['triton'] / r['gbps']['xla']:.2f}x"
+                     if "triton" in r["gbps"] and "xla" in r["gbps"] else "-")
+            cfg = r.get("config") or {}
+            cfg_s = ", ".join(f"{k}={cfg[k]}" for k in ("kernel", "num_splits") if k in cfg)
+            print(f"| {r['case']} | {cell('triton')} | {cell('xla')} | {ratio} | {cell('kernel')} | {cfg_s} |")
+        print("\n*kernel alone: the Triton attention on a given q_lat, its own bytes (cache + rope keys"
+              " + q_lat + out_lat).")
+
+
+def main():
+    args = parse_args()
+    setup_paths(export=bool(args.export))
+    if args.export:
+        do_export(args)
+        return 0
+    import jax
+    import numpy as np
+    t_start = time.perf_counter()
+    dev = jax.devices()[0]
+    info = {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
+            "jax": jax.__version__, "mode": "artifacts" if args.artifacts else "jit",
+            "config_override": json.loads(args.config)}
+    print(f"# mla_attention triton check on {info['device']} (jax {info['jax']}, mode {info['mode']})", flush=True)
+    seed = int.from_bytes(os.urandom(4), "little")
+    info["seed"] = seed
+    rng = np.random.default_rng(seed)
+    num, tim, dtypes = selected(args)
+    numerics, timing = [], []
+    kernel = None
+    try:
+        kernel = Kernel(args)
+    except Exception as e:  # noqa: BLE001
+        info["kernel_error"] = f"{type(e).__name__}: {e}"
+        print(f"kernel unavailable: {info['kernel_error']}", flush=True)
+    if kernel is not None and not args.skip_numerics:
+        run_numerics(kernel, num, dtypes, rng, numerics)
+    if kernel is not None and not args.skip_timing:
+        iters = args.iters or (5 if args.quick else 9)
+        run_timing(kernel, tim, rng, iters, timing)
+    n_fail = sum(not r.get("passed") for r in numerics)
+    info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    verdict = "PASS" if numerics and not n_fail else ("FAIL" if numerics else "NO NUMERICS")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"info": info, "numerics": numerics, "timing": timing,
+                               "verdict": verdict}, indent=1, default=str))
+    print(f"\nwrote {out}; numerics: {verdict} ({len(numerics) - n_fail}/{len(numerics)} passed); "
+          f"elapsed {info['elapsed_s']} s")
+    print_tables(numerics, timing)
+    return 0 if verdict != "FAIL" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

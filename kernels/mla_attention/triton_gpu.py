@@ -1,0 +1,623 @@
+"""`mla_attention` in Triton (through jax-triton): the absorbed (latent-space) decode path
+for NVIDIA GPUs.
+
+Decode (few queries over a long cache) runs the absorbed form (configs.choose_form):
+
+  1. XLA: q_lat[b, s, h] = q[b, s, h] @ w_kc[:, g(h)]^T      (a batched GEMM, f32 acc)
+  2. Triton: for each (batch, block of BLOCK_H rows, kv split) one program streams the
+     latent cache key_value[b] (rank-wide, 512 in DeepSeek-V3) and b_k[b] (rope_dim, 64)
+     ONCE for all the rows of the block. Rows are (query position, head) pairs, so with
+     128 heads and one query the 128 heads are two row blocks that read the same cache
+     blocks at the same time (neighbouring program ids; the second read comes from L2).
+     Per kv block: logits = q_lat . kv + b_q . b_k on the tensor cores (the kv tile is
+     loaded once and serves as K^T for the logits and as V for p @ kv), online softmax
+     in float32 (log2 domain, exp2), out_lat += p @ kv.
+  3. Split-KV (flash-decoding): with `num_splits` > 1 every program covers one slice of
+     the visible keys and writes its normalized partial out_lat (f32) and log-sum-exp; a
+     small combine kernel merges the slices. It keeps the SMs busy when batch x row
+     blocks alone would not (small batches); configs.triton_heuristic picks the count.
+  4. XLA: out[b, s, h] = out_lat[b, s, h] @ w_vc[:, g(h)].
+
+Masks follow the XLA backend exactly: keys >= kv_len are padding (given zero weight; the
+tl.dot kernel does not even load them, the TMA of the wgmma kernel may bring some of the
+last block in), causal is bottom-right aligned (key j visible to query i when
+j <= i + kv_len - q_len), and a row that sees no key returns zeros. Key blocks no row of
+a program can see are skipped by the loop bounds. The valid lengths are traced (read by
+the kernel); everything else is a compile-time constant.
+
+Delegated to the XLA backend (kernels/mla_attention/xla.py), by design:
+  * the naive form (prefill, s close to kv_seq): decompressing K/V is amortized over
+    many queries and the work is dense GEMMs plus head_dim-wide attention, which XLA's
+    cuBLAS/cuDNN paths already run near the tensor-core roofline; the memory-bound win
+    this backend exists for is decode's;
+  * cu_seqlens (packed varlen prefill, batch 1, seq == kv_seq): a prefill layout.
+
+Kernels: on Hopper (sm90, 2-byte dtypes) a Gluon kernel with explicit wgmma layouts and a
+TMA ring (`_mla_decode_sm90`, notes above it); elsewhere, and for float32 (exact-f32 FMA
+dots), a portable tl.dot kernel (`_mla_decode_kernel`). config["kernel"] picks
+("wgmma" | "dot"); shapes the wgmma kernel does not tile fall back to "dot".
+
+Measured on an H100 (DeepSeek-V3 decode, 128 heads, rank 512, rope 64, 4096 keys, bf16):
+the wgmma kernel alone ~190-200 us at batch 64, ~365 us at batch 128 (1.6-1.7 TB/s of
+cache + rope keys + q_lat + out_lat); the whole absorbed path ~2x the XLA absorbed form.
+What bounds it: one CTA per SM (224 KB of shared memory), so the logits product, the
+softmax and p @ kv of a block run one after the other (tensor pipe ~45% busy); streaming
+alone takes ~130 us at batch 64.
+
+Only importable where triton is installed (build hosts and GPU hosts with jax-triton);
+it touches no device at import. jax and jax_triton are imported on first call.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+try:  # a host without triton can still import this module (and learn it cannot lower)
+    import triton
+    import triton.language as tl
+    _jit = triton.jit
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
+
+try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                  warpgroup_mma, warpgroup_mma_init,
+                                                                  warpgroup_mma_wait)
+    _gluon_jit = gluon.jit
+except ImportError:  # pragma: no cover - older triton, or none
+    gluon = gl = None
+
+    def _gluon_jit(fn):
+        return fn
+
+LOG2E = 1.4426950408889634
+
+# ----------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------
+
+
+@_jit
+def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, hi,
+                   offs_r, offs_e, qk_scale: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
+                   E: tl.constexpr, EP: tl.constexpr, HAS_ROPE: tl.constexpr,
+                   CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+                   STAGES: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). MASKED: the kv_len edge and the causal
+    diagonal are tested; otherwise every row sees every key of every block."""
+    offs_nb = tl.arange(0, BLOCK_N)
+    r_ok = offs_r < R
+    e_ok = offs_e < E
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_nb
+        kv_ptrs = kv_base + offs_n[:, None].to(tl.int64) * R + offs_r[None, :]
+        if MASKED:
+            n_ok = offs_n < kv_len
+            kv = tl.load(kv_ptrs, mask=n_ok[:, None] & r_ok[None, :], other=0.0)
+        elif RP != R:
+            kv = tl.load(kv_ptrs, mask=r_ok[None, :], other=0.0)
+        else:
+            kv = tl.load(kv_ptrs)
+        s = tl.dot(q, tl.trans(kv), input_precision=DOT_PREC)
+        if HAS_ROPE:
+            bk_ptrs = bk_base + offs_n[:, None].to(tl.int64) * E + offs_e[None, :]
+            if MASKED:
+                bk = tl.load(bk_ptrs, mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+            elif EP != E:
+                bk = tl.load(bk_ptrs, mask=e_ok[None, :], other=0.0)
+            else:
+                bk = tl.load(bk_ptrs)
+            s = tl.dot(qpe, tl.trans(bk), s, input_precision=DOT_PREC)
+        s = s * qk_scale
+        if MASKED:
+            keep = n_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= q_pos[:, None])
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # nothing seen yet
+        else:
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(kv.dtype), kv, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@_jit
+def _mla_decode_kernel(QL, BQ, KV, BK, VL, O, LSE,
+                       qk_scale: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
+                       HQ: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, E: tl.constexpr,
+                       EP: tl.constexpr, HAS_ROPE: tl.constexpr, CAUSAL: tl.constexpr,
+                       NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                       STAGES: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Grid (row blocks, splits, batch); row m of a batch is (query m // HQ, head m % HQ).
+    QL [B, SEQ*HQ, R]; BQ [B, SEQ, E]; KV [B, KV_SEQ, R]; BK [B, KV_SEQ, E]; VL int32[2].
+    NUM_SPLITS == 1: O [B, SEQ*HQ, R] (normalized out_lat), LSE unused.
+    NUM_SPLITS > 1:  O [B, NUM_SPLITS, SEQ*HQ, R] f32 partials, LSE [B, NUM_SPLITS, SEQ*HQ]
+    (base 2, -inf for a slice that saw no key)."""
+    M: tl.constexpr = SEQ * HQ
+    EVEN_H: tl.constexpr = M % BLOCK_H == 0
+    pid_h = tl.program_id(0)
+    split = tl.program_id(1)
+    b64 = tl.program_id(2).to(tl.int64)
+    q_len = tl.load(VL)
+    kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    rows = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < M
+    rows_c = tl.minimum(rows, M - 1)
+    q_idx = rows_c // HQ                       # the query position of each row
+    q_pos = q_idx + off                        # its key position (bottom-right aligned)
+    offs_r = tl.arange(0, RP)
+    offs_e = tl.arange(0, EP)
+
+    q_ptrs = QL + b64 * (M * R) + rows_c[:, None] * R + offs_r[None, :]
+    if RP != R:
+        q = tl.load(q_ptrs, mask=(offs_r < R)[None, :], other=0.0)
+    else:
+        q = tl.load(q_ptrs)
+    qpe = q
+    if HAS_ROPE:
+        qpe_ptrs = BQ + b64 * (SEQ * E) + q_idx[:, None] * E + offs_e[None, :]
+        if EP != E:
+            qpe = tl.load(qpe_ptrs, mask=(offs_e < E)[None, :], other=0.0)
+        else:
+            qpe = tl.load(qpe_ptrs)
+    kv_base = KV + b64 * (KV_SEQ * R)
+    bk_base = BK + b64 * (KV_SEQ * E)
+
+    # Keys any row of the block may see: [0, hi); keys every row sees: [0, full_hi).
+    first_q = (pid_h * BLOCK_H) // HQ
+    last_q = tl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
+    hi = kv_len
+    full_hi = kv_len
+    if CAUSAL:
+        hi = tl.minimum(hi, last_q + off + 1)
+        full_hi = tl.minimum(full_hi, first_q + off + 1)
+    hi = tl.maximum(hi, 0)
+    full_hi = (tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N
+    # This program's slice of the visible key blocks (whole blocks; the last may be short).
+    n_blocks = tl.cdiv(hi, BLOCK_N)
+    per_split = tl.cdiv(n_blocks, NUM_SPLITS)
+    lo = tl.minimum(split * per_split * BLOCK_N, hi)
+    hi_s = tl.minimum(lo + per_split * BLOCK_N, hi)
+    mid = tl.maximum(tl.minimum(hi_s, full_hi), lo)
+
+    acc = tl.zeros([BLOCK_H, RP], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, mid,
+                                   offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
+                                   False, BLOCK_N, STAGES, DOT_PREC)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, mid, hi_s,
+                                   offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
+                                   True, BLOCK_N, 1, DOT_PREC)
+
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    st_mask = row_ok[:, None] & (offs_r < R)[None, :]
+    if NUM_SPLITS == 1:
+        o_ptrs = O + b64 * (M * R) + rows[:, None] * R + offs_r[None, :]
+        if EVEN_H and RP == R:
+            tl.store(o_ptrs, out.to(O.dtype.element_ty))
+        else:
+            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=st_mask)
+    else:
+        part = b64 * NUM_SPLITS + split
+        o_ptrs = O + part * (M * R) + rows[:, None] * R + offs_r[None, :]
+        tl.store(o_ptrs, out, mask=st_mask)
+        lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(LSE + part * M + rows, lse, mask=row_ok)
+
+
+@_jit
+def _combine_kernel(OP, LSE, O, M: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
+                    NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Merges the split partials: out = sum_k 2^(lse_k - max) o_k / sum_k 2^(lse_k - max);
+    rows every slice of which saw no key give zeros. Grid (row blocks, batch)."""
+    pid = tl.program_id(0)
+    b64 = tl.program_id(1).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    offs_r = tl.arange(0, RP)
+    mask = row_ok[:, None] & (offs_r < R)[None, :]
+    lse_base = LSE + b64 * (NUM_SPLITS * M) + rows
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for k in range(NUM_SPLITS):
+        m = tl.maximum(m, tl.load(lse_base + k * M, mask=row_ok, other=float("-inf")))
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k in range(NUM_SPLITS):
+        w = tl.math.exp2(tl.load(lse_base + k * M, mask=row_ok, other=float("-inf")) - m_use)
+        o = tl.load(OP + (b64 * NUM_SPLITS + k) * (M * R) + rows[:, None] * R + offs_r[None, :],
+                    mask=mask, other=0.0)
+        acc += w[:, None] * o
+        den += w
+    out = acc / tl.where(den == 0.0, 1.0, den)[:, None]
+    tl.store(O + b64 * (M * R) + rows[:, None] * R + offs_r[None, :], out.to(O.dtype.element_ty),
+             mask=mask)
+
+
+# ----------------------------------------------------------------------------------------
+# Hopper (sm90) kernel in Gluon
+# ----------------------------------------------------------------------------------------
+# Why not tl.dot here: with two dependent dots (logits, then p @ kv) Triton lays the logits
+# tile out with all 8 warps along its 64 rows, so both warpgroups compute the same
+# 64 x 64 x 576 product (the second copy is wasted tensor-core time), and it pipelines the
+# kv stream with per-thread cp.async addresses. Gluon states the layouts: the logits
+# tile is split between the two warpgroups by columns (each computes 64 heads x 32 keys),
+# out_lat (64 x 512, f32) by columns too (each owns 256 of the 512 latent dims), the row
+# max crosses warpgroups through shared memory, and p reaches both warpgroups through a
+# small shared tile. kv / b_k blocks arrive by TMA into a two-stage ring on mbarriers.
+#
+# Per kv block j (all 256 threads):
+#   wait TMA(j); wait own p@kv(j-1); CTA barrier (now every warpgroup is done with
+#   stage j-1 and with the p tile) -> issue TMA(j+1) into stage j-1's slot;
+#   logits = q_lat @ kv_j^T (+ b_q @ b_k_j^T), wgmma from shared memory; mask; online
+#   softmax (row max across warpgroups); p -> shared; barrier; out_lat += p @ kv_j, async
+#   (it overlaps the next block's TMA wait).
+# Shared memory (bf16, 64 heads, 64 keys, rank 512, rope 64): q_lat 64 KB + b_q 8 KB +
+# 2 x (kv 64 KB + b_k 8 KB) + p 8 KB = 224 KB of the 227 KB a block may use.
+
+
+@_gluon_jit
+def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
+              HAS_ROPE: gl.constexpr, STAGES: gl.constexpr):
+    slot = j % STAGES
+    bar = bars.index(slot)
+    if HAS_ROPE:
+        mbarrier.expect(bar, kv_desc.block_type.nbytes + bk_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(kv_desc, [row, 0], bar, kv_smem.index(slot), pred=pred)
+        tma.async_copy_global_to_shared(bk_desc, [row, 0], bar, bk_smem.index(slot), pred=pred)
+    else:
+        mbarrier.expect(bar, kv_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(kv_desc, [row, 0], bar, kv_smem.index(slot), pred=pred)
+
+
+@_gluon_jit
+def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
+                     qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
+                     HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
+                     HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
+                     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                     BATCH: gl.constexpr):
+    """Same contract as _mla_decode_kernel (8 warps, BLOCK_H == 64). KV and BK are read by
+    TMA through descriptors over the 2-D views [BATCH * KV_SEQ, R] and [BATCH * KV_SEQ, E]
+    (made here, on the device: rows past the end read as zeros)."""
+    M: gl.constexpr = SEQ * HQ
+    dtype: gl.constexpr = KV.dtype.element_ty
+    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
+    bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
+    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
+                                         block_shape=[BLOCK_N, R], layout=kv_sl)
+    bk_desc = kv_desc
+    if HAS_ROPE:
+        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
+                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+    # logits: [64 heads, BLOCK_N keys], warpgroup g owns keys [g * BLOCK_N/2, (g+1) * BLOCK_N/2)
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                  instr_shape=[16, BLOCK_N // 2, 16])
+    # out_lat: [64 heads, R], warpgroup g owns latent dims [g * R/2, (g+1) * R/2)
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                  instr_shape=[16, R // 2 if R <= 512 else 256, 16])
+    LD_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])
+    ROW_S: gl.constexpr = gl.SliceLayout(1, S_L)
+    ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
+    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype)
+    qpe_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, E], dtype)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+
+    pid_h = gl.program_id(0)
+    split = gl.program_id(1)
+    b = gl.program_id(2)
+    b64 = b.to(gl.int64)
+    q_len = gl.load(VL)
+    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    # q_lat rows (and their b_q rows) -> shared memory, once
+    rows_ld = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LD_L))
+    rows_ld = gl.minimum(rows_ld, M - 1)
+    cols_r = gl.arange(0, R, layout=gl.SliceLayout(0, LD_L))
+    q = gl.load(QL + b64 * (M * R) + rows_ld[:, None] * R + cols_r[None, :])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], q_sl, q)
+    qpe_smem = q_smem
+    if HAS_ROPE:
+        cols_e = gl.arange(0, E, layout=gl.SliceLayout(0, LD_L))
+        qpe = gl.load(BQ + b64 * (SEQ * E) + (rows_ld // HQ)[:, None] * E + cols_e[None, :])
+        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, E], qpe_sl, qpe)
+    kv_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, R], kv_sl)
+    bk_smem = kv_smem
+    if HAS_ROPE:
+        bk_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, E], bk_sl)
+    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    fence_async_shared()
+    gl.barrier()
+
+    # key range: as _mla_decode_kernel (the tail mask is applied to every block: cheap)
+    last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
+    hi = kv_len
+    if CAUSAL:
+        hi = gl.minimum(hi, last_q + off + 1)
+    hi = gl.maximum(hi, 0)
+    n_blocks = gl.cdiv(hi, BLOCK_N)
+    per_split = gl.cdiv(n_blocks, NUM_SPLITS)
+    lo = gl.minimum(split * per_split * BLOCK_N, hi)
+    hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
+    n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
+    tma_row = b * KV_SEQ + lo
+
+    rows_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_S)
+    q_pos = gl.minimum(rows_s, M - 1) // HQ + off
+    cols_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+
+    acc = warpgroup_mma_init(gl.zeros([BLOCK_H, R], gl.float32, O_L))
+    l2 = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)       # per-column partial row sums
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, ROW_S)
+    s_zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
+
+    for i in gl.static_range(STAGES - 1):      # prologue: the first STAGES - 1 blocks
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, i, tma_row + i * BLOCK_N, i < n_iter,
+                  HAS_ROPE, STAGES)
+    for j in range(n_iter):
+        slot = j % STAGES
+        mbarrier.wait(bars.index(slot), (j // STAGES) & 1)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        gl.barrier()
+        # every warpgroup is done with block j - 1: its slot takes block j + STAGES - 1
+        nxt = j + (STAGES - 1)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, nxt, tma_row + nxt * BLOCK_N,
+                  nxt < n_iter, HAS_ROPE, STAGES)
+        kv = kv_smem.index(slot)
+        # the rope part first: the compiler puts a CTA barrier before the first wgmma that
+        # reads a TMA-written tile and a wgmma wait between the two chained products;
+        # this order keeps the barrier off the long (rank-wide) product
+        if HAS_ROPE:
+            s = warpgroup_mma(qpe_smem, bk_smem.index(slot).permute((1, 0)), s_zero, use_acc=False,
+                              is_async=True)
+            s = warpgroup_mma(q_smem, kv.permute((1, 0)), s, is_async=True)
+        else:
+            s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        s = s * qk_scale
+        offs_n = lo + j * BLOCK_N + cols_s
+        keep = (offs_n < kv_len)[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= q_pos[:, None])
+        s = gl.where(keep, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(s - m_use[:, None])
+        alpha = gl.exp2(m_i - m_use)
+        l2 = l2 * alpha[:, None] + p
+        acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
+        m_i = m_new
+        p_smem.store(p.to(dtype))
+        fence_async_shared()
+        gl.barrier()
+        acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+
+    l_i = gl.sum(l2, axis=1)
+    empty = l_i == 0.0
+    l_safe = gl.where(empty, 1.0, l_i)
+    out = acc / gl.convert_layout(l_safe, ROW_O)[:, None]
+    rows_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_O)
+    cols_o = gl.arange(0, R, layout=gl.SliceLayout(0, O_L))
+    row_ok = (rows_o < M)[:, None]
+    if NUM_SPLITS == 1:
+        gl.store(O + b64 * (M * R) + rows_o[:, None] * R + cols_o[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok)
+    else:
+        part = b64 * NUM_SPLITS + split
+        gl.store(O + part * (M * R) + rows_o[:, None] * R + cols_o[None, :], out, mask=row_ok)
+        lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
+        gl.store(LSE + part * M + rows_s, lse, mask=rows_s < M)
+
+
+# ----------------------------------------------------------------------------------------
+# JAX side
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    cc: int
+    kernel: str           # "wgmma": the Gluon sm90 kernel; "dot": the portable tl.dot kernel
+    block_h: int
+    block_n: int
+    num_splits: int
+    num_warps: int
+    num_stages: int
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _local_compute_capability() -> int:
+    import jax
+    for dev in jax.local_devices():
+        cc = getattr(dev, "compute_capability", None)
+        if dev.platform == "gpu" and cc:
+            major, _, minor = str(cc).partition(".")
+            return int(major) * 10 + int(minor or 0)
+    raise ValueError("mla_attention (triton): the config has no compute_capability and this host "
+                     "has no GPU to read it from; give config['compute_capability'] (e.g. 90)")
+
+
+def _resolve_config(config, dims, static) -> dict:
+    """The config as given, completed by the heuristic for its compute capability (the
+    local GPU's when the config names none: an empty config on a GPU host)."""
+    from .configs import triton_heuristic
+    cfg = dict(config or {})
+    cc = cfg.get("compute_capability")
+    if cc is None:
+        cc = _local_compute_capability()
+    full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
+    full.update(cfg)
+    full["compute_capability"] = int(cc)
+    return full
+
+
+def _wgmma_ok(cc, itemsize, r, e) -> bool:
+    """Shapes the Gluon sm90 kernel takes: 2-byte inputs, a power-of-two rank in [32, 512]
+    (out_lat columns split in two warpgroup halves of at most 256), rope_dim 0 or a power
+    of two in [8, 256] (a TMA row of at least 16 bytes)."""
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0
+    return (cc // 10 == 9 and gluon is not None and itemsize == 2 and pow2(r) and 32 <= r <= 512
+            and (e == 0 or (pow2(e) and 8 <= e <= 256)))
+
+
+def _make_static(cfg, dims, itemsize) -> _Static:
+    from .configs import fit_triton_tiles
+    cc = int(cfg["compute_capability"])
+    r, e = dims["kv_lora_rank"], dims["rope_dim"]
+    kernel = cfg.get("kernel") or "dot"
+    if kernel not in ("wgmma", "dot"):
+        raise ValueError(f"mla_attention (triton): config kernel must be 'wgmma' or 'dot', got {kernel!r}")
+    if kernel == "wgmma" and not _wgmma_ok(cc, itemsize, r, e):
+        kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernel does not tile
+    n_tokens = dims["kv_seq"]
+    if kernel == "wgmma":
+        # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
+        bh, warps = 64, 8
+        bn = 32 if int(cfg.get("block_n", 64)) <= 32 else 64
+        stages = max(2, min(int(cfg.get("num_stages", 2)), 2 if bn == 64 else 4))
+    else:
+        m = dims["seq"] * dims["q_heads"]
+        bh = max(16, min(_next_pow2(int(cfg["block_h"])), _next_pow2(m)))
+        bn = max(16, min(_next_pow2(int(cfg["block_n"])), _next_pow2(n_tokens)))
+        bh, bn, stages = fit_triton_tiles(bh, bn, int(cfg["num_stages"]), max(16, _next_pow2(r)),
+                                          max(16, _next_pow2(e)) if e else 0, itemsize, cc)
+        warps = int(cfg["num_warps"])
+        if itemsize == 4:
+            # float32 runs exact-f32 dots ("ieee": FMA, not tensor cores) on small tiles:
+            # tf32x3 keeps split copies of the resident q_lat in registers and spills
+            # heavily. Decode is served in bf16/fp16; this path is for exactness.
+            bh, bn, stages, warps = 16, 16, 1, 4
+    n_blocks = -(-n_tokens // bn)
+    splits = max(1, min(int(cfg.get("num_splits", 1)), n_blocks))
+    return _Static(cc=cc, kernel=kernel, block_h=bh, block_n=bn, num_splits=splits,
+                   num_warps=warps, num_stages=stages)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype):
+    """The Triton part: q_lat [B, S, HQ, R] against the latent cache kv [B, T, R] (and the
+    rope parts b_q [B, S, E], b_k [B, T, E], or None). Returns out_lat [B, S, HQ, R]."""
+    import jax
+    import jax.numpy as jnp
+    import jax_triton as jt
+    b, s, hq, r = q_lat.shape
+    t = kv.shape[1]
+    m = s * hq
+    has_rope = b_q is not None
+    e = b_q.shape[-1] if has_rope else 0
+    dt = q_lat.dtype
+    kv = kv.astype(dt)
+    if has_rope:
+        bq_arg, bk_arg = b_q.astype(dt), b_k.astype(dt)
+    else:   # absent rope parts travel as one-element arrays the kernel never reads
+        bq_arg = bk_arg = jnp.zeros((1,), dt)
+    grid = (_cdiv(m, st.block_h), st.num_splits, b)
+    ql = q_lat.reshape(b, m, r)
+    vl = jnp.asarray(valid_lens, jnp.int32).reshape(2)
+    if st.num_splits == 1:
+        out_type = (jax.ShapeDtypeStruct((b, m, r), out_dtype), jax.ShapeDtypeStruct((1,), jnp.float32))
+    else:
+        out_type = (jax.ShapeDtypeStruct((b, st.num_splits, m, r), jnp.float32),
+                    jax.ShapeDtypeStruct((b, st.num_splits, m), jnp.float32))
+    common = dict(qk_scale=float(scale) * LOG2E, SEQ=s, KV_SEQ=t, HQ=hq, R=r, HAS_ROPE=has_rope,
+                  CAUSAL=bool(causal), NUM_SPLITS=st.num_splits, BLOCK_H=st.block_h,
+                  BLOCK_N=st.block_n, STAGES=st.num_stages)
+    name = "mla_decode" if st.num_splits == 1 else "mla_decode_split"
+    if st.kernel == "wgmma":
+        res = jt.triton_call(
+            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
+            num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
+            E=max(e, 16), BATCH=b, **common)
+    else:
+        rp = max(16, _next_pow2(r))
+        ep = max(16, _next_pow2(e)) if has_rope else 16
+        res = jt.triton_call(
+            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_kernel, out_type=out_type, grid=grid,
+            num_warps=st.num_warps, num_stages=st.num_stages, compute_capability=st.cc, name=name,
+            RP=rp, E=max(e, 1), EP=ep, DOT_PREC="ieee" if dt == jnp.float32 else "tf32", **common)
+    if st.num_splits == 1:
+        return res[0].reshape(b, s, hq, r)
+    part, lse = res
+    block_m = 16
+    out = jt.triton_call(
+        part, lse, kernel=_combine_kernel,
+        out_type=jax.ShapeDtypeStruct((b, m, r), out_dtype),
+        grid=(_cdiv(m, block_m), b), num_warps=4, num_stages=1,
+        compute_capability=st.cc, name="mla_decode_combine",
+        M=m, R=r, RP=max(16, _next_pow2(r)), NUM_SPLITS=st.num_splits, BLOCK_M=block_m)
+    return out.reshape(b, s, hq, r)
+
+
+def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
+    import jax
+    import jax.numpy as jnp
+    from .configs import choose_form, norm_form
+    from .xla import default_scale, mla_attention_impl as xla_impl
+    q, kv, w_kc, w_vc = inputs["query"], inputs["key_value"], inputs["w_kc"], inputs["w_vc"]
+    b_q, b_k, cu = inputs.get("b_q"), inputs.get("b_k"), inputs.get("cu_seqlens")
+    if (b_q is None) != (b_k is None):
+        raise ValueError("mla_attention: give both b_q and b_k, or neither")
+    b, s, hq, d = q.shape
+    t, r = kv.shape[1], kv.shape[2]
+    hk = w_kc.shape[1]
+    g = hq // hk
+    dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r,
+                rope_dim=b_q.shape[-1] if b_q is not None else 0)
+    form = norm_form(config) or choose_form(dims)
+    if cu is not None or form == "naive":
+        # Prefill layouts (packed sequences, or the naive form where decompression is
+        # amortized): dense GEMMs + head_dim-wide attention, which XLA runs well. See the
+        # module docstring.
+        return xla_impl(inputs, valid_lens, config={"form": form}, causal=causal,
+                        softmax_scale=softmax_scale)
+
+    cfg = _resolve_config(config, dims, {"causal": causal, "softmax_scale": softmax_scale})
+    cdt = q.dtype
+    st = _make_static(cfg, dims, jnp.dtype(cdt).itemsize)
+    scale = default_scale(d, dims["rope_dim"], softmax_scale)
+    f32 = jnp.float32
+    # float32 callers get exact f32 projections (XLA:GPU would otherwise use tf32)
+    prec = jax.lax.Precision.HIGHEST if cdt == f32 else None
+    qg = q.reshape(b, s, hk, g, d)
+    # q_lat in the caller's dtype (as the XLA absorbed form), accumulated in f32
+    q_lat = jnp.einsum("bskgd,rkd->bskgr", qg, w_kc.astype(cdt), preferred_element_type=f32,
+                       precision=prec).astype(cdt)
+    # out_lat: f32 for f32 callers; else the caller's dtype (it is an average of cache rows,
+    # so its rounding is that of one cache entry; halves its write + read)
+    lat_dt = f32 if cdt == f32 else cdt
+    out_lat = latent_attention(st, q_lat.reshape(b, s, hq, r), b_q, kv, b_k, valid_lens,
+                               scale=scale, causal=causal, out_dtype=lat_dt)
+    out = jnp.einsum("bskgr,rkd->bskgd", out_lat.reshape(b, s, hk, g, r), w_vc.astype(lat_dt),
+                     preferred_element_type=f32, precision=prec)
+    return (out.reshape(b, s, hq, d).astype(q.dtype),)

@@ -1,0 +1,236 @@
+"""The Triton `mla_attention` backend lowers on a CPU-only host: DeepSeek-V3 decode shapes
+(128 q heads, head_dim 128, kv_lora_rank 512, rope 64, 4096 keys) for sm90 (the Gluon
+wgmma kernel) and sm80 (the tl.dot kernel), with and without the rope parts, split-KV
+(with its combine kernel) and not, float32 / float16, and the prefill / cu_seqlens
+delegation to XLA; plus a gpu-sm90 build of a tiny mla manifest.
+
+Lowering Triton for CUDA here needs the CUDA plugin from the extras folder at the front of
+sys.path with JAX_PLATFORMS=cpu set before jax is imported, so each check runs in a fresh
+subprocess that does exactly that (as the build does). No GPU is touched: the checks read
+the exported StableHLO, the jax-triton custom calls in it, the PTX inside them, and what
+ptxas (Triton's) reports when it assembles that PTX.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _extras() -> Path:
+    root = os.environ.get("EJAOT_EXTRAS") or os.path.join(sys.prefix, "ejaot-extras")
+    return Path(root) / "cuda"
+
+
+pytestmark = pytest.mark.skipif(
+    not _extras().is_dir(),
+    reason=f"CUDA extras for lowering Triton on a CPU host are not installed ({_extras()} is missing)")
+
+# Runs in the subprocess: lowers every case, prints one JSON line per case.
+_SCRIPT = textwrap.dedent(r'''
+    import json, os, re, sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path.insert(0, EXTRAS)
+    import jax
+    import jax.numpy as jnp
+    from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
+    from ejaot_kernels.mla_attention.configs import triton_heuristic
+    from ejaot.targets.cuda import kernel_binaries, TRITON_CALL
+
+    CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
+
+    class Target:
+        def __init__(self, cc):
+            self.facts = {"compute_capability": cc}
+
+    def run(case):
+        cc, b, s, t, hq, hk, d, r, e = (case[k] for k in ("cc", "b", "s", "t", "hq", "hk", "d", "r", "e"))
+        dt = jnp.dtype(case.get("dtype", "bfloat16"))
+        dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r,
+                    rope_dim=e or 64)
+        static = dict(causal=case["causal"], softmax_scale=case.get("scale"))
+        config = {**triton_heuristic(dims, static, Target(cc)), **case.get("config", {})}
+        assert config["compute_capability"] == cc, config
+        rope, cu = bool(e), case.get("cu", False)
+
+        def fn(q, kv, wk, wv, vl, *rest):
+            rest = list(rest)
+            inputs = {"query": q, "key_value": kv, "w_kc": wk, "w_vc": wv,
+                      "b_q": rest.pop(0) if rope else None, "b_k": rest.pop(0) if rope else None,
+                      "cu_seqlens": rest.pop(0) if cu else None}
+            return mla_attention_impl(inputs, vl, config=config, **static)[0]
+
+        av = [jax.ShapeDtypeStruct((b, s, hq, d), dt), jax.ShapeDtypeStruct((b, t, r), dt),
+              jax.ShapeDtypeStruct((r, hk, d), dt), jax.ShapeDtypeStruct((r, hk, d), dt),
+              jax.ShapeDtypeStruct((2,), jnp.int32)]
+        if rope:
+            av += [jax.ShapeDtypeStruct((b, s, e), dt), jax.ShapeDtypeStruct((b, t, e), dt)]
+        if cu:
+            av.append(jax.ShapeDtypeStruct((3,), jnp.int32))
+        exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*av)
+        text = exp.mlir_module()
+        _, meta = kernel_binaries(exp, text, None)
+        print("RESULT " + json.dumps({
+            "case": case, "config": config, "platforms": list(exp.platforms),
+            "calls": text.count("stablehlo.custom_call @" + TRITON_CALL),
+            "in_serialized": TRITON_CALL.encode() in bytes(exp.serialize()),
+            "out_avals": [[list(a.shape), str(a.dtype)] for a in exp.out_avals],
+            "kernels": meta.get("kernels", [])}), flush=True)
+
+    for case in CASES:
+        run(case)
+''')
+
+
+def _lower(cases: list[dict]) -> list[dict]:
+    code = f"import json\nEXTRAS = {str(_extras())!r}\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, f"lowering failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert len(results) == len(cases), proc.stdout[-4000:]
+    return results
+
+
+DS3 = dict(hq=128, hk=128, d=128, r=512, e=64, t=4096)
+
+
+def _check_triton(r, entry: str, calls: int):
+    c = r["case"]
+    dt = c.get("dtype", "bfloat16")
+    assert r["platforms"] == ["cuda"]
+    assert r["in_serialized"], r
+    assert r["calls"] == calls, r
+    assert r["out_avals"] == [[[c["b"], c["s"], c["hq"], c["d"]], dt]], r
+    names = [k["name"] for k in r["kernels"]]
+    assert names[0] == entry, names
+    assert ("_combine_kernel" in names) == (r["config"]["num_splits"] > 1), (names, r["config"])
+    for k in r["kernels"]:    # PTX for the requested generation (sm_90a on Hopper), assembled
+        assert k["arch"] == ("sm_90a" if c["cc"] == 90 else f"sm_{c['cc']}"), k
+        assert "cubin_bytes" in k, k
+
+
+@pytest.mark.parametrize("rope", [True, False], ids=["rope", "norope"])
+def test_sm90_ds3_decode_lowers_to_the_wgmma_kernel(rope):
+    cases = [dict(cc=90, b=2, s=1, causal=True, **{**DS3, "e": 64 if rope else 0}),       # split-KV
+             dict(cc=90, b=64, s=1, causal=False, **{**DS3, "e": 64 if rope else 0})]     # one wave
+    res = _lower(cases)
+    small, big = res
+    assert small["config"]["kernel"] == "wgmma" and small["config"]["num_splits"] > 1
+    assert big["config"]["num_splits"] == 1
+    _check_triton(small, "_mla_decode_sm90", calls=2)      # attention + combine
+    _check_triton(big, "_mla_decode_sm90", calls=1)
+    for r in res:
+        k = r["kernels"][0]
+        # the 64 x 512 f32 accumulator split over two warpgroups fits in registers
+        assert k["spill_store_bytes"] == 0 and k["registers"] <= 255, k
+
+
+@pytest.mark.parametrize("rope", [True, False], ids=["rope", "norope"])
+def test_sm80_ds3_decode_lowers_to_the_dot_kernel(rope):
+    cases = [dict(cc=80, b=2, s=1, causal=True, **{**DS3, "e": 64 if rope else 0}),
+             dict(cc=80, b=2, s=1, causal=True, config={"num_splits": 1}, **{**DS3, "e": 64 if rope else 0})]
+    small, single = _lower(cases)
+    assert small["config"]["kernel"] == "dot"
+    _check_triton(small, "_mla_decode_kernel", calls=2)
+    _check_triton(single, "_mla_decode_kernel", calls=1)
+
+
+def test_lowers_other_dtypes_shapes_and_the_dot_kernel_on_sm90():
+    """float32 (exact-f32 dot kernel even on sm90), float16, a multi-token decode with GQA
+    absorption and a rank / rope the wgmma kernel tiles, rows < 64, and the tl.dot kernel
+    forced on sm90."""
+    cases = [
+        dict(cc=90, b=2, s=1, causal=True, dtype="float32", **DS3),
+        dict(cc=90, b=3, s=2, t=777, hq=128, hk=128, d=128, r=512, e=64, causal=True, dtype="float16"),
+        dict(cc=90, b=2, s=4, t=640, hq=32, hk=8, d=64, r=256, e=32, causal=True, scale=0.1),
+        dict(cc=90, b=2, s=1, causal=False, config={"kernel": "dot", "num_splits": 1}, **DS3),
+    ]
+    f32, f16, gqa, dot = _lower(cases)
+    assert f32["kernels"][0]["name"] == "_mla_decode_kernel"
+    _check_triton(f32, "_mla_decode_kernel", calls=1 + (f32["config"]["num_splits"] > 1))
+    _check_triton(f16, "_mla_decode_sm90", calls=1 + (f16["config"]["num_splits"] > 1))
+    _check_triton(gqa, "_mla_decode_sm90", calls=1 + (gqa["config"]["num_splits"] > 1))
+    _check_triton(dot, "_mla_decode_kernel", calls=1)
+
+
+def test_prefill_and_cu_seqlens_delegate_to_xla():
+    cases = [dict(cc=90, b=1, s=512, t=512, hq=16, hk=16, d=128, r=512, e=64, causal=True),
+             dict(cc=90, b=1, s=64, t=64, hq=16, hk=16, d=64, r=128, e=32, causal=True, cu=True)]
+    res = _lower(cases)
+    assert res[0]["config"]["form"] == "naive"
+    for r in res:
+        assert r["calls"] == 0 and not r["kernels"], r
+        c = r["case"]
+        assert r["out_avals"] == [[[c["b"], c["s"], c["hq"], c["d"]], "bfloat16"]], r
+
+
+def test_heuristic_carries_compute_capability_and_splits():
+    from ejaot.targets import get_target
+    from ejaot_kernels.mla_attention.configs import choose_splits, triton_candidates, triton_heuristic
+    dims = dict(batch=64, seq=1, kv_seq=4096, q_heads=128, kv_heads=128, head_dim=128,
+                kv_lora_rank=512, rope_dim=64)
+    static = dict(causal=True, softmax_scale=None)
+    for name, cc, kernel in (("gpu-sm90", 90, "wgmma"), ("gpu-sm80", 80, "dot")):
+        target = get_target(name)
+        cfg = triton_heuristic(dims, static, target)
+        assert cfg["compute_capability"] == cc and cfg["kernel"] == kernel and cfg["form"] == "absorbed"
+        assert {"block_h", "block_n", "num_splits", "num_warps", "num_stages"} <= cfg.keys()
+        cands = triton_candidates(dims, static, target)
+        assert cands[0] == cfg and all(c["compute_capability"] == cc for c in cands)
+        assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
+    # batch 64 x 2 row blocks already fills an H100 (132 SMs): no split; small batches split
+    assert triton_heuristic(dims, static, get_target("gpu-sm90"))["num_splits"] == 1
+    small = triton_heuristic(dict(dims, batch=2), static, get_target("gpu-sm90"))["num_splits"]
+    assert 4 <= small <= 32
+    # never more splits than half the kv blocks
+    assert choose_splits(1, 128, 256, 64, 64, 512, 132) <= 2
+    assert triton_heuristic(dict(dims, seq=1024, kv_seq=1024), static, get_target("gpu-sm90"))["form"] == "naive"
+
+
+TINY_MANIFEST = """
+format = 1
+[[kernel]]
+name = "mla_attention"
+dtypes = ["bfloat16"]
+inputs = ["b_q", "b_k"]
+[kernel.dims]
+batch = 2
+seq = 1
+kv_seq = [256, 512]
+q_heads = 16
+kv_heads = 16
+head_dim = 64
+kv_lora_rank = 128
+rope_dim = 32
+[kernel.static]
+causal = true
+"""
+
+
+def test_gpu_sm90_build_of_a_tiny_mla_manifest(tmp_path):
+    from ejaot.build import build
+    from ejaot.store.filestore import FileStore
+    m = tmp_path / "mla.toml"
+    m.write_text(TINY_MANIFEST)
+    report = build(m, "gpu-sm90", tmp_path / "gpu", jobs=1)
+    assert report.ok and len(report.built) == 2, report.summary()
+    store = FileStore(tmp_path / "gpu")
+    recs = list(store.read_index()["entries"].values())
+    assert len(recs) == 2
+    for rec in recs:
+        assert rec["kernel"] == "mla_attention" and rec["backend"] == "triton", rec
+        assert {"exported", "ptx", "cubin"} <= set(rec["payloads"]), rec["payloads"]
+        assert rec["config"]["compute_capability"] == 90 and rec["config"]["kernel"] == "wgmma"
+        assert [k["name"] for k in rec["kernels"]][0] == "_mla_decode_sm90", rec["kernels"]
+        ptx = store.read_blob(rec["payloads"]["ptx"]["sha256"])
+        assert b".target sm_90a" in ptx and b"wgmma.mma_async" in ptx
