@@ -2,8 +2,6 @@
 tier, and numerics against the reference wherever this host's device can run the entry."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from . import toolchain as tc
@@ -98,7 +96,13 @@ def verify_store(root, numerics=True, max_elements=1 << 26, echo=print, seed=Non
             continue
         inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
                                   record["static"], rng)
-        want = reference_outputs(spec, record, inputs)
+        try:
+            want = jax.block_until_ready(reference_outputs(spec, record, inputs))
+        except Exception as e:  # e.g. the XLA reference does not fit the device's memory
+            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers)
+                 + f"; numerics skipped: the reference failed ({type(e).__name__}: {str(e)[:120]})")
+            counts["numerics_skipped"] += 1
+            continue
         names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
         valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
         results = []
@@ -106,17 +110,22 @@ def verify_store(root, numerics=True, max_elements=1 << 26, echo=print, seed=Non
                          ("portable", entry.portable() if not p else None)):
             if fn is None:
                 continue
-            t0 = time.perf_counter()
-            got = fn(*[inputs[n] for n in names], valid)
-            jax.block_until_ready(got)
+            try:
+                got = jax.block_until_ready(fn(*[inputs[n] for n in names], valid))
+            except Exception as e:  # a tier that cannot run here is a failure of that entry
+                results.append(f"{tier} FAILED to run ({type(e).__name__}: {str(e)[:120]})")
+                ok = False
+                counts["failed"] += 1
+                continue
             passed, err = all_close(got, want, record["dtype"])
             results.append(f"{tier} {'ok' if passed else 'MISMATCH'} (err/tol {err:.3f})")
             ok &= passed
             if not passed:
                 counts["failed"] += 1
+        good = all("MISMATCH" not in r and "FAILED" not in r for r in results)
         if results:
-            counts["numerics_ok"] += all("MISMATCH" not in r for r in results)
-        echo(("ok   " if all("MISMATCH" not in r for r in results) else "FAIL ") + f"{label}: sha256 ok; "
+            counts["numerics_ok"] += good
+        echo(("ok   " if good else "FAIL ") + f"{label}: sha256 ok; "
              + "; ".join(tiers) + "; numerics: " + ("; ".join(results) or "no usable tier"))
     for r in bundle.stats()["rejected"]:
         what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
