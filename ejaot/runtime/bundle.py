@@ -81,7 +81,9 @@ class Bundle:
         self._plans: dict[tuple, Plan] = {}
         self._groups: dict[tuple, Group] = {}
         self._fallback_backends: dict[str, str] = {}
-        self.entries: dict[str, StoredEntry] = {}
+        self._entries: dict[str, StoredEntry] = {}
+        self._pending: dict[str, list] = {}        # kernel -> records not yet checked
+        self._open_lock = threading.RLock()
         self.store_problem: str | None = None
         self.misses = MissLog(self.store.misses_path if miss_log else None)
         self._verifier = None
@@ -105,7 +107,33 @@ class Bundle:
             self._reject_store(self.store_problem)
             return
         self.target = index.get("target")
+        # Records are checked per kernel on its first call (or when all entries are asked
+        # for): start-up pays only for the kernels a server actually uses.
         for key, record in index["entries"].items():
+            kernel = record.get("kernel") if isinstance(record, dict) else None
+            if not isinstance(kernel, str):
+                self._reject_record(key, record, "entry", "record is not a table with a kernel name")
+                continue
+            self._pending.setdefault(kernel, []).append((key, record))
+
+    @property
+    def entries(self) -> dict[str, StoredEntry]:
+        """Every accepted entry (checking all kernels' records now if not yet done)."""
+        for kernel in list(self._pending):
+            self._ensure_kernel(kernel)
+        return self._entries
+
+    def _ensure_kernel(self, kernel: str) -> None:
+        if kernel not in self._pending:
+            return
+        with self._open_lock:
+            records = self._pending.pop(kernel, None)
+            if records:
+                self._accept(records)
+
+    def _accept(self, records) -> None:
+        touched = set()
+        for key, record in records:
             problem = compat.record_problem(key, record)
             if problem is None and self._verifier is not None:
                 problem = self._verifier.problem(record)
@@ -123,13 +151,14 @@ class Bundle:
             for tier, why in (("compiled", entry.compiled_block), ("portable", entry.portable_block)):
                 if why and not why.startswith("no "):
                     self._note_rejection(key, record.get("kernel"), tier, why)
-            self.entries[key] = entry
+            self._entries[key] = entry
             spec = find_kernel(record["kernel"])
             gkey, pdims = self._group_key(spec, record)
             group = self._groups.setdefault(gkey, Group(tuple(d for d in spec.dims if d in spec.paddable)))
             group.members.append((pdims, entry))
-        for group in self._groups.values():
-            group.members.sort(key=lambda m: (int(np.prod(m[0])), m[0]))
+            touched.add(gkey)
+        for gkey in touched:
+            self._groups[gkey].members.sort(key=lambda m: (int(np.prod(m[0])), m[0]))
 
     def _group_key(self, spec: KernelSpec, record: dict):
         dims = record["dims"]
@@ -186,6 +215,7 @@ class Bundle:
             plan = self._plans.get(sig) if sig is not None else None
         if plan is not None:
             return plan
+        self._ensure_kernel(spec.name)
         plan = self._plan_for(spec, call, tracing, sig)
         if sig is not None:
             with self._lock:
@@ -292,13 +322,14 @@ class Bundle:
 
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> dict:
+        entries = self.entries        # checks every kernel's records, so all rejections are listed
         with self._lock:
             counts = dict(self._counts)
             rejected = list(self._rejected)
         return {
             "calls": {p: counts.get(p, 0) for p in ("exact", "padded", "fallback")},
             "tiers": {t: counts.get("tier:" + t, 0) for t in ("compiled", "portable", "jit")},
-            "entries": len(self.entries),
+            "entries": len(entries),
             "rejected": rejected,
             "fallback_backend": dict(self._fallback_backends),
             "miss_log": str(self.misses.path) if self.misses.path else None,
