@@ -59,8 +59,9 @@ fuzz: $(VENV)/.base-installed
 	EJAOT_FUZZ_MUTATIONS=1000 EJAOT_LOAD_SECONDS=60 $(PYTHON) -m pytest -q -s \
 	  tests/test_fuzz_store.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
 
-bench: $(VENV)/.base-installed
+bench: $(VENV)/.base-installed $(VENV)/.tpu-installed
 	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results
+	$(PYTHON) -m benchmarks.tpu_compile --manifest $(MANIFEST) --out bench-results
 
 clean:
 	rm -rf artifacts bench-results

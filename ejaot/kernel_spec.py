@@ -155,6 +155,9 @@ def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
             raise LookupError(f"kernel package {package!r} not found")
         folder = Path(list(spec.submodule_search_locations)[0])
         h = hashlib.sha256()
+        # the collection's shared modules (e.g. triton_support.py) count for every kernel
+        for path in sorted(folder.parent.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         for path in sorted(folder.rglob("*.py")):
             if path.relative_to(folder).as_posix() in exclude:
                 continue

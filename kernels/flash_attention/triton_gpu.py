@@ -35,15 +35,7 @@ import functools
 import math
 from types import SimpleNamespace
 
-try:  # a host without triton can still import this module (and learn it cannot lower)
-    import triton
-    import triton.language as tl
-    _jit = triton.jit
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = None
-
-    def _jit(fn):
-        return fn
+from ejaot_kernels.triton_support import jit as _jit, local_compute_capability, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -609,17 +601,6 @@ class _Static:
     ws: bool = False                      # forward's main loop warp-specialized (sm90+)
 
 
-def _local_compute_capability() -> int:
-    import jax
-    for dev in jax.local_devices():
-        cc = getattr(dev, "compute_capability", None)
-        if dev.platform == "gpu" and cc:
-            major, _, minor = str(cc).partition(".")
-            return int(major) * 10 + int(minor or 0)
-    raise ValueError("flash_attention (triton): the config has no compute_capability and this host "
-                     "has no GPU to read it from; give config['compute_capability'] (e.g. 90)")
-
-
 def _pow2_block(requested: int, n: int) -> int:
     """The requested block, shrunk toward the dimension (never below 16, tl.dot's minimum)."""
     b = max(16, int(requested))
@@ -633,7 +614,7 @@ def _resolve_config(config, dims, static) -> dict:
     cfg = dict(config or {})
     cc = cfg.get("compute_capability")
     if cc is None:
-        cc = _local_compute_capability()
+        cc = local_compute_capability("flash_attention")
     full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
     full.update(cfg)
     full["compute_capability"] = int(cc)

@@ -52,15 +52,7 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
-try:  # a host without triton can still import this module (and learn it cannot lower)
-    import triton
-    import triton.language as tl
-    _jit = triton.jit
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = None
-
-    def _jit(fn):
-        return fn
+from ejaot_kernels.triton_support import jit as _jit, local_compute_capability, tl, triton
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -454,17 +446,6 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _local_compute_capability() -> int:
-    import jax
-    for dev in jax.local_devices():
-        cc = getattr(dev, "compute_capability", None)
-        if dev.platform == "gpu" and cc:
-            major, _, minor = str(cc).partition(".")
-            return int(major) * 10 + int(minor or 0)
-    raise ValueError("mla_attention (triton): the config has no compute_capability and this host "
-                     "has no GPU to read it from; give config['compute_capability'] (e.g. 90)")
-
-
 def _resolve_config(config, dims, static) -> dict:
     """The config as given, completed by the heuristic for its compute capability (the
     local GPU's when the config names none: an empty config on a GPU host)."""
@@ -472,7 +453,7 @@ def _resolve_config(config, dims, static) -> dict:
     cfg = dict(config or {})
     cc = cfg.get("compute_capability")
     if cc is None:
-        cc = _local_compute_capability()
+        cc = local_compute_capability("mla_attention")
     full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
     full.update(cfg)
     full["compute_capability"] = int(cc)

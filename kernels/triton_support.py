@@ -1,0 +1,25 @@
+"""What every Triton backend of the collection shares: the guarded triton import (a host
+without triton can import a backend module and learn it cannot lower) and the local GPU's
+compute capability for the JIT path (an empty config on a GPU host)."""
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+    jit = triton.jit
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+    def jit(fn):
+        return fn
+
+
+def local_compute_capability(kernel: str) -> int:
+    import jax
+    for dev in jax.local_devices():
+        cc = getattr(dev, "compute_capability", None)
+        if dev.platform == "gpu" and cc:
+            major, _, minor = str(cc).partition(".")
+            return int(major) * 10 + int(minor or 0)
+    raise ValueError(f"{kernel} (triton): the config has no compute_capability and this host has no GPU "
+                     "to read it from; give config['compute_capability'] (e.g. 90)")
