@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _extras() -> Path:
-    root = os.environ.get("EJAOT_EXTRAS") or os.path.join(sys.prefix, "ejaot-extras")
-    return Path(root) / "cuda"
+    from ejaot.toolchain import extras_dir
+    return extras_dir("cuda")
 
 
 pytestmark = pytest.mark.skipif(
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(
 # Runs in the subprocess: lowers every case, prints one JSON line per exported function.
 _SCRIPT = textwrap.dedent(r'''
     import json, os, re, sys, zlib
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, EXTRAS)
+    from ejaot.targets import get_target
+    get_target("gpu-sm90").platform_module.prepare_process(get_target("gpu-sm90"))  # before jax
     import jax
     import jax.numpy as jnp
     import jax_triton.triton_lib as jt_lib
@@ -55,19 +55,8 @@ _SCRIPT = textwrap.dedent(r'''
 
     def opaque_blobs(text):
         """The zlib'd kernel-call protos in the custom calls' backend_config."""
-        out = []
-        for m in re.finditer(r'opaque = "((?:[^"\\]|\\.)*)"', text):
-            s, raw, i = m.group(1), bytearray(), 0
-            while i < len(s):
-                if s[i] == "\\":
-                    if s[i + 1] in "0123456789ABCDEFabcdef" and s[i + 2] in "0123456789ABCDEFabcdef":
-                        raw.append(int(s[i + 1:i + 3], 16)); i += 3
-                    else:
-                        raw.append(ord(s[i + 1])); i += 2
-                else:
-                    raw += s[i].encode(); i += 1
-            out.append(zlib.decompress(bytes(raw)))
-        return out
+        from ejaot.targets.mlir_text import custom_call_strings
+        return [zlib.decompress(b) for b in custom_call_strings(text, TARGET, "opaque")]
 
     def ptx_targets(text):
         found = set()
@@ -128,7 +117,7 @@ _SCRIPT = textwrap.dedent(r'''
 
 
 def _lower(cases: list[dict]) -> list[dict]:
-    code = f"import json\nEXTRAS = {str(_extras())!r}\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
+    code = f"import json\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)

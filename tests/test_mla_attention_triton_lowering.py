@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _extras() -> Path:
-    root = os.environ.get("EJAOT_EXTRAS") or os.path.join(sys.prefix, "ejaot-extras")
-    return Path(root) / "cuda"
+    from ejaot.toolchain import extras_dir
+    return extras_dir("cuda")
 
 
 pytestmark = pytest.mark.skipif(
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(
 # Runs in the subprocess: lowers every case, prints one JSON line per case.
 _SCRIPT = textwrap.dedent(r'''
     import json, os, re, sys
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.path.insert(0, EXTRAS)
+    from ejaot.targets import get_target
+    get_target("gpu-sm90").platform_module.prepare_process(get_target("gpu-sm90"))  # before jax
     import jax
     import jax.numpy as jnp
     from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
@@ -90,7 +90,7 @@ _SCRIPT = textwrap.dedent(r'''
 
 
 def _lower(cases: list[dict]) -> list[dict]:
-    code = f"import json\nEXTRAS = {str(_extras())!r}\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
+    code = f"import json\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)
