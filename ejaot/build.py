@@ -98,10 +98,11 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
     # Entries built from another version of a kernel's source can never be served by
     # this installation (the loader rejects them as stale): drop them as their
     # replacements are committed.
-    current = {e.kernel: e.source_hash for e in entries}
+    current = {(e.kernel, e.backend): e.source_hash for e in entries}
     superseded = tuple(k for k, r in existing.items()
-                       if supersede and isinstance(r, dict) and r.get("kernel") in current
-                       and r.get("source_hash") != current[r.get("kernel")])
+                       if supersede and isinstance(r, dict)
+                       and (r.get("kernel"), r.get("backend")) in current
+                       and r.get("source_hash") != current[(r.get("kernel"), r.get("backend"))])
 
     def commit(e: EntrySpec, record: dict):
         if signer is not None:
