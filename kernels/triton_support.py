@@ -23,3 +23,21 @@ def local_compute_capability(kernel: str) -> int:
             return int(major) * 10 + int(minor or 0)
     raise ValueError(f"{kernel} (triton): the config has no compute_capability and this host has no GPU "
                      "to read it from; give config['compute_capability'] (e.g. 90)")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def resolve_config(kernel: str, config, heuristic, dims, static) -> dict:
+    """The config as given, completed by the kernel's heuristic for its compute capability
+    (the local GPU's when the config names none: an empty config on a GPU host)."""
+    from types import SimpleNamespace
+    cfg = dict(config or {})
+    cc = cfg.get("compute_capability")
+    if cc is None:
+        cc = local_compute_capability(kernel)
+    full = heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
+    full.update(cfg)
+    full["compute_capability"] = int(cc)
+    return full

@@ -33,9 +33,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from types import SimpleNamespace
 
-from ejaot_kernels.triton_support import jit as _jit, local_compute_capability, tl, triton
+from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+
+from .configs import triton_heuristic
 
 LOG2E = 1.4426950408889634
 
@@ -609,17 +610,6 @@ def _pow2_block(requested: int, n: int) -> int:
     return b
 
 
-def _resolve_config(config, dims, static) -> dict:
-    from .configs import triton_heuristic
-    cfg = dict(config or {})
-    cc = cfg.get("compute_capability")
-    if cc is None:
-        cc = local_compute_capability("flash_attention")
-    full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
-    full.update(cfg)
-    full["compute_capability"] = int(cc)
-    return full
-
 
 def _fit_smem(kind, tiles, d, itemsize, cc):
     """Float32 inputs: shrinks the tiles (stages first, then the streamed block to 32, the
@@ -661,7 +651,7 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
     dims = {"batch": b, "seq": s, "kv_seq": t, "q_heads": hq, "kv_heads": hk, "head_dim": d}
     static = {"causal": causal, "sliding_window": sliding_window,
               "logits_soft_cap": logits_soft_cap, "softmax_scale": softmax_scale}
-    cfg = _resolve_config(config, dims, static)
+    cfg = resolve_config("flash_attention", config, triton_heuristic, dims, static)
     cc = int(cfg["compute_capability"])
     itemsize = q.dtype.itemsize
     window = None if sliding_window is None else (int(sliding_window[0]), int(sliding_window[1]))

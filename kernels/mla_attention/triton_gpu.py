@@ -50,9 +50,10 @@ it touches no device at import. jax and jax_triton are imported on first call.
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
-from ejaot_kernels.triton_support import jit as _jit, local_compute_capability, tl, triton
+from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+
+from .configs import triton_heuristic
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -442,22 +443,6 @@ class _Static:
     num_stages: int
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _resolve_config(config, dims, static) -> dict:
-    """The config as given, completed by the heuristic for its compute capability (the
-    local GPU's when the config names none: an empty config on a GPU host)."""
-    from .configs import triton_heuristic
-    cfg = dict(config or {})
-    cc = cfg.get("compute_capability")
-    if cc is None:
-        cc = local_compute_capability("mla_attention")
-    full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
-    full.update(cfg)
-    full["compute_capability"] = int(cc)
-    return full
 
 
 def _wgmma_ok(cc, itemsize, r, e) -> bool:
@@ -486,10 +471,10 @@ def _make_static(cfg, dims, itemsize) -> _Static:
         stages = max(2, min(int(cfg.get("num_stages", 2)), 2 if bn == 64 else 4))
     else:
         m = dims["seq"] * dims["q_heads"]
-        bh = max(16, min(_next_pow2(int(cfg["block_h"])), _next_pow2(m)))
-        bn = max(16, min(_next_pow2(int(cfg["block_n"])), _next_pow2(n_tokens)))
-        bh, bn, stages = fit_triton_tiles(bh, bn, int(cfg["num_stages"]), max(16, _next_pow2(r)),
-                                          max(16, _next_pow2(e)) if e else 0, itemsize, cc)
+        bh = max(16, min(next_pow2(int(cfg["block_h"])), next_pow2(m)))
+        bn = max(16, min(next_pow2(int(cfg["block_n"])), next_pow2(n_tokens)))
+        bh, bn, stages = fit_triton_tiles(bh, bn, int(cfg["num_stages"]), max(16, next_pow2(r)),
+                                          max(16, next_pow2(e)) if e else 0, itemsize, cc)
         warps = int(cfg["num_warps"])
         if itemsize == 4:
             # float32 runs exact-f32 dots ("ieee": FMA, not tensor cores) on small tiles:
@@ -541,8 +526,8 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
             num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
             E=max(e, 16), BATCH=b, **common)
     else:
-        rp = max(16, _next_pow2(r))
-        ep = max(16, _next_pow2(e)) if has_rope else 16
+        rp = max(16, next_pow2(r))
+        ep = max(16, next_pow2(e)) if has_rope else 16
         res = jt.triton_call(
             ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_kernel, out_type=out_type, grid=grid,
             num_warps=st.num_warps, num_stages=st.num_stages, compute_capability=st.cc, name=name,
@@ -556,7 +541,7 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
         out_type=jax.ShapeDtypeStruct((b, m, r), out_dtype),
         grid=(_cdiv(m, block_m), b), num_warps=4, num_stages=1,
         compute_capability=st.cc, name="mla_decode_combine",
-        M=m, R=r, RP=max(16, _next_pow2(r)), NUM_SPLITS=st.num_splits, BLOCK_M=block_m)
+        M=m, R=r, RP=max(16, next_pow2(r)), NUM_SPLITS=st.num_splits, BLOCK_M=block_m)
     return out.reshape(b, s, hq, r)
 
 
@@ -583,7 +568,8 @@ def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
         return xla_impl(inputs, valid_lens, config={"form": form}, causal=causal,
                         softmax_scale=softmax_scale)
 
-    cfg = _resolve_config(config, dims, {"causal": causal, "softmax_scale": softmax_scale})
+    cfg = resolve_config("mla_attention", config, triton_heuristic, dims,
+                         {"causal": causal, "softmax_scale": softmax_scale})
     cdt = q.dtype
     st = _make_static(cfg, dims, jnp.dtype(cdt).itemsize)
     scale = default_scale(d, dims["rope_dim"], softmax_scale)

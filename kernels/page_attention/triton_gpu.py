@@ -36,9 +36,10 @@ touches no device at import; jax_triton is imported on first call.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
-from ejaot_kernels.triton_support import jit as _jit, local_compute_capability, tl, triton
+from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+
+from .configs import triton_heuristic
 
 LOG2E = 1.4426950408889634
 
@@ -174,22 +175,6 @@ def _combine_kernel(PartOut, PartLse, Out, HQ: tl.constexpr, D: tl.constexpr,
 # ----------------------------------------------------------------------------------------
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _resolve_config(config, dims, static) -> dict:
-    """The config as given, completed by the heuristic for its compute capability (the
-    local GPU's when the config names none: an empty config on a GPU host)."""
-    from .configs import triton_heuristic
-    cfg = dict(config or {})
-    cc = cfg.get("compute_capability")
-    if cc is None:
-        cc = local_compute_capability("page_attention")
-    full = triton_heuristic(dims, static, SimpleNamespace(facts={"compute_capability": int(cc)}))
-    full.update(cfg)
-    full["compute_capability"] = int(cc)
-    return full
 
 
 def _fit_smem(ppb, stages, ps, block_d, itemsize, cc):
@@ -198,7 +183,7 @@ def _fit_smem(ppb, stages, ps, block_d, itemsize, cc):
     limit = (227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024
 
     def need(ppb, stages):
-        return stages * 2 * _next_pow2(ppb * ps) * block_d * itemsize
+        return stages * 2 * next_pow2(ppb * ps) * block_d * itemsize
 
     while need(ppb, stages) > limit * 3 // 4:
         if stages > 2:
@@ -237,9 +222,9 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
             "page_size": ps, "max_blocks": mb}
     static = {"attn_scale": attn_scale, "attn_logits_soft_cap": attn_logits_soft_cap,
               "sliding_window": sliding_window}
-    cfg = _resolve_config(config, dims, static)
+    cfg = resolve_config("page_attention", config, triton_heuristic, dims, static)
     cc = cfg["compute_capability"]
-    block_d = max(16, _next_pow2(d))
+    block_d = max(16, next_pow2(d))
     ppb = max(1, min(int(cfg["pages_per_block"]), mb))
     ppb, stages = _fit_smem(ppb, max(1, int(cfg["num_stages"])), ps, block_d, q.dtype.itemsize, cc)
     splits = max(1, min(int(cfg["num_splits"]), -(-mb // ppb)))
@@ -262,8 +247,8 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
         name="page_attention_decode" if splits == 1 else "page_attention_decode_split",
         sm_scale=scale, qk_scale=scale * LOG2E, soft_cap=cap if cap is not None else 1.0,
         HAS_CAP=cap is not None, WINDOW=window or 0, HAS_WINDOW=window is not None,
-        HQ=hq, G=g, BLOCK_G=max(16, _next_pow2(g)), D=d, BLOCK_D=block_d,
-        TOTAL_PAGES=pages, PS=ps, MB=mb, PPB=ppb, BLOCK_N=max(16, _next_pow2(ppb * ps)),
+        HQ=hq, G=g, BLOCK_G=max(16, next_pow2(g)), D=d, BLOCK_D=block_d,
+        TOTAL_PAGES=pages, PS=ps, MB=mb, PPB=ppb, BLOCK_N=max(16, next_pow2(ppb * ps)),
         NUM_SPLITS=splits, DOT_PREC="tf32x3" if q.dtype == jnp.float32 else "tf32")
     if splits == 1:
         return (first,)
@@ -271,5 +256,5 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
         first, lse, kernel=_combine_kernel, out_type=out_t, grid=(s * hq,),
         num_warps=4 if block_d >= 128 else 2, num_stages=1, compute_capability=cc,
         name="page_attention_combine", HQ=hq, D=d, BLOCK_D=block_d, NUM_SPLITS=splits,
-        BLOCK_S=_next_pow2(splits))
+        BLOCK_S=next_pow2(splits))
     return (out,)
