@@ -146,11 +146,13 @@ def inspect(store_dir, entry, hlo):
               help="Run each entry on fresh random inputs against the reference where this device can.")
 @click.option("--max-elements", type=int, default=1 << 26, show_default=True,
               help="Skip numerics for entries whose score matrix exceeds this many elements.")
-def verify(store_dir, numerics, max_elements):
+@click.option("--kernel", "kernels", multiple=True, help="Only entries of this kernel (repeatable).")
+def verify(store_dir, numerics, max_elements, kernels):
     """Check every payload's sha256, this host's compatibility with each tier, and
     (where the device can run them) the numerics against the reference."""
     from .verify import verify_store
-    ok = verify_store(store_dir, numerics=numerics, max_elements=max_elements, echo=click.echo)
+    ok = verify_store(store_dir, numerics=numerics, max_elements=max_elements, echo=click.echo,
+                      kernels=set(kernels) or None)
     sys.exit(0 if ok else 1)
 
 
@@ -159,7 +161,8 @@ def verify(store_dir, numerics, max_elements):
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Re-sign finalized entries with this ed25519 private key (PEM).")
 @click.option("--force", is_flag=True, help="Recompile entries that already have a usable compiled tier.")
-def finalize(store_dir, sign_key, force):
+@click.option("--kernel", "kernels", multiple=True, help="Only entries of this kernel (repeatable).")
+def finalize(store_dir, sign_key, force, kernels):
     """Add the compiled tier for this host's device to every entry built for its platform
     (e.g. on an H100 for a gpu-sm90 store). Needs only jax."""
     from .finalize import finalize_store
@@ -168,7 +171,8 @@ def finalize(store_dir, sign_key, force):
         from .signing import Signer
         signer = Signer.from_file(sign_key)
     try:
-        counts = finalize_store(store_dir, echo=click.echo, signer=signer, force=force)
+        counts = finalize_store(store_dir, echo=click.echo, signer=signer, force=force,
+                                kernels=set(kernels) or None)
     except FileNotFoundError:
         _fail(f"{store_dir}: no store index")
     except EjaotError as e:

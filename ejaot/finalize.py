@@ -13,7 +13,8 @@ from .runtime import codec, compat
 from .store.filestore import FileStore
 
 
-def finalize_store(root, echo=print, signer=None, force=False) -> dict:
+def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> dict:
+    """kernels: only entries of these kernels (None: all)."""
     import jax
     store = FileStore(root)
     index = store.read_index()
@@ -25,6 +26,8 @@ def finalize_store(root, echo=print, signer=None, force=False) -> dict:
         identity["compute_capability"] = cc
     counts = {"compiled": 0, "skipped": 0, "failed": 0}
     for key, record in index["entries"].items():
+        if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:
+            continue
         label = f"{key[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
         problem = compat.record_problem(key, record) or compat.entry_problem(record, platform)
         if problem:

@@ -106,6 +106,19 @@ def test_xla_matches_reference(case, rng):
     check(run_impl(xla_impl, args, **static), args, **static)
 
 
+
+@pytest.mark.parametrize("case", XLA_CASES[:4:3])
+def test_xla_chunks_sequences_when_the_gather_is_large(case, rng, monkeypatch):
+    """A bucket whose gathered pages would not fit runs over chunks of sequences (here 2
+    per chunk, with a padded last chunk) and gives the same answer."""
+    import ejaot_kernels.page_attention.xla as xla_mod
+    case = dict(case)
+    static = case.pop("static", {})
+    args = make_case(rng, **case)
+    hk, _, ps, d = args[1].shape
+    monkeypatch.setattr(xla_mod, "_MAX_GATHER_ELEMENTS", 2 * hk * args[4].shape[1] * ps * d)
+    check(run_impl(xla_mod.page_attention_impl, args, **static), args, **static)
+
 _GQA = dict(lens=[0, 1, 13, 48, 30], hq=8, hk=2, d=128, ps=8, mb=6)
 _BF16 = dict(lens=[40, 64, 3, 0], hq=8, hk=2, d=128, ps=16, mb=4, dtype=ml_dtypes.bfloat16, window=20,
              static=dict(attn_logits_soft_cap=8.0, sliding_window=20, attn_scale=0.2))

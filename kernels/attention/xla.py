@@ -2,8 +2,8 @@
 reference and last-resort fallback for the other backends."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
-
 
 
 def key_mask(q_len, kv_len, s, t, causal, sliding_window):
@@ -41,8 +41,12 @@ def attention_core(q, k, v, valid_lens, *, bias=None, keep_mask=None, sinks=None
     g = hq // hk
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
 
+    # float32 means float32 products: XLA:GPU would otherwise run these dots in tf32 and
+    # pick the algorithm per compilation (two compiles of one entry then disagree at 1e-3).
+    prec = jax.lax.Precision.HIGHEST if cdt == jnp.float32 else None
     qg = q.astype(cdt).reshape(b, s, hk, g, d)
-    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k.astype(cdt), preferred_element_type=sdt)
+    logits = jnp.einsum("bskgd,btkd->bkgst", qg, k.astype(cdt), preferred_element_type=sdt,
+                        precision=prec)
     logits = logits.astype(sdt) * jnp.asarray(scale, sdt)
     if logits_soft_cap is not None:
         logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
@@ -65,7 +69,8 @@ def attention_core(q, k, v, valid_lens, *, bias=None, keep_mask=None, sinks=None
         denom = denom + jnp.exp(sink_logits - m).sum(axis=-1, keepdims=True)
     probs = p / jnp.where(denom == 0, 1, denom)
 
-    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(cdt), v.astype(cdt), preferred_element_type=sdt)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(cdt), v.astype(cdt), preferred_element_type=sdt,
+                     precision=prec)
     out = out.reshape(b, s, hq, dv).astype(cdt)
     if return_weights:
         return out, probs.reshape(b, hq, s, t).astype(cdt)
