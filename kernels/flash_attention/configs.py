@@ -91,6 +91,18 @@ def triton_candidates(dims, static, target):
                     if key not in seen:
                         seen.add(key)
                         out.append(cfg)
+    if cc >= 90 and d >= 128:
+        # Hopper: the K/V loading path of the forward's main loop (plain loads, TMA, TMA with
+        # Triton's warp specialization) on the tiles that matter at long sequences.
+        for bm, bn, warps, stages in ((128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)):
+            for tma, ws in ((False, False), (True, False), (True, True)):
+                cfg = dict(base)
+                cfg.update(block_m=_shrink(bm, dims["seq"]), block_n=_shrink(bn, dims["kv_seq"]),
+                           num_warps=warps, num_stages=stages, tma=tma, warp_specialize=ws)
+                key = tuple(sorted(cfg.items()))
+                if key not in seen and (bm * d + stages * 2 * bn * d) * 2 <= smem:
+                    seen.add(key)
+                    out.append(cfg)
     return out
 
 
