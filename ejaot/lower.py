@@ -102,9 +102,9 @@ def lower_and_store(entry: EntrySpec, store_root: str) -> dict:
 
 def make_record(entry: EntrySpec, payload_refs: dict, meta: dict) -> dict:
     import platform as _platform
-    from .store.format import FORMAT_VERSION
+    from .store.format import RECORD_FORMAT
     return {
-        "key": entry.key, "format": FORMAT_VERSION,
+        "key": entry.key, "format": RECORD_FORMAT,
         **{k: v for k, v in entry.identity().items()},
         "config_source": entry.config_source,
         "valid_length_dims": list(entry.spec.valid_length_dims),

@@ -120,3 +120,54 @@ def test_decode_index_rejects_tampered_body():
     data[-2] ^= 0xFF
     with pytest.raises(StoreError):
         decode_index(bytes(data))
+
+
+def _write_sections(store: FileStore, target: str, sections: dict) -> None:
+    """An index with a valid checksum over arbitrary per-kernel sections."""
+    import hashlib
+    from ejaot.store.format import FORMAT_VERSION
+    body = msgpack.packb({"target": target, "sections": sections}, use_bin_type=True)
+    header = {"format": FORMAT_VERSION, "body_sha256": hashlib.sha256(body).digest(), "body": body}
+    store.index_path.write_bytes(MAGIC + msgpack.packb(header, use_bin_type=True))
+
+
+def test_a_kernel_section_is_decoded_on_that_kernels_first_call(store_copy, rng):
+    """A bad section costs only its own kernel: attention serves from the compiled tier
+    while the broken page_attention section stays undecoded until the report asks."""
+    store = FileStore(store_copy)
+    index = store.read_index()
+    good = msgpack.packb(index["entries"], use_bin_type=True)
+    _write_sections(store, index["target"], {"attention": good, "page_attention": b"\xc1 not msgpack"})
+    bundle = ejaot.load(store_copy)
+    _call_and_check(bundle, rng)
+    assert "page_attention" in bundle._pending          # never decoded: nobody called it
+    s = bundle.stats()
+    assert s["tiers"]["compiled"] == 1
+    [rej] = s["rejected"]
+    assert rej["tier"] == "store" and rej["kernel"] == "page_attention" and "msgpack" in rej["reason"]
+
+
+def test_a_record_filed_under_another_kernel_is_rejected(store_copy, rng):
+    store = FileStore(store_copy)
+    index = store.read_index()
+    key, record = _entry(store_copy)
+    rest = {k: r for k, r in index["entries"].items() if k != key}
+    _write_sections(store, index["target"], {"attention": msgpack.packb(rest, use_bin_type=True),
+                                             "page_attention": msgpack.packb({key: record}, use_bin_type=True)})
+    bundle = ejaot.load(store_copy)
+    _call_and_check(bundle, rng)           # its bucket (batch 2, seq 32) is gone: fallback
+    s = bundle.stats()
+    assert s["calls"]["fallback"] == 1
+    assert any(r["entry"] == key and "filed under 'page_attention'" in r["reason"] for r in s["rejected"])
+
+
+def test_a_previous_format_index_is_reported_not_read(store_copy, rng):
+    import hashlib
+    store = FileStore(store_copy)
+    index = store.read_index()
+    body = msgpack.packb({"target": index["target"], "entries": index["entries"]}, use_bin_type=True)
+    header = {"format": 1, "body_sha256": hashlib.sha256(body).digest(), "body": body}
+    store.index_path.write_bytes(MAGIC + msgpack.packb(header, use_bin_type=True))
+    bundle = ejaot.load(store_copy)
+    _call_and_check(bundle, rng)
+    assert "format version 1" in bundle.stats()["store_problem"] and "rebuild" in bundle.stats()["store_problem"]

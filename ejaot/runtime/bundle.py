@@ -25,6 +25,7 @@ from ..errors import BucketMissError, CallError, StoreError
 from ..kernel_spec import KernelSpec
 from ..registry import all_kernels, find_kernel
 from ..store.filestore import FileStore
+from ..store.format import decode_section
 from . import compat
 from .binding import bind, split_args
 from .entry import StoredEntry
@@ -82,7 +83,7 @@ class Bundle:
         self._groups: dict[tuple, Group] = {}
         self._fallback_backends: dict[str, str] = {}
         self._entries: dict[str, StoredEntry] = {}
-        self._pending: dict[str, list] = {}        # kernel -> records not yet checked
+        self._pending: dict[str, bytes] = {}       # kernel -> its index section, not yet decoded
         self._open_lock = threading.RLock()
         self.store_problem: str | None = None
         self.misses = MissLog(self.store.misses_path if miss_log else None)
@@ -97,7 +98,7 @@ class Bundle:
     # -- opening ------------------------------------------------------------------------
     def _open(self):
         try:
-            index = self.store.read_index()
+            index = self.store.read_index_sections()
         except FileNotFoundError:
             self.store_problem = f"no store index at {self.store.index_path}"
             self._reject_store(self.store_problem)
@@ -107,14 +108,10 @@ class Bundle:
             self._reject_store(self.store_problem)
             return
         self.target = index.get("target")
-        # Records are checked per kernel on its first call (or when all entries are asked
-        # for): start-up pays only for the kernels a server actually uses.
-        for key, record in index["entries"].items():
-            kernel = record.get("kernel") if isinstance(record, dict) else None
-            if not isinstance(kernel, str):
-                self._reject_record(key, record, "entry", "record is not a table with a kernel name")
-                continue
-            self._pending.setdefault(kernel, []).append((key, record))
+        # A kernel's section is decoded and its records checked on the kernel's first call
+        # (or when all entries are asked for): start-up pays only for the kernels a server
+        # actually uses.
+        self._pending.update(index["sections"])
 
     @property
     def entries(self) -> dict[str, StoredEntry]:
@@ -127,14 +124,22 @@ class Bundle:
         if kernel not in self._pending:
             return
         with self._open_lock:
-            records = self._pending.pop(kernel, None)
-            if records:
-                self._accept(records)
+            raw = self._pending.pop(kernel, None)
+            if raw is None:
+                return
+            try:
+                records = decode_section(raw, kernel, str(self.store.index_path))
+            except StoreError as e:
+                self._note_rejection(None, kernel, "store", str(e))
+                return
+            self._accept(kernel, records)
 
-    def _accept(self, records) -> None:
+    def _accept(self, kernel: str, records: dict) -> None:
         touched = set()
-        for key, record in records:
+        for key, record in records.items():
             problem = compat.record_problem(key, record)
+            if problem is None and record["kernel"] != kernel:
+                problem = f"record of kernel {record['kernel']!r} filed under {kernel!r}"
             if problem is None and self._verifier is not None:
                 problem = self._verifier.problem(record)
             if problem is None:

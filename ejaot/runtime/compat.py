@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import toolchain as tc
 from ..registry import find_kernel
-from ..store.format import FORMAT_VERSION
+from ..store.format import RECORD_FORMAT
 
 _RECORD_FIELDS = {"key": str, "kernel": str, "backend": str, "target": str, "platform": str,
                   "dims": dict, "dtype": str, "present": list, "static": dict, "source_hash": str,
@@ -25,8 +25,8 @@ def record_problem(key: str, record) -> str | None:
             return f"record field {f!r} missing or not a {t.__name__}"
     if record["key"] != key:
         return "record key does not match its index slot"
-    if record.get("format") != FORMAT_VERSION:
-        return f"record format {record.get('format')!r}, this ejaot reads {FORMAT_VERSION}"
+    if record.get("format") != RECORD_FORMAT:
+        return f"record format {record.get('format')!r}, this ejaot reads {RECORD_FORMAT}"
     return None
 
 

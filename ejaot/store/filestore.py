@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import StoreError
-from .format import decode_index, encode_index
+from .format import decode_index, decode_index_sections, encode_index
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_NAME = "index.msgpack"
@@ -101,6 +101,10 @@ class FileStore:
         """Raises FileNotFoundError when there is no index, StoreError when it is bad."""
         data = self._read_regular(self.index_path)
         return decode_index(data, str(self.index_path))
+
+    def read_index_sections(self) -> dict:
+        """The verified index with each kernel's records still encoded (see format.py)."""
+        return decode_index_sections(self._read_regular(self.index_path), str(self.index_path))
 
     def has_blob(self, sha: str, size: int) -> bool:
         try:

@@ -1,0 +1,110 @@
+"""Where `ejaot.load` + first call spends its time, phase by phase, in fresh processes.
+
+    python -m benchmarks.startup_breakdown --store artifacts/cpu [--kernel K,...] [--limit N] [--runs 3]
+
+For each chosen entry (the smallest N per kernel) and each run, a fresh process (bytecode
+cache on, backend started, inputs on the device) times, in order:
+  load      ejaot.load(store)                       index read, checksum, section table
+  records   the kernel's section decoded and checked (source hash, compatibility)
+  read      the executable's blob read and its sha256 checked
+  decode    PJRT deserializes the executable (codec.decode)
+  first     bundle.call on the now-ready entry: plan, dispatch, first execution, block
+  second    the same call again (the steady run)
+The phases add up to what `benchmarks.startup` reports as "ejaot first". Prints one line
+per run and the per-entry medians; --json writes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks.startup import REPO, _env
+
+PHASES = ("load", "records", "read", "decode", "first", "second")
+
+
+def child(store: str, key: str) -> dict:
+    import numpy as np
+    import jax
+    import ejaot
+    import ejaot.runtime.bundle  # noqa: F401
+    from ejaot.registry import get_kernel
+    from ejaot.runtime import codec
+    from ejaot.store.filestore import FileStore
+    record = FileStore(store).read_index()["entries"][key]
+    spec = get_kernel(record["kernel"])
+    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]), record["static"],
+                              np.random.default_rng(0))
+    arrays = [jax.device_put(inputs[a.name]) for a in spec.inputs if not a.optional or a.name in record["present"]]
+    jax.block_until_ready(arrays)
+    clock = time.perf_counter
+    t = [clock()]
+    bundle = ejaot.load(store, miss_log=False)
+    t.append(clock())
+    bundle._ensure_kernel(spec.name)
+    t.append(clock())
+    entry = bundle._entries[key]
+    raw = entry._payload("executable")
+    t.append(clock())
+    entry._compiled = codec.decode(raw, record["executable"], bundle.device)
+    t.append(clock())
+    for _ in range(2):
+        jax.block_until_ready(bundle.call(spec.name, *arrays, **record["static"]))
+        t.append(clock())
+    out = {p: (b - a) * 1e3 for p, a, b in zip(PHASES, t, t[1:])}
+    out["tiers"] = bundle.stats()["tiers"]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="artifacts/cpu")
+    ap.add_argument("--kernel", default="", help="only entries of these kernels (comma-separated)")
+    ap.add_argument("--limit", type=int, default=1, help="entries per kernel (smallest first)")
+    ap.add_argument("--runs", type=int, default=3, help="fresh processes per entry")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.store, args.child)))
+        return
+    from ejaot.registry import get_kernel
+    from ejaot.store.filestore import FileStore
+    entries = FileStore(args.store).read_index()["entries"]
+    wanted = [k for k in args.kernel.split(",") if k]
+    chosen, per_kernel = [], {}
+    for key in sorted(entries, key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]),
+                                              entries[k]["dtype"], k)):
+        r = entries[key]
+        if "executable" not in r["payloads"] or (wanted and r["kernel"] not in wanted):
+            continue
+        per_kernel[r["kernel"]] = per_kernel.get(r["kernel"], 0) + 1
+        if per_kernel[r["kernel"]] <= args.limit:
+            chosen.append(key)
+    results = []
+    for key in chosen:
+        r = entries[key]
+        label = f"{r['kernel']} {r['dtype']} " + " ".join(f"{k}={v}" for k, v in r["dims"].items())
+        runs = []
+        for _ in range(args.runs):
+            p = subprocess.run([sys.executable, "-m", "benchmarks.startup_breakdown", "--store", args.store,
+                                "--child", key], capture_output=True, text=True, cwd=REPO, env=_env())
+            if p.returncode != 0:
+                raise SystemExit(f"{label}: child failed:\n{p.stderr[-3000:]}")
+            runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+            print(label + ": " + ", ".join(f"{ph} {runs[-1][ph]:.2f}" for ph in PHASES) + " ms", flush=True)
+        med = {ph: statistics.median(x[ph] for x in runs) for ph in PHASES}
+        med["total"] = sum(med[ph] for ph in PHASES[:5])
+        results.append({"key": key, "entry": label, "median_ms": med, "runs": runs})
+        print(f"  median: " + ", ".join(f"{ph} {med[ph]:.2f}" for ph in (*PHASES, "total")) + " ms", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
