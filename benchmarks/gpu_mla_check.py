@@ -160,7 +160,7 @@ def make_kernel_fn(c, config):
     dims = dict(dims_of(c), rope_dim=c["E"])
 
     def fn(q_lat, kv, vl, bq, bk):
-        cfg = tg._resolve_config(config, dims, static_of(c))
+        cfg = tg.resolve_config("mla_attention", config, tg.triton_heuristic, dims, static_of(c))
         st = tg._make_static(cfg, dims, jnp.dtype(q_lat.dtype).itemsize)
         scale = (c["D"] + c["E"]) ** -0.5
         return tg.latent_attention(st, q_lat, bq, kv, bk, vl, scale=scale, causal=c["causal"],

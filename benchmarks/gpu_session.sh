@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (jax with CUDA, no jax-triton): finalize and verify the store built on
 # the CPU host, time start-up, run the kernel checks/benchmarks, measure tuning candidates.
-# Usage: bash benchmarks/gpu_session.sh [quick]   (results under $OUT)
+# Usage: [KERNELS="k1 k2"] bash benchmarks/gpu_session.sh [full|quick|verify|store|product]
+#   (results under $OUT) verify: finalize, verify; store: + tune measure; product: finalize, verify,
+#   tune measure, start-up. VERIFY=0 skips verify.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -15,15 +17,22 @@ MODE=${1:-full}
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv;
   $PY -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$OUT/env.txt"
 rm -rf /tmp/store && cp -r .gpu/store /tmp/store
-( time $E finalize /tmp/store ) > "$OUT/finalize.txt" 2>&1; tail -3 "$OUT/finalize.txt"
-$E verify /tmp/store --max-elements 3000000000 > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
+KSEL=""; for k in ${KERNELS:-}; do KSEL="$KSEL --kernel $k"; done   # KERNELS: finalize/verify only these
+( time $E finalize /tmp/store $KSEL ) > "$OUT/finalize.txt" 2>&1; tail -3 "$OUT/finalize.txt"
+[ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL --max-elements 3000000000 > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
 Q=""; [ "$MODE" = quick ] && Q="--quick"
-if [ "$MODE" = product ]; then   # the store-level run: start-up, then tuning
-  timeout 240 $PY -m benchmarks.startup --store /tmp/store --platform cuda --base portable --skip-rebuild \
+[ "$MODE" = verify ] && exit 0
+if [ "$MODE" = store ]; then     # finalize + verify (above), then measure the tuning candidates
+  timeout 230 $E tune measure .gpu/cands --iters 15 > "$OUT/tune.txt" 2>&1; echo "tune rc=$?"; grep -E "best|no candidate" "$OUT/tune.txt"
+  for f in kernels/*/tuned/gpu-sm90.json; do [ -f "$f" ] && cp "$f" "$OUT/tuned-$(basename "$(dirname "$(dirname "$f")")").json"; done
+  exit 0
+fi
+if [ "$MODE" = product ]; then   # the store-level run: tuning, then start-up
+  timeout 200 $E tune measure .gpu/cands --iters 15 > "$OUT/tune.txt" 2>&1; echo "tune rc=$?"; grep best "$OUT/tune.txt"
+  for f in kernels/*/tuned/gpu-sm90.json; do [ -f "$f" ] && cp "$f" "$OUT/tuned-$(basename "$(dirname "$(dirname "$f")")").json"; done
+  timeout "${STARTUP_TIMEOUT:-240}" $PY -m benchmarks.startup --store /tmp/store --platform cuda --base portable --skip-rebuild \
       --kernel "${STARTUP_KERNELS:-flash_attention,page_attention}" --limit "${STARTUP_LIMIT:-6}" \
       --max-footprint 1e12 --out "$OUT" > "$OUT/startup.txt" 2>&1; echo "startup rc=$?"; tail -16 "$OUT/startup.txt"
-  timeout 200 $E tune measure .gpu/cands --iters 15 > "$OUT/tune.txt" 2>&1; echo "tune rc=$?"; tail -6 "$OUT/tune.txt"
-  for f in kernels/*/tuned/gpu-sm90.json; do [ -f "$f" ] && cp "$f" "$OUT/tuned-$(basename "$(dirname "$(dirname "$f")")").json"; done
   exit 0
 fi
 for k in flash paged mla; do

@@ -186,7 +186,7 @@ def main():
     ap.add_argument("--manifest", default="manifests/default.toml")
     ap.add_argument("--store", default="artifacts/cpu")
     ap.add_argument("--out", default="bench-results")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N entries (smallest first)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N entries of each kernel (smallest first)")
     ap.add_argument("--base", choices=("jit", "portable"), default="jit",
                     help="what the `jit` and `cache` columns compile: the public function, or the "
                          "entry's portable module (GPU hosts without jax-triton)")
@@ -219,7 +219,10 @@ def main():
                   key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]), entries[k]["dtype"]))
     over = [k for k in keys if get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]) > args.max_footprint]
     keys = [k for k in keys if k not in over]
-    keys = keys[: args.limit] if args.limit else keys
+    if args.limit:
+        per_kernel: dict = {}
+        keys = [k for k in keys if per_kernel.setdefault(entries[k]["kernel"], []).append(k)
+                or len(per_kernel[entries[k]["kernel"]]) <= args.limit]
     rows = []
     for key in keys:
         r = entries[key]
