@@ -101,3 +101,15 @@ def test_verify_reports_a_failing_reference_and_goes_on(store_copy, monkeypatch)
     text = "\n".join(lines)
     assert "numerics skipped: the reference failed (MemoryError" in text
     assert "7 entries numerically verified" in text
+
+
+def test_finalize_and_verify_take_only_the_named_kernels(store_copy):
+    code, text = run("verify", store_copy, "--no-numerics", "--kernel", "page_attention")
+    assert code == 0 and "store: target cpu, 8 entries" in text
+    assert "attention float32" not in text and "0 entries numerically verified, 0 not run here" in text
+    code, text = run("finalize", store_copy, "--force", "--kernel", "page_attention")
+    assert code == 0 and "finalized: 0 compiled, 0 skipped, 0 failed" in text
+    code, text = run("finalize", store_copy, "--force", "--kernel", "attention")
+    assert code == 0 and "finalized: 8 compiled, 0 skipped, 0 failed" in text
+    code, text = run("verify", store_copy, "--kernel", "attention")
+    assert code == 0 and "8 entries numerically verified" in text and "0 failures" in text
