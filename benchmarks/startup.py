@@ -44,12 +44,7 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
     from ejaot.registry import get_kernel
     from ejaot.store.filestore import FileStore
     import_s = time.perf_counter() - t_import0
-    record = FileStore(store).read_index()["entries"][key]
-    spec = get_kernel(record["kernel"])
-    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]), record["static"],
-                              np.random.default_rng(0))
-    arrays = [jax.device_put(inputs[a.name]) for a in spec.inputs if not a.optional or a.name in record["present"]]
-    jax.block_until_ready(arrays)
+    record, spec, arrays = entry_inputs(store, key)
     static = {k: v for k, v in record["static"].items()}
     if mode == "ejaot":
         t0 = time.perf_counter()
@@ -79,6 +74,21 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
         out["stats"] = bundle.stats()["calls"]
         out["tiers"] = bundle.stats()["tiers"]
     return out
+
+
+def entry_inputs(store: str, key: str):
+    """(record, kernel spec, fresh random inputs on the device) of one stored entry."""
+    import numpy as np
+    import jax
+    from ejaot.registry import get_kernel
+    from ejaot.store.filestore import FileStore
+    record = FileStore(store).read_index()["entries"][key]
+    spec = get_kernel(record["kernel"])
+    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]), record["static"],
+                              np.random.default_rng(0))
+    arrays = [jax.device_put(inputs[a.name]) for a in spec.inputs if not a.optional or a.name in record["present"]]
+    jax.block_until_ready(arrays)
+    return record, spec, arrays
 
 
 def run_child(mode, store, key, cache_dir=None) -> dict:

@@ -22,25 +22,17 @@ import subprocess
 import sys
 import time
 
-from benchmarks.startup import REPO, _env
+from benchmarks.startup import REPO, _env, entry_inputs
 
 PHASES = ("load", "records", "read", "decode", "first", "second")
 
 
 def child(store: str, key: str) -> dict:
-    import numpy as np
     import jax
     import ejaot
     import ejaot.runtime.bundle  # noqa: F401
-    from ejaot.registry import get_kernel
     from ejaot.runtime import codec
-    from ejaot.store.filestore import FileStore
-    record = FileStore(store).read_index()["entries"][key]
-    spec = get_kernel(record["kernel"])
-    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]), record["static"],
-                              np.random.default_rng(0))
-    arrays = [jax.device_put(inputs[a.name]) for a in spec.inputs if not a.optional or a.name in record["present"]]
-    jax.block_until_ready(arrays)
+    record, spec, arrays = entry_inputs(store, key)
     clock = time.perf_counter
     t = [clock()]
     bundle = ejaot.load(store, miss_log=False)
