@@ -19,7 +19,7 @@ MODE=${1:-full}
 rm -rf /tmp/store && cp -r .gpu/store /tmp/store
 KSEL=""; for k in ${KERNELS:-}; do KSEL="$KSEL --kernel $k"; done   # KERNELS: finalize/verify only these
 ( time $E finalize /tmp/store $KSEL ) > "$OUT/finalize.txt" 2>&1; tail -3 "$OUT/finalize.txt"
-[ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL --max-elements 3000000000 > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
+[ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL --max-elements 20000000000 > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
 Q=""; [ "$MODE" = quick ] && Q="--quick"
 [ "$MODE" = verify ] && exit 0
 if [ "$MODE" = store ]; then     # finalize + verify (above), then measure the tuning candidates
