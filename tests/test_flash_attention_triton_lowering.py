@@ -8,32 +8,19 @@ the exported StableHLO, the jax-triton custom calls in it, and the PTX inside th
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from triton_lowering import REPO, lower_cases, requires_cuda_extras
 
-
-def _extras() -> Path:
-    from ejaot.toolchain import extras_dir
-    return extras_dir("cuda")
-
-
-pytestmark = pytest.mark.skipif(
-    not _extras().is_dir(),
-    reason=f"CUDA extras for lowering Triton on a CPU host are not installed ({_extras()} is missing)")
+pytestmark = requires_cuda_extras
 
 # Runs in the subprocess: lowers every case, prints one JSON line per exported function.
 _SCRIPT = textwrap.dedent(r'''
     import json, os, re, sys, zlib
-    from ejaot.targets import get_target
-    get_target("gpu-sm90").platform_module.prepare_process(get_target("gpu-sm90"))  # before jax
     import jax
     import jax.numpy as jnp
     import jax_triton.triton_lib as jt_lib
@@ -117,14 +104,7 @@ _SCRIPT = textwrap.dedent(r'''
 
 
 def _lower(cases: list[dict]) -> list[dict]:
-    code = f"import json\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1800)
-    assert proc.returncode == 0, f"lowering failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-            if line.startswith("RESULT ")]
-
+    return lower_cases(_SCRIPT, cases)
 
 # Largest shared memory a block may use: H100 227 KB, A100 163 KB.
 SMEM_LIMIT = {90: 232448, 80: 166912}

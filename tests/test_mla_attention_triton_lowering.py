@@ -13,31 +13,17 @@ ptxas (Triton's) reports when it assembles that PTX.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from triton_lowering import lower_cases, requires_cuda_extras
 
-
-def _extras() -> Path:
-    from ejaot.toolchain import extras_dir
-    return extras_dir("cuda")
-
-
-pytestmark = pytest.mark.skipif(
-    not _extras().is_dir(),
-    reason=f"CUDA extras for lowering Triton on a CPU host are not installed ({_extras()} is missing)")
+pytestmark = requires_cuda_extras
 
 # Runs in the subprocess: lowers every case, prints one JSON line per case.
 _SCRIPT = textwrap.dedent(r'''
     import json, os, re, sys
-    from ejaot.targets import get_target
-    get_target("gpu-sm90").platform_module.prepare_process(get_target("gpu-sm90"))  # before jax
     import jax
     import jax.numpy as jnp
     from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
@@ -90,16 +76,9 @@ _SCRIPT = textwrap.dedent(r'''
 
 
 def _lower(cases: list[dict]) -> list[dict]:
-    code = f"import json\nCASES = json.loads({json.dumps(cases)!r})\n" + _SCRIPT
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1800)
-    assert proc.returncode == 0, f"lowering failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-               if line.startswith("RESULT ")]
-    assert len(results) == len(cases), proc.stdout[-4000:]
+    results = lower_cases(_SCRIPT, cases)
+    assert len(results) == len(cases), results
     return results
-
 
 DS3 = dict(hq=128, hk=128, d=128, r=512, e=64, t=4096)
 
