@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 
-from .errors import EjaotError
+from .errors import StoreError
 from .runtime import codec, compat
 from .store.filestore import FileStore
+from .targets import get_target
 
 
 def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> dict:
@@ -20,10 +21,12 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
     index = store.read_index()
     device = jax.local_devices()[0]
     platform = compat.local_platform(device)
-    identity = {"device_kind": device.device_kind}
-    cc = getattr(device, "compute_capability", None)
-    if cc:
-        identity["compute_capability"] = cc
+    # the same identity the build records, so compat.compiled_problem accepts what this writes
+    try:
+        target = get_target(index["target"])
+    except KeyError as e:
+        raise StoreError(f"{root}: the store's {e.args[0]}") from None
+    identity = target.platform_module.device_identity(target, device)
     counts = {"compiled": 0, "skipped": 0, "failed": 0}
     for key, record in index["entries"].items():
         if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:
@@ -46,7 +49,7 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             compiled = jax.jit(exported.call).lower(*avals).compile()
             seconds = time.perf_counter() - t0
             raw, meta = codec.encode(compiled)
-        except (EjaotError, codec.Unsupported, Exception) as e:  # report per entry, keep going
+        except Exception as e:  # report per entry, keep going (EjaotError, codec.Unsupported, XLA's)
             echo(f"FAIL {label}: {type(e).__name__}: {e}")
             counts["failed"] += 1
             continue
@@ -54,7 +57,6 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
         new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw)}
         new["executable"] = {**meta, **identity, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         new["timings"] = {**record.get("timings", {}), "compile_s": round(seconds, 4)}
-        new["toolchain"] = record["toolchain"]
         if signer is not None:
             new = signer.sign(new)
         store.commit(index["target"], {key: new})

@@ -113,3 +113,5 @@ def test_finalize_and_verify_take_only_the_named_kernels(store_copy):
     assert code == 0 and "finalized: 8 compiled, 0 skipped, 0 failed" in text
     code, text = run("verify", store_copy, "--kernel", "attention")
     assert code == 0 and "8 entries numerically verified" in text and "0 failures" in text
+    # what finalize wrote is usable here: the same device identity the build records
+    assert text.count("compiled usable") == 8 and "compiled skipped" not in text
