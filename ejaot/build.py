@@ -100,9 +100,9 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
     # replacements are committed.
     current = {(e.kernel, e.backend): e.source_hash for e in entries}
     superseded = tuple(k for k, r in existing.items()
-                       if supersede and isinstance(r, dict)
-                       and (r.get("kernel"), r.get("backend")) in current
-                       and r.get("source_hash") != current[(r.get("kernel"), r.get("backend"))])
+                       if isinstance(r, dict) and (r.get("kernel"), r.get("backend")) in current
+                       and r.get("source_hash") != current[(r.get("kernel"), r.get("backend"))]
+                       ) if supersede else ()
 
     def commit(e: EntrySpec, record: dict):
         if signer is not None:

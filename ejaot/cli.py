@@ -278,7 +278,6 @@ def tune_build(manifest, target, out, jobs):
 def tune_measure(candidates_dir, write, iters):
     """On the target's device: time every candidate (checked against the reference) and
     keep the fastest per bucket, with its measured time."""
-    from .store.filestore import FileStore
     from .targets import get_target
     from .tuning import measure_store, write_tuned
     _, index = _open_index(candidates_dir)

@@ -17,6 +17,7 @@ shape padded into it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -86,12 +87,12 @@ class KernelSpec:
     footprint: Callable[[Mapping[str, int]], int] | None = None   # elements of the largest reference intermediate
     doc: str = ""
 
-    # -- derived views -------------------------------------------------------------
-    @property
+    # -- derived views (cached: split_args reads them on every call) -------------------
+    @functools.cached_property
     def input_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.inputs)
 
-    @property
+    @functools.cached_property
     def static_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.statics)
 

@@ -17,8 +17,12 @@ class BoundCall:
     dtype: str                    # the dtype of the first input: the entry's dtype
     present: tuple[str, ...]      # optional inputs given
 
-    def signature_dtypes(self, spec: KernelSpec) -> tuple:
-        return tuple(str(self.inputs[a.name].dtype) for a in spec.inputs if self.inputs[a.name] is not None)
+
+def freeze(v):
+    """A static argument as a hashable key part (lists, e.g. a (left, right) window, to tuples)."""
+    if type(v) is list:
+        return tuple(freeze(x) for x in v)
+    return v
 
 
 def split_args(spec: KernelSpec, args: tuple, kwargs: dict) -> tuple[dict, dict]:

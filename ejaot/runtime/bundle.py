@@ -14,6 +14,7 @@ distinct call signature.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from ..registry import all_kernels, find_kernel
 from ..store.filestore import FileStore
 from ..store.format import decode_section
 from . import compat
-from .binding import bind, split_args
+from .binding import bind, freeze, split_args
 from .entry import StoredEntry
 from .jit import fallback_backend, jitted
 from .misslog import MissLog
@@ -42,14 +43,8 @@ def load(root, strict: bool = False, device=None, eager: bool = False, trusted_k
                   miss_log=miss_log)
 
 
-def _freeze(v):
-    if type(v) is list:
-        return tuple(_freeze(x) for x in v)
-    return v
-
-
 def _static_key(spec: KernelSpec, static: dict) -> tuple:
-    return tuple(_freeze(static[n]) for n in spec.static_names)
+    return tuple(freeze(static[n]) for n in spec.static_names)
 
 
 @dataclass
@@ -61,10 +56,11 @@ class Group:
 
 class Plan:
     """How one call signature is served. Built once, then called on the hot path."""
-    __slots__ = ("path", "tier", "run", "entry")
+    __slots__ = ("path", "tier", "tier_key", "run", "entry")
 
     def __init__(self, path: str, tier: str, run: Callable, entry: StoredEntry | None = None):
         self.path, self.tier, self.run, self.entry = path, tier, run, entry
+        self.tier_key = "tier:" + tier          # the stats counter, built once
 
 
 class Bundle:
@@ -73,6 +69,7 @@ class Bundle:
         self.root = str(root)
         self.strict = strict
         self.device = device or jax.local_devices()[0]
+        self._tracer_type = jax.core.Tracer
         self.platform = compat.local_platform(self.device)
         self.store = FileStore(root)
         self._lock = threading.Lock()
@@ -159,11 +156,13 @@ class Bundle:
             self._entries[key] = entry
             spec = find_kernel(record["kernel"])
             gkey, pdims = self._group_key(spec, record)
-            group = self._groups.setdefault(gkey, Group(tuple(d for d in spec.dims if d in spec.paddable)))
+            group = self._groups.get(gkey)
+            if group is None:
+                group = self._groups[gkey] = Group(tuple(d for d in spec.dims if d in spec.paddable))
             group.members.append((pdims, entry))
             touched.add(gkey)
         for gkey in touched:
-            self._groups[gkey].members.sort(key=lambda m: (int(np.prod(m[0])), m[0]))
+            self._groups[gkey].members.sort(key=lambda m: (math.prod(m[0]), m[0]))
 
     def _group_key(self, spec: KernelSpec, record: dict):
         dims = record["dims"]
@@ -194,12 +193,11 @@ class Bundle:
     # -- serving --------------------------------------------------------------------------
     def call(self, kernel: str, *args, **kwargs):
         """Runs `kernel` on the arrays, returning what the kernel's public function returns."""
-        import jax
-        tracing = bool(args) and isinstance(args[0], jax.core.Tracer)
+        tracing = bool(args) and isinstance(args[0], self._tracer_type)
         try:
             sig = (kernel, tracing,
                    tuple((a.shape, a.dtype) if hasattr(a, "shape") else a for a in args),
-                   tuple((k, (v.shape, v.dtype) if hasattr(v, "shape") else _freeze(v))
+                   tuple((k, (v.shape, v.dtype) if hasattr(v, "shape") else freeze(v))
                          for k, v in kwargs.items()))
             plan = self._plans.get(sig)
         except TypeError:        # an unhashable static argument: resolve without caching
@@ -208,7 +206,7 @@ class Bundle:
             plan = self._resolve(kernel, tracing, args, kwargs, sig)
         with self._lock:
             self._counts[plan.path] += 1
-            self._counts["tier:" + plan.tier] += 1
+            self._counts[plan.tier_key] += 1
         return plan.run(args, kwargs)
 
     def _resolve(self, kernel: str, tracing: bool, args, kwargs, sig) -> Plan:

@@ -2,6 +2,8 @@
 payload is read or deserialized."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .. import toolchain as tc
 from ..registry import find_kernel
 from ..store.format import RECORD_FORMAT
@@ -44,12 +46,17 @@ def entry_problem(record: dict, platform: str) -> str | None:
     return None
 
 
-def portable_problem(record: dict) -> str | None:
+@lru_cache(maxsize=1)
+def _calling_convention_window() -> tuple[int, int]:
     from jax import export
+    return export.minimum_supported_calling_convention_version, export.maximum_supported_calling_convention_version
+
+
+def portable_problem(record: dict) -> str | None:
     if "exported" not in record["payloads"]:
         return "no portable tier"
     v = record["exported"].get("calling_convention_version")
-    lo, hi = export.minimum_supported_calling_convention_version, export.maximum_supported_calling_convention_version
+    lo, hi = _calling_convention_window()
     if not isinstance(v, int) or not lo <= v <= hi:
         return f"jax.export calling convention {v!r} is outside this jax's window [{lo}, {hi}]"
     return None
@@ -72,7 +79,7 @@ def compiled_problem(record: dict, device) -> str | None:
         kind = tc.cpu_device_kind()
         if exe.get("device_kind") != kind:
             return f"compiled for {exe.get('device_kind')}, this host is {kind}"
-        missing = set(exe.get("cpu_features") or []) - set(tc.cpu_features())
+        missing = set(exe.get("cpu_features") or []).difference(tc.cpu_features())
         if missing:
             return f"compiled for CPU features this host lacks: {sorted(missing)}"
     elif exe.get("device_kind") != device.device_kind:

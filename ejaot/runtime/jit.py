@@ -9,7 +9,7 @@ import importlib.util
 from functools import lru_cache
 
 from ..kernel_spec import KernelSpec
-from .binding import bind
+from .binding import bind, freeze
 
 
 def kernel_function(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict, config: dict):
@@ -46,16 +46,12 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _freeze(v):
-    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
-
-
 _jitted: dict = {}
 
 
 def jitted(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict):
     """jax.jit of the kernel with the valid lengths taken from the shapes (no padding)."""
-    key = (spec.name, backend, present, tuple((k, _freeze(v)) for k, v in static.items()))
+    key = (spec.name, backend, present, tuple((k, freeze(v)) for k, v in static.items()))
     fn = _jitted.get(key)
     if fn is None:
         import jax
