@@ -23,8 +23,6 @@ when causal, and 3.5x that for forward+backward. Every row catches its own failu
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
@@ -34,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from gpu_check_common import base_parser, load_exported, rel_err, setup_paths  # noqa: E402
 
 # name, B, S, T, Hq, Hk, D, causal, window, soft_cap, bias, segments, valid (q_len, kv_len) or None
 NUMERIC_CASES = [
@@ -66,35 +64,10 @@ TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="flash_check.json", help="JSON results path")
-    p.add_argument("--quick", action="store_true", help="one timing shape, two numerics cases, few iters")
-    p.add_argument("--export", metavar="DIR", help="(CPU build host) lower every case into DIR and exit")
-    p.add_argument("--artifacts", metavar="DIR", help="(GPU host) run the kernels exported into DIR")
-    p.add_argument("--cc", type=int, default=90, help="compute capability to export for (with --export)")
-    p.add_argument("--config", default="{}", help="JSON dict merged into the kernel config")
-    p.add_argument("--skip-numerics", action="store_true")
-    p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--only", default="", help="comma-separated case names to run (default all)")
-    p.add_argument("--iters", type=int, default=0, help="timed batches per measurement (0: auto)")
+    p = base_parser(__doc__.split("\n\n")[0], "flash_check.json",
+                    "one timing shape, two numerics cases, few iters",
+                    "JSON dict merged into the kernel config")
     return p.parse_args()
-
-
-def setup_paths(export: bool):
-    if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
-        os.environ["JAX_PLATFORMS"] = "cpu"
-        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
-        if not extras.is_dir():
-            extras = REPO / ".venv" / "ejaot-extras" / "cuda"
-        sys.path.insert(0, str(extras))
-    sys.path.insert(0, str(REPO))
-    if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
-        spec = importlib.util.spec_from_file_location(
-            "ejaot_kernels", REPO / "kernels" / "__init__.py",
-            submodule_search_locations=[str(REPO / "kernels")])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ejaot_kernels"] = mod
-        spec.loader.exec_module(mod)
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,8 +162,8 @@ class Kernel:
     def fns(self, c, dtype):
         import jax
         if self.artifacts is not None:
-            fwd = jax.export.deserialize(bytearray((self.artifacts / export_name(c, dtype, "fwd")).read_bytes()))
-            bwd = jax.export.deserialize(bytearray((self.artifacts / export_name(c, dtype, "bwd")).read_bytes()))
+            fwd = load_exported(self.artifacts, export_name(c, dtype, "fwd"))
+            bwd = load_exported(self.artifacts, export_name(c, dtype, "bwd"))
             return jax.jit(fwd.call), jax.jit(bwd.call)
         fwd, bwd = make_fns(c, self.impl, self.config)
         return jax.jit(fwd), jax.jit(bwd)
@@ -251,16 +224,6 @@ def do_export(args):
 # ---------------------------------------------------------------------------------------
 # numerics
 # ---------------------------------------------------------------------------------------
-
-def rel_err(a, b):
-    import numpy as np
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if not np.all(np.isfinite(a)):
-        return float("inf"), float("inf")
-    denom = max(float(np.linalg.norm(b)), 1e-30)
-    return float(np.linalg.norm(a - b) / denom), float(np.max(np.abs(a - b))) if a.size else 0.0
-
 
 def run_numerics(kernel, cases, dtypes, rng, results):
     import jax

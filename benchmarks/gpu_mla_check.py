@@ -32,8 +32,6 @@ alternating two input sets. Every row catches its own failure; tables come last.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -42,7 +40,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from gpu_check_common import base_parser, load_exported, rel_err, setup_paths  # noqa: E402
 PEAK_BYTES_PER_S = 3.0e12          # H100 SXM device-to-device copy, as measured here
 
 # name, B, S, T, Hq, Hk, D, R, rope (0: none), causal, valid (q_len, kv_len) or None
@@ -66,36 +64,11 @@ TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="mla_check.json", help="JSON results path")
-    p.add_argument("--quick", action="store_true", help="one timing shape, two numerics cases, few iters")
-    p.add_argument("--export", metavar="DIR", help="(CPU build host) lower every case into DIR and exit")
-    p.add_argument("--artifacts", metavar="DIR", help="(GPU host) run the kernels exported into DIR")
-    p.add_argument("--cc", type=int, default=90, help="compute capability to export for (with --export)")
-    p.add_argument("--config", default="{}", help="JSON dict merged into the kernel config")
-    p.add_argument("--skip-numerics", action="store_true")
-    p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--only", default="", help="comma-separated case names to run (default all)")
+    p = base_parser(__doc__.split("\n\n")[0], "mla_check.json",
+                    "one timing shape, two numerics cases, few iters",
+                    "JSON dict merged into the kernel config")
     p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
-    p.add_argument("--iters", type=int, default=0, help="timed batches per measurement (0: auto)")
     return p.parse_args()
-
-
-def setup_paths(export: bool):
-    if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
-        os.environ["JAX_PLATFORMS"] = "cpu"
-        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
-        if not extras.is_dir():
-            extras = REPO / ".venv" / "ejaot-extras" / "cuda"
-        sys.path.insert(0, str(extras))
-    sys.path.insert(0, str(REPO))
-    if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
-        spec = importlib.util.spec_from_file_location(
-            "ejaot_kernels", REPO / "kernels" / "__init__.py",
-            submodule_search_locations=[str(REPO / "kernels")])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ejaot_kernels"] = mod
-        spec.loader.exec_module(mod)
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,8 +208,7 @@ class Kernel:
     def fn(self, c, dtype, kind="full"):
         import jax
         if self.artifacts is not None:
-            blob = (self.artifacts / export_name(c, dtype, kind)).read_bytes()
-            return jax.jit(jax.export.deserialize(bytearray(blob)).call)
+            return jax.jit(load_exported(self.artifacts, export_name(c, dtype, kind)).call)
         if kind == "kernel":
             return jax.jit(make_kernel_fn(c, self.config(c)))
         return jax.jit(make_fn(c, self.impl, self.config(c)))
@@ -279,16 +251,6 @@ def do_export(args):
 # ---------------------------------------------------------------------------------------
 # numerics
 # ---------------------------------------------------------------------------------------
-
-def rel_err(a, b):
-    import numpy as np
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if not np.all(np.isfinite(a)):
-        return float("inf"), float("inf")
-    denom = max(float(np.linalg.norm(b)), 1e-30)
-    return float(np.linalg.norm(a - b) / denom), float(np.max(np.abs(a - b))) if a.size else 0.0
-
 
 def run_numerics(kernel, cases, dtypes, rng, results):
     import jax

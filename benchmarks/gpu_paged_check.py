@@ -33,8 +33,6 @@ end of each batch. Every row catches its own failure; the markdown tables come l
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import math
 import os
@@ -44,7 +42,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from gpu_check_common import base_parser, load_exported, rel_err, setup_paths  # noqa: E402
 
 # name, num_seqs, q_heads, kv_heads, head_dim, page_size, max_blocks, window, cap, scale,
 # config override (merged over the heuristic)
@@ -82,39 +80,14 @@ TOL = {"float32": 2e-4, "bfloat16": 2.5e-2}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="paged_check.json", help="JSON results path")
-    p.add_argument("--quick", action="store_true", help="3 numerics cases, the two batch-64 timings")
-    p.add_argument("--export", metavar="DIR", help="(CPU build host) lower every case into DIR and exit")
-    p.add_argument("--artifacts", metavar="DIR", help="(GPU host) run the kernels exported into DIR")
-    p.add_argument("--cc", type=int, default=90, help="compute capability to export for (with --export)")
-    p.add_argument("--config", default="{}", help="JSON dict merged into every Triton config")
+    p = base_parser(__doc__.split("\n\n")[0], "paged_check.json",
+                    "3 numerics cases, the two batch-64 timings",
+                    "JSON dict merged into every Triton config")
     p.add_argument("--configs", default="[]",
                    help="JSON list of extra config dicts to time beside the heuristic's (timing only)")
-    p.add_argument("--skip-numerics", action="store_true")
-    p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--skip-xla", action="store_true", help="time the Triton kernel only")
-    p.add_argument("--only", default="", help="comma-separated case names to run (default all)")
-    p.add_argument("--iters", type=int, default=0, help="timed batches per measurement (0: auto)")
     p.add_argument("--peak-tbps", type=float, default=3.0, help="HBM bandwidth the %% column is of")
     return p.parse_args()
-
-
-def setup_paths(export: bool):
-    if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
-        os.environ["JAX_PLATFORMS"] = "cpu"
-        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
-        if not extras.is_dir():
-            extras = REPO / ".venv" / "ejaot-extras" / "cuda"
-        sys.path.insert(0, str(extras))
-    sys.path.insert(0, str(REPO))
-    if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
-        spec = importlib.util.spec_from_file_location(
-            "ejaot_kernels", REPO / "kernels" / "__init__.py",
-            submodule_search_locations=[str(REPO / "kernels")])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ejaot_kernels"] = mod
-        spec.loader.exec_module(mod)
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,13 +223,11 @@ class Kernel:
 
     def fn(self, c, dtype, label, overrides):
         """(callable(q, kc, vc, ctx, tables), the config it runs with)."""
-        import jax
         if self.artifacts is not None:
             name = export_name(c, dtype, label)
-            exp = jax.export.deserialize(bytearray((self.artifacts / name).read_bytes()))
-            return exp.call, self.meta.get(name, {}).get("config")
-        from ejaot_kernels.page_attention.triton_gpu import _local_compute_capability
-        cfg = resolved_config(c, _local_compute_capability(), overrides)
+            return load_exported(self.artifacts, name).call, self.meta.get(name, {}).get("config")
+        from ejaot_kernels.triton_support import local_compute_capability
+        cfg = resolved_config(c, local_compute_capability("page_attention"), overrides)
         return make_fn(c, self.impl, cfg), cfg
 
 
@@ -290,16 +261,6 @@ def make_numeric_inputs(c, dtype, rng):
     q = rng.standard_normal((s, hq, d)).astype(np.float32)
     return [q.astype(dtype), kc.astype(dtype), vc.astype(dtype), lens.astype(np.int32),
             tables.astype(np.int32)]
-
-
-def rel_err(a, b):
-    import numpy as np
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if not np.all(np.isfinite(a)):
-        return float("inf"), float("inf")
-    denom = max(float(np.linalg.norm(b)), 1e-30)
-    return float(np.linalg.norm(a - b) / denom), (float(np.max(np.abs(a - b))) if a.size else 0.0)
 
 
 def run_numerics(kernel, cases, dtypes, rng, overrides, results):

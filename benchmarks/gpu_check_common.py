@@ -1,0 +1,62 @@
+"""What the GPU kernel checks (gpu_flash_check.py, gpu_paged_check.py, gpu_mla_check.py)
+share: their common command-line options, the import set-up for export (CPU host) and
+artifacts (GPU host) modes, loading an exported case, and the error measure."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base_parser(description: str, out: str, quick_help: str, config_help: str) -> argparse.ArgumentParser:
+    """The options every check takes; each script adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=out, help="JSON results path")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--export", metavar="DIR", help="(CPU build host) lower every case into DIR and exit")
+    p.add_argument("--artifacts", metavar="DIR", help="(GPU host) run the kernels exported into DIR")
+    p.add_argument("--cc", type=int, default=90, help="compute capability to export for (with --export)")
+    p.add_argument("--config", default="{}", help=config_help)
+    p.add_argument("--skip-numerics", action="store_true")
+    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--only", default="", help="comma-separated case names to run (default all)")
+    p.add_argument("--iters", type=int, default=0, help="timed batches per measurement (0: auto)")
+    return p
+
+
+def setup_paths(export: bool):
+    if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
+        if not extras.is_dir():
+            extras = REPO / ".venv" / "ejaot-extras" / "cuda"
+        sys.path.insert(0, str(extras))
+    sys.path.insert(0, str(REPO))
+    if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
+        spec = importlib.util.spec_from_file_location(
+            "ejaot_kernels", REPO / "kernels" / "__init__.py",
+            submodule_search_locations=[str(REPO / "kernels")])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["ejaot_kernels"] = mod
+        spec.loader.exec_module(mod)
+
+
+def load_exported(folder: Path, name: str):
+    """An exported case from --artifacts (jax only: no triton or jax-triton needed)."""
+    import jax
+    return jax.export.deserialize(bytearray((folder / name).read_bytes()))
+
+
+def rel_err(a, b):
+    """(relative L2 error, max abs error) of a against b, in float64; inf if a is not finite."""
+    import numpy as np
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if not np.all(np.isfinite(a)):
+        return float("inf"), float("inf")
+    denom = max(float(np.linalg.norm(b)), 1e-30)
+    return float(np.linalg.norm(a - b) / denom), (float(np.max(np.abs(a - b))) if a.size else 0.0)
