@@ -43,8 +43,14 @@ def load(root, strict: bool = False, device=None, eager: bool = False, trusted_k
                   miss_log=miss_log)
 
 
-def _static_key(spec: KernelSpec, static: dict) -> tuple:
-    return tuple(freeze(static[n]) for n in spec.static_names)
+def _bucket_key(spec: KernelSpec, dtype: str, present: tuple, static: dict, dims: dict):
+    """(group key, paddable dims) of a stored record or a call: one function for both,
+    so that a call finds exactly the records built for it. Entries in one group differ
+    only in their paddable dimensions."""
+    fixed = tuple((d, dims.get(d)) for d in spec.dims if d not in spec.paddable)
+    paddable = tuple(int(dims.get(d, 0)) for d in spec.dims if d in spec.paddable)
+    statics = tuple(freeze(static[n]) for n in spec.static_names)
+    return (spec.name, dtype, present, statics, fixed), paddable
 
 
 @dataclass
@@ -155,7 +161,8 @@ class Bundle:
                     self._note_rejection(key, record.get("kernel"), tier, why)
             self._entries[key] = entry
             spec = find_kernel(record["kernel"])
-            gkey, pdims = self._group_key(spec, record)
+            gkey, pdims = _bucket_key(spec, record["dtype"], tuple(record["present"]),
+                                      spec.canonical_static(record["static"]), record["dims"])
             group = self._groups.get(gkey)
             if group is None:
                 group = self._groups[gkey] = Group(tuple(d for d in spec.dims if d in spec.paddable))
@@ -163,14 +170,6 @@ class Bundle:
             touched.add(gkey)
         for gkey in touched:
             self._groups[gkey].members.sort(key=lambda m: (math.prod(m[0]), m[0]))
-
-    def _group_key(self, spec: KernelSpec, record: dict):
-        dims = record["dims"]
-        fixed = tuple((d, dims.get(d)) for d in spec.dims if d not in spec.paddable)
-        paddable = tuple(int(dims.get(d, 0)) for d in spec.dims if d in spec.paddable)
-        key = (spec.name, record["dtype"], tuple(record["present"]),
-               _static_key(spec, spec.canonical_static(record["static"])), fixed)
-        return key, paddable
 
     # -- rejection bookkeeping --------------------------------------------------------------
     def _note_rejection(self, key, kernel, tier, reason):
@@ -226,10 +225,8 @@ class Bundle:
         return plan
 
     def _plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
-        gkey = (spec.name, call.dtype, call.present, _static_key(spec, call.static),
-                tuple((d, call.dims.get(d)) for d in spec.dims if d not in spec.paddable))
+        gkey, want = _bucket_key(spec, call.dtype, call.present, call.static, call.dims)
         group = self._groups.get(gkey)
-        want = tuple(call.dims.get(d, 0) for d in spec.dims if d in spec.paddable)
         dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call))
         if group is not None and dtypes_ok:
             for pdims, entry in group.members:
@@ -260,7 +257,6 @@ class Bundle:
         import jax
         import jax.numpy as jnp
         names = [n for n, _, _ in _artifact_inputs(spec, call)]
-        prepare = spec.prepare_call
         static = call.static
         valid = np.array([call.dims[d] for d in spec.valid_length_dims], np.int32)
         valid_arg = jax.device_put(valid, self.device)
@@ -276,11 +272,7 @@ class Bundle:
                   else tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
                   for o in spec.outputs[:n_out]]
 
-        def arrays_of(args, kwargs):
-            inputs, extra = split_args(spec, args, kwargs)
-            if prepare is not None:
-                prepare(inputs, extra)
-            return [inputs[n] for n in names]
+        arrays_of = _arrays_getter(spec, names)
 
         if path == "exact":
             def run(args, kwargs):
@@ -297,14 +289,11 @@ class Bundle:
         backend = fallback_backend(spec, self.platform)
         self._fallback_backends[spec.name] = backend
         fn = jitted(spec, backend, call.present, call.static)
-        names = [n for n, _, _ in _artifact_inputs(spec, call)]
-        static, prepare = call.static, spec.prepare_call
+        arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
+        static = call.static
 
         def run(args, kwargs):
-            inputs, extra = split_args(spec, args, kwargs)
-            if prepare is not None:
-                prepare(inputs, extra)
-            return spec.pack(fn(*[inputs[n] for n in names]), static)
+            return spec.pack(fn(*arrays_of(args, kwargs)), static)
         return run
 
     def _miss_message(self, spec, call, group, reason) -> str:
@@ -352,6 +341,19 @@ class Bundle:
             else:
                 ready["unusable"] += 1
         return dict(ready)
+
+
+def _arrays_getter(spec: KernelSpec, names: list[str]):
+    """(args, kwargs) -> the arrays an artifact or the fallback takes, in order, after the
+    kernel's call-time hook (hot path: no binding checks, the plan already did them)."""
+    prepare = spec.prepare_call
+
+    def arrays_of(args, kwargs):
+        inputs, extra = split_args(spec, args, kwargs)
+        if prepare is not None:
+            prepare(inputs, extra)
+        return [inputs[n] for n in names]
+    return arrays_of
 
 
 def _artifact_inputs(spec: KernelSpec, call):
