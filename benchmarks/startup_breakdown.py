@@ -12,6 +12,12 @@ cache on, backend started, inputs on the device) times, in order:
   second    the same call again (the steady run)
 The phases add up to what `benchmarks.startup` reports as "ejaot first". Prints one line
 per run and the per-entry medians; --json writes them.
+
+With --after-kernel K, each process first loads the store and runs the smallest entry of
+kernel K (untimed), then times the chosen entry's phases: the marginal cost of one more
+entry in a server that has already started (the load phase is then 0: the bundle is
+shared). Comparing the two runs separates what a process pays once (backend and runtime
+initialization inside the first deserialization or execution) from what each entry pays.
 """
 from __future__ import annotations
 
@@ -27,16 +33,22 @@ from benchmarks.startup import REPO, _env, entry_inputs
 PHASES = ("load", "records", "read", "decode", "first", "second")
 
 
-def child(store: str, key: str) -> dict:
+def child(store: str, key: str, prior: str | None = None) -> dict:
     import jax
     import ejaot
     import ejaot.runtime.bundle  # noqa: F401
     from ejaot.runtime import codec
     record, spec, arrays = entry_inputs(store, key)
     clock = time.perf_counter
-    t = [clock()]
-    bundle = ejaot.load(store, miss_log=False)
-    t.append(clock())
+    if prior:          # a server that already runs another entry: only the marginal cost
+        bundle = ejaot.load(store, miss_log=False)
+        p_record, p_spec, p_arrays = entry_inputs(store, prior)
+        jax.block_until_ready(bundle.call(p_spec.name, *p_arrays, **p_record["static"]))
+        t = [clock()] * 2
+    else:
+        t = [clock()]
+        bundle = ejaot.load(store, miss_log=False)
+        t.append(clock())
     bundle._ensure_kernel(spec.name)
     t.append(clock())
     entry = bundle._entries[key]
@@ -59,10 +71,13 @@ def main():
     ap.add_argument("--limit", type=int, default=1, help="entries per kernel (smallest first)")
     ap.add_argument("--runs", type=int, default=3, help="fresh processes per entry")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--after-kernel", default="",
+                    help="first run the smallest entry of this kernel in the same process (marginal cost)")
     ap.add_argument("--child")
+    ap.add_argument("--prior", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.store, args.child)))
+        print(json.dumps(child(args.store, args.child, args.prior)))
         return
     from ejaot.registry import get_kernel
     from ejaot.store.filestore import FileStore
@@ -77,14 +92,23 @@ def main():
         per_kernel[r["kernel"]] = per_kernel.get(r["kernel"], 0) + 1
         if per_kernel[r["kernel"]] <= args.limit:
             chosen.append(key)
+    prior = []
+    if args.after_kernel:
+        prior = [k for k in sorted(entries, key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]),
+                                                           entries[k]["dtype"], k))
+                 if entries[k]["kernel"] == args.after_kernel and "executable" in entries[k]["payloads"]][:2]
+        if len(prior) < 2:
+            raise SystemExit(f"--after-kernel {args.after_kernel}: fewer than two entries with a compiled tier in {args.store}")
     results = []
     for key in chosen:
         r = entries[key]
         label = f"{r['kernel']} {r['dtype']} " + " ".join(f"{k}={v}" for k, v in r["dims"].items())
         runs = []
         for _ in range(args.runs):
-            p = subprocess.run([sys.executable, "-m", "benchmarks.startup_breakdown", "--store", args.store,
-                                "--child", key], capture_output=True, text=True, cwd=REPO, env=_env())
+            cmd = [sys.executable, "-m", "benchmarks.startup_breakdown", "--store", args.store, "--child", key]
+            before = [k for k in prior if k != key][:1]       # never the entry being timed
+            p = subprocess.run(cmd + (["--prior", before[0]] if before else []),
+                               capture_output=True, text=True, cwd=REPO, env=_env())
             if p.returncode != 0:
                 raise SystemExit(f"{label}: child failed:\n{p.stderr[-3000:]}")
             runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
