@@ -1,6 +1,7 @@
 """The Triton `mla_attention` backend lowers on a CPU-only host: DeepSeek-V3 decode shapes
 (128 q heads, head_dim 128, kv_lora_rank 512, rope 64, 4096 keys) for sm90 (the Gluon
-wgmma kernel) and sm80 (the tl.dot kernel), with and without the rope parts, split-KV
+kernels: warp-specialized and lockstep) and sm80 (the tl.dot kernel), with and without the
+rope parts, split-KV
 (with its combine kernel) and not, float32 / float16, and the prefill / cu_seqlens
 delegation to XLA; plus a gpu-sm90 build of a tiny mla manifest.
 
@@ -28,7 +29,8 @@ _SCRIPT = textwrap.dedent(r'''
     import jax.numpy as jnp
     from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
     from ejaot_kernels.mla_attention.configs import triton_heuristic
-    from ejaot.targets.cuda import kernel_binaries, TRITON_CALL
+    import zlib
+    from ejaot.targets.cuda import custom_call_strings, kernel_binaries, TRITON_CALL
 
     CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
 
@@ -63,12 +65,19 @@ _SCRIPT = textwrap.dedent(r'''
         exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*av)
         text = exp.mlir_module()
         _, meta = kernel_binaries(exp, text, None)
+        launches = []    # the warps each kernel is launched with, and the threads its PTX requires
+        for opaque in custom_call_strings(text, TRITON_CALL, "opaque"):
+            raw = zlib.decompress(opaque)
+            m = re.search(rb"\n.(_mla_decode_[a-z0-9_]+|_combine_kernel)\x10(.)", raw)
+            req = re.search(rb"\.reqntid (\d+)", raw)
+            launches.append({"name": m.group(1).decode(), "warps": m.group(2)[0],
+                             "reqntid": int(req.group(1)) if req else None})
         print("RESULT " + json.dumps({
             "case": case, "config": config, "platforms": list(exp.platforms),
             "calls": text.count("stablehlo.custom_call @" + TRITON_CALL),
             "in_serialized": TRITON_CALL.encode() in bytes(exp.serialize()),
             "out_avals": [[list(a.shape), str(a.dtype)] for a in exp.out_avals],
-            "kernels": meta.get("kernels", [])}), flush=True)
+            "kernels": meta.get("kernels", []), "launches": launches}), flush=True)
 
     for case in CASES:
         run(case)
@@ -93,21 +102,33 @@ def _check_triton(r, entry: str, calls: int):
     names = [k["name"] for k in r["kernels"]]
     assert names[0] == entry, names
     assert ("_combine_kernel" in names) == (r["config"]["num_splits"] > 1), (names, r["config"])
+    # jaxlib launches num_warps x 32 threads: a kernel whose PTX requires more (a
+    # warp-specialized one) must be launched with all its warps, or the launch fails
+    assert [x["name"] for x in r["launches"]] == names, r["launches"]
+    for x in r["launches"]:
+        assert x["reqntid"] in (None, 32 * x["warps"]), x
     for k in r["kernels"]:    # PTX for the requested generation (sm_90a on Hopper), assembled
         assert k["arch"] == ("sm_90a" if c["cc"] == 90 else f"sm_{c['cc']}"), k
         assert "cubin_bytes" in k, k
 
 
 @pytest.mark.parametrize("rope", [True, False], ids=["rope", "norope"])
-def test_sm90_ds3_decode_lowers_to_the_wgmma_kernel(rope):
-    cases = [dict(cc=90, b=2, s=1, causal=True, **{**DS3, "e": 64 if rope else 0}),       # split-KV
-             dict(cc=90, b=64, s=1, causal=False, **{**DS3, "e": 64 if rope else 0})]     # one wave
+def test_sm90_ds3_decode_lowers_to_the_gluon_kernels(rope):
+    ds3 = {**DS3, "e": 64 if rope else 0}
+    cases = [dict(cc=90, b=2, s=1, causal=True, **ds3),                                    # split-KV
+             dict(cc=90, b=64, s=1, causal=False, **ds3),                                  # one wave
+             dict(cc=90, b=64, s=1, causal=True, config={"softmax_share": 4}, **ds3),
+             dict(cc=90, b=2, s=1, causal=True, config={"kernel": "wgmma"}, **ds3)]        # lockstep
     res = _lower(cases)
-    small, big = res
-    assert small["config"]["kernel"] == "wgmma" and small["config"]["num_splits"] > 1
+    small, big, quarter, lockstep = res
+    assert small["config"]["kernel"] == "wgmma_ws" and small["config"]["num_splits"] > 1
     assert big["config"]["num_splits"] == 1
-    _check_triton(small, "_mla_decode_sm90", calls=2)      # attention + combine
-    _check_triton(big, "_mla_decode_sm90", calls=1)
+    _check_triton(small, "_mla_decode_sm90_ws", calls=2)      # attention + combine
+    _check_triton(big, "_mla_decode_sm90_ws", calls=1)
+    _check_triton(quarter, "_mla_decode_sm90_ws", calls=1)
+    _check_triton(lockstep, "_mla_decode_sm90", calls=2)
+    for r in (small, big, quarter):    # the softmax and the output warpgroup: 8 warps
+        assert r["launches"][0]["warps"] == 8 and r["launches"][0]["reqntid"] == 256, r["launches"]
     for r in res:
         k = r["kernels"][0]
         # the 64 x 512 f32 accumulator split over two warpgroups fits in registers
@@ -137,8 +158,8 @@ def test_lowers_other_dtypes_shapes_and_the_dot_kernel_on_sm90():
     f32, f16, gqa, dot = _lower(cases)
     assert f32["kernels"][0]["name"] == "_mla_decode_kernel"
     _check_triton(f32, "_mla_decode_kernel", calls=1 + (f32["config"]["num_splits"] > 1))
-    _check_triton(f16, "_mla_decode_sm90", calls=1 + (f16["config"]["num_splits"] > 1))
-    _check_triton(gqa, "_mla_decode_sm90", calls=1 + (gqa["config"]["num_splits"] > 1))
+    _check_triton(f16, "_mla_decode_sm90_ws", calls=1 + (f16["config"]["num_splits"] > 1))
+    _check_triton(gqa, "_mla_decode_sm90_ws", calls=1 + (gqa["config"]["num_splits"] > 1))
     _check_triton(dot, "_mla_decode_kernel", calls=1)
 
 
@@ -159,7 +180,7 @@ def test_heuristic_carries_compute_capability_and_splits():
     dims = dict(batch=64, seq=1, kv_seq=4096, q_heads=128, kv_heads=128, head_dim=128,
                 kv_lora_rank=512, rope_dim=64)
     static = dict(causal=True, softmax_scale=None)
-    for name, cc, kernel in (("gpu-sm90", 90, "wgmma"), ("gpu-sm80", 80, "dot")):
+    for name, cc, kernel in (("gpu-sm90", 90, "wgmma_ws"), ("gpu-sm80", 80, "dot")):
         target = get_target(name)
         cfg = triton_heuristic(dims, static, target)
         assert cfg["compute_capability"] == cc and cfg["kernel"] == kernel and cfg["form"] == "absorbed"
@@ -209,7 +230,7 @@ def test_gpu_sm90_build_of_a_tiny_mla_manifest(tmp_path):
     for rec in recs:
         assert rec["kernel"] == "mla_attention" and rec["backend"] == "triton", rec
         assert {"exported", "ptx", "cubin"} <= set(rec["payloads"]), rec["payloads"]
-        assert rec["config"]["compute_capability"] == 90 and rec["config"]["kernel"] == "wgmma"
-        assert [k["name"] for k in rec["kernels"]][0] == "_mla_decode_sm90", rec["kernels"]
+        assert rec["config"]["compute_capability"] == 90 and rec["config"]["kernel"] == "wgmma_ws"
+        assert [k["name"] for k in rec["kernels"]][0] == "_mla_decode_sm90_ws", rec["kernels"]
         ptx = store.read_blob(rec["payloads"]["ptx"]["sha256"])
         assert b".target sm_90a" in ptx and b"wgmma.mma_async" in ptx

@@ -160,7 +160,8 @@ def triton_heuristic(dims, static, target):
     """Decode (absorbed form) tiles. Hopper: 64 (query, head) rows per program on two
     warpgroups (wgmma needs 64 rows; the f32 out_lat accumulator, 64 x 512, is 128
     registers a thread over 8 warps), 64 keys per block, two smem stages (q_lat 74 KB +
-    2 x 74 KB of kv + b_k tiles, under 227 KB). Ampere: 32-key blocks (163 KB)."""
+    2 x 74 KB of kv + b_k tiles, under 227 KB), in the warp-specialized kernel (one
+    warpgroup's softmax overlaps the other's p @ kv). Ampere: 32-key blocks (163 KB)."""
     cc = _compute_capability(target)
     facts = getattr(target, "facts", None) or {}
     s, t = dims["seq"], dims.get("kv_seq", dims["seq"])
@@ -174,19 +175,22 @@ def triton_heuristic(dims, static, target):
         max(16, _next_pow2(rope)) if rope else 0, 2, cc)
     sm_count = int(facts.get("sm_count", 132 if cc >= 90 else 108))
     splits = choose_splits(dims["batch"], rows, t, block_h, block_n, dims["kv_lora_rank"], sm_count)
-    # Hopper runs the Gluon wgmma kernel (64 x 64 tiles, 8 warps, 2 TMA stages; the
-    # tile fields above then describe the tl.dot kernel, which serves other generations,
-    # float32 inputs and shapes the wgmma kernel does not tile).
+    # Hopper runs a Gluon kernel: "wgmma_ws" (warp-specialized, softmax_share: the
+    # softmax warpgroup accumulates 1/share of out_lat) or "wgmma" (both warpgroups in
+    # lockstep); 64 x 64 tiles, 2 TMA stages. The tile fields above then describe the
+    # tl.dot kernel, which serves other generations, float32 inputs and shapes the
+    # Gluon kernels do not tile.
     return {"compute_capability": cc, "form": choose_form(dims),
-            "kernel": "wgmma" if cc // 10 == 9 else "dot", "block_h": block_h,
+            "kernel": "wgmma_ws" if cc // 10 == 9 else "dot", "softmax_share": 2, "block_h": block_h,
             "block_n": block_n, "num_splits": splits, "num_warps": 8 if block_h >= 64 else 4,
             "num_stages": stages}
 
 
 def triton_candidates(dims, static, target):
-    """Decode configs to time: the heuristic, then tiles and split counts around it. The
-    Hopper wgmma kernel tiles 64 keys x 2 stages or 32 keys x 3-4 stages (it ignores
-    num_warps); the tl.dot kernel is a candidate there too."""
+    """Decode configs to time: the heuristic, then tiles and split counts around it. On
+    Hopper: the warp-specialized kernel with the softmax warpgroup's share of out_lat at
+    1/2 or 1/4, the lockstep wgmma kernel (64 keys x 2 stages or 32 keys x 3-4 stages;
+    both Gluon kernels ignore num_warps), and the tl.dot kernel."""
     base = triton_heuristic(dims, static, target)
     cc = base["compute_capability"]
     rope = dims.get("rope_dim", 64) or 0
@@ -200,13 +204,16 @@ def triton_candidates(dims, static, target):
             out.append(c)
     add(base)
     dot = {**base, "kernel": "dot"}
-    if base["kernel"] == "wgmma":
+    if base["kernel"] == "wgmma_ws":
+        add({**base, "softmax_share": 4})
+        lockstep = {**base, "kernel": "wgmma"}
+        add(lockstep)
         for bn, stages in ((32, 4), (32, 3)):
-            add({**base, "block_n": bn, "num_stages": stages})
-        bn0 = 64
-    else:
-        bn0 = base["block_n"]
-    for bn in (bn0, 32, 128):
+            add({**lockstep, "block_n": bn, "num_stages": stages})
+        add({**dot, "block_n": 64, "num_stages": 2, "num_warps": 8})   # 1.1-2x slower on an H100
+        for ns in sorted({1, 2, base["num_splits"]}):
+            add({**base, "softmax_share": 4, "num_splits": ns})
+    for bn in ((base["block_n"], 32, 128) if base["kernel"] == "dot" else ()):
         for stages in (2, 3, 1):
             for warps in (8, 4):
                 bh = base["block_h"]

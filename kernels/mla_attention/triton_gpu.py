@@ -32,17 +32,19 @@ Delegated to the XLA backend (kernels/mla_attention/xla.py), by design:
     this backend exists for is decode's;
   * cu_seqlens (packed varlen prefill, batch 1, seq == kv_seq): a prefill layout.
 
-Kernels: on Hopper (sm90, 2-byte dtypes) a Gluon kernel with explicit wgmma layouts and a
-TMA ring (`_mla_decode_sm90`, notes above it); elsewhere, and for float32 (exact-f32 FMA
-dots), a portable tl.dot kernel (`_mla_decode_kernel`). config["kernel"] picks
-("wgmma" | "dot"); shapes the wgmma kernel does not tile fall back to "dot".
+Kernels: on Hopper (sm90, 2-byte dtypes) two Gluon kernels with explicit wgmma layouts
+and a TMA ring: the warp-specialized `_mla_decode_sm90_ws` (the default: one warpgroup
+computes logits and softmax while the other accumulates p @ kv; notes above it) and the
+lockstep `_mla_decode_sm90` (both warpgroups on every phase; notes above it); elsewhere,
+and for float32 (exact-f32 FMA dots), a portable tl.dot kernel (`_mla_decode_kernel`).
+config["kernel"] picks ("wgmma_ws" | "wgmma" | "dot"); shapes the Gluon kernels do not
+tile fall back to "dot".
 
-Measured on an H100 (DeepSeek-V3 decode, 128 heads, rank 512, rope 64, 4096 keys, bf16):
-the wgmma kernel alone ~190-200 us at batch 64, ~365 us at batch 128 (1.6-1.7 TB/s of
-cache + rope keys + q_lat + out_lat); the whole absorbed path ~2x the XLA absorbed form.
-What bounds it: one CTA per SM (224 KB of shared memory), so the logits product, the
-softmax and p @ kv of a block run one after the other (tensor pipe ~45% busy); streaming
-alone takes ~130 us at batch 64.
+Measured on an H100 (DeepSeek-V3 decode, 128 heads, rank 512, rope 64, 4096 keys, bf16;
+BENCHMARKS.md): the warp-specialized kernel alone 162 us at batch 64 and 304 us at batch
+128 (66% and 70% of the 3.0 TB/s copy bandwidth, counting cache + rope keys + q_lat +
+out_lat), against 196 us and 370 us for the lockstep kernel, whose clock64 profile showed
+the tensor cores idle during each block's softmax.
 
 Only importable where triton is installed (build hosts and GPU hosts with jax-triton);
 it touches no device at import. jax and jax_triton are imported on first call.
@@ -52,6 +54,8 @@ from __future__ import annotations
 import dataclasses
 
 from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+
+from .gluon_pipeline import compile_with_gluon_pipeline
 
 from .configs import triton_heuristic
 
@@ -428,6 +432,248 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
 
 
 # ----------------------------------------------------------------------------------------
+# Hopper (sm90) kernel, warp-specialized: FlashMLA's division of labour, in Gluon
+# ----------------------------------------------------------------------------------------
+# The kernel above runs logits -> softmax -> p @ kv of a block one after the other on both
+# warpgroups; a clock64 profile on an H100 (BENCHMARKS.md) found the tensor cores idle
+# during the softmax and the logits product at ~56% of their rate (32-key tiles per
+# warpgroup). Here the two warpgroups take different roles:
+#   * the softmax warpgroup (the default partition) computes a block's whole 64 x 64
+#     logits tile (64-key tiles: one long wgmma chain), its softmax (row max and sums stay
+#     inside the warpgroup), hands p and the rescale factors to the other warpgroup
+#     through shared memory, then accumulates its share of out_lat += p @ kv (the first
+#     R/2 latent dims, or R/4 with softmax_share 4: less work on the busier warpgroup);
+#   * the output warpgroup (a 4-warp worker partition) rescales and accumulates the rest
+#     of out_lat and refills the kv stage both are done with.
+# So the softmax warpgroup's logits and softmax of block j + 1 overlap the output
+# warpgroup's product of block j. Shared memory is the kernel above's (q_lat, b_q, two kv
+# + b_k stages, p) plus 512 bytes of row factors. It is compiled with Triton's Gluon
+# pipeline and launched with its 8 warps (gluon_pipeline.py says why).
+# Barriers: kv_ready[s] (TMA bytes landed), kv_free[s] (the softmax warpgroup is done with
+# stage s), p_ready / p_free (the p tile and factors of a block: written / read), fin (the
+# softmax warpgroup's final row sums are in shared memory).
+
+
+@_gluon_jit
+def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
+                          kv_ready, kv_free, p_ready, p_free, fin, O, LSE, b64, split, pid_h,
+                          lo, kv_len, off, n_iter,
+                          qk_scale: gl.constexpr, HQ: gl.constexpr, M: gl.constexpr,
+                          R: gl.constexpr, HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr,
+                          NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                          RA: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr):
+    ROW_S: gl.constexpr = gl.SliceLayout(1, S_L)
+    ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
+    dtype: gl.constexpr = kv_smem.dtype
+    rows_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_S)
+    q_pos = gl.minimum(rows_s, M - 1) // HQ + off
+    cols_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+    acc = gl.zeros([BLOCK_H, RA], gl.float32, O_L)
+    s_zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, ROW_S)
+    l_i = gl.zeros([BLOCK_H], gl.float32, ROW_S)
+    for j in range(n_iter):
+        slot = j % 2
+        mbarrier.wait(kv_ready.index(slot), (j // 2) & 1)
+        kv = kv_smem.index(slot)
+        if HAS_ROPE:
+            s = warpgroup_mma(qpe_smem, bk_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
+            s = warpgroup_mma(q_smem, kv.permute((1, 0)), s)
+        else:
+            s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False)
+        s = s * qk_scale
+        offs_n = lo + j * BLOCK_N + cols_s
+        keep = (offs_n < kv_len)[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= q_pos[:, None])
+        s = gl.where(keep, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(s - m_use[:, None])
+        alpha = gl.exp2(m_i - m_use)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        m_i = m_new
+        # hand p and alpha over once the output warpgroup has used the previous block's
+        mbarrier.wait(p_free, (j & 1) ^ 1)
+        p_smem.store(p.to(dtype))
+        alpha_smem.store(alpha)
+        fence_async_shared()
+        gl.barrier()
+        mbarrier.arrive(p_ready)
+        acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
+        acc = warpgroup_mma(p_smem, kv.slice(0, RA, dim=1), acc)
+        gl.barrier()
+        mbarrier.arrive(kv_free.index(slot))
+    # final row sums for the output warpgroup, then this half of out_lat
+    empty = l_i == 0.0
+    l_safe = gl.where(empty, 1.0, l_i)
+    l_smem.store(l_safe)
+    gl.barrier()
+    mbarrier.arrive(fin)
+    _ws_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
+                   BLOCK_H, O_L)
+    if NUM_SPLITS > 1:
+        lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
+        gl.store(LSE + (b64 * NUM_SPLITS + split) * M + rows_s, lse, mask=rows_s < M)
+
+
+@_gluon_jit
+def _ws_store_cols(acc, l_safe, O, b64, split, pid_h, C0: gl.constexpr, M: gl.constexpr,
+                   R: gl.constexpr, NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr,
+                   L: gl.constexpr):
+    """out_lat[rows, C0:C0 + width] = acc / l (f32 partials when the kv range is split)."""
+    width: gl.constexpr = acc.shape[1]
+    out = acc / l_safe[:, None]
+    rows_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, L))
+    cols_o = C0 + gl.arange(0, width, layout=gl.SliceLayout(0, L))
+    row_ok = (rows_o < M)[:, None]
+    if NUM_SPLITS == 1:
+        gl.store(O + b64 * (M * R) + rows_o[:, None] * R + cols_o[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok)
+    else:
+        part = b64 * NUM_SPLITS + split
+        gl.store(O + part * (M * R) + rows_o[:, None] * R + cols_o[None, :], out, mask=row_ok)
+
+
+@_gluon_jit
+def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free, p_ready,
+                         p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row, n_iter,
+                         M: gl.constexpr, R: gl.constexpr, HAS_ROPE: gl.constexpr,
+                         NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                         RA: gl.constexpr, OB1_L: gl.constexpr, OB2_L: gl.constexpr):
+    """out_lat[:, RA:] in one or two power-of-two column blocks (shared-memory slices must
+    start at a multiple of their width): [R/2, R) and, when the softmax warpgroup takes a
+    quarter, [RA, R/2)."""
+    RB1: gl.constexpr = R // 2
+    RB2: gl.constexpr = R - RA - RB1
+    acc1 = gl.zeros([BLOCK_H, RB1], gl.float32, OB1_L)
+    acc2 = acc1
+    if RB2 > 0:
+        acc2 = gl.zeros([BLOCK_H, RB2], gl.float32, OB2_L)
+    for j in range(n_iter):
+        slot = j % 2
+        mbarrier.wait(p_ready, j & 1)
+        kv = kv_smem.index(slot)
+        alpha = alpha_smem.load(gl.SliceLayout(1, OB1_L))
+        acc1 = acc1 * alpha[:, None]
+        acc1 = warpgroup_mma(p_smem, kv.slice(RB1, RB1, dim=1), acc1)
+        if RB2 > 0:
+            acc2 = acc2 * gl.convert_layout(alpha, gl.SliceLayout(1, OB2_L))[:, None]
+            acc2 = warpgroup_mma(p_smem, kv.slice(RA, RB2, dim=1), acc2)
+        gl.barrier()
+        mbarrier.arrive(p_free)
+        # both warpgroups are done with this stage: it takes block j + 2
+        mbarrier.wait(kv_free.index(slot), (j // 2) & 1)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, j + 2, tma_row + (j + 2) * BLOCK_N,
+                  j + 2 < n_iter, HAS_ROPE, 2)
+    mbarrier.wait(fin, 0)
+    l_safe = l_smem.load(gl.SliceLayout(1, OB1_L))
+    _ws_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
+    if RB2 > 0:
+        _ws_store_cols(acc2, gl.convert_layout(l_safe, gl.SliceLayout(1, OB2_L)), O, b64, split, pid_h,
+                       RA, M, R, NUM_SPLITS, BLOCK_H, OB2_L)
+
+
+@_gluon_jit
+def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
+                        qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
+                        HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
+                        HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
+                        BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                        BATCH: gl.constexpr, RA: gl.constexpr, RB2_N: gl.constexpr):
+    """Same contract as _mla_decode_sm90 (launched with 4 warps: the softmax warpgroup; the
+    output warpgroup is a 4-warp worker partition; BLOCK_H == BLOCK_N == 64, 2 stages).
+    The softmax warpgroup accumulates out_lat[:, :RA], the output warpgroup the rest."""
+    M: gl.constexpr = SEQ * HQ
+    dtype: gl.constexpr = KV.dtype.element_ty
+    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
+    bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
+    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
+                                         block_shape=[BLOCK_N, R], layout=kv_sl)
+    bk_desc = kv_desc
+    if HAS_ROPE:
+        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
+                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    OA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, RA, 16])
+    OB1_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, R // 2, 16])
+    OB2_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, RB2_N, 16])
+    LD_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype)
+    qpe_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, E], dtype)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+
+    pid_h = gl.program_id(0)
+    split = gl.program_id(1)
+    b = gl.program_id(2)
+    b64 = b.to(gl.int64)
+    q_len = gl.load(VL)
+    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
+    off = kv_len - q_len
+
+    rows_ld = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LD_L))
+    rows_ld = gl.minimum(rows_ld, M - 1)
+    cols_r = gl.arange(0, R, layout=gl.SliceLayout(0, LD_L))
+    q = gl.load(QL + b64 * (M * R) + rows_ld[:, None] * R + cols_r[None, :])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], q_sl, q)
+    qpe_smem = q_smem
+    if HAS_ROPE:
+        cols_e = gl.arange(0, E, layout=gl.SliceLayout(0, LD_L))
+        qpe = gl.load(BQ + b64 * (SEQ * E) + (rows_ld // HQ)[:, None] * E + cols_e[None, :])
+        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, E], qpe_sl, qpe)
+    kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, R], kv_sl)
+    bk_smem = kv_smem
+    if HAS_ROPE:
+        bk_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, E], bk_sl)
+    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    alpha_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_H], VEC_SL)
+    l_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_H], VEC_SL)
+    kv_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    kv_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    fin = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(kv_ready.index(i), count=1)
+        mbarrier.init(kv_free.index(i), count=1)
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_free, count=1)
+    mbarrier.init(fin, count=1)
+    fence_async_shared()
+    gl.barrier()
+
+    last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
+    hi = kv_len
+    if CAUSAL:
+        hi = gl.minimum(hi, last_q + off + 1)
+    hi = gl.maximum(hi, 0)
+    n_blocks = gl.cdiv(hi, BLOCK_N)
+    per_split = gl.cdiv(n_blocks, NUM_SPLITS)
+    lo = gl.minimum(split * per_split * BLOCK_N, hi)
+    hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
+    n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
+    tma_row = b * KV_SEQ + lo
+    for i in gl.static_range(2):
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, i, tma_row + i * BLOCK_N, i < n_iter,
+                  HAS_ROPE, 2)
+
+    gl.warp_specialize([
+        (_ws_softmax_partition, (q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
+                                 kv_ready, kv_free, p_ready, p_free, fin, O, LSE, b64, split, pid_h,
+                                 lo, kv_len, off, n_iter, qk_scale, HQ, M, R, HAS_ROPE, CAUSAL,
+                                 NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L)),
+        (_ws_output_partition, (kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free,
+                                p_ready, p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row,
+                                n_iter, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L, OB2_L)),
+    ], [4])
+
+
+# ----------------------------------------------------------------------------------------
 # JAX side
 # ----------------------------------------------------------------------------------------
 
@@ -441,6 +687,7 @@ class _Static:
     num_splits: int
     num_warps: int
     num_stages: int
+    softmax_share: int = 2   # wgmma_ws: the softmax warpgroup accumulates 1/share of out_lat
 
 
 
@@ -459,12 +706,17 @@ def _make_static(cfg, dims, itemsize) -> _Static:
     cc = int(cfg["compute_capability"])
     r, e = dims["kv_lora_rank"], dims["rope_dim"]
     kernel = cfg.get("kernel") or "dot"
-    if kernel not in ("wgmma", "dot"):
-        raise ValueError(f"mla_attention (triton): config kernel must be 'wgmma' or 'dot', got {kernel!r}")
-    if kernel == "wgmma" and not _wgmma_ok(cc, itemsize, r, e):
+    if kernel not in ("wgmma", "wgmma_ws", "dot"):
+        raise ValueError("mla_attention (triton): config kernel must be 'wgmma', 'wgmma_ws' or 'dot', "
+                         f"got {kernel!r}")
+    if kernel in ("wgmma", "wgmma_ws") and not _wgmma_ok(cc, itemsize, r, e):
         kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernel does not tile
     n_tokens = dims["kv_seq"]
-    if kernel == "wgmma":
+    share = 2
+    if kernel == "wgmma_ws":
+        bh, bn, stages, warps = 64, 64, 2, 4
+        share = 4 if int(cfg.get("softmax_share", 2)) >= 4 and r >= 256 else 2
+    elif kernel == "wgmma":
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
         bn = 32 if int(cfg.get("block_n", 64)) <= 32 else 64
@@ -484,7 +736,7 @@ def _make_static(cfg, dims, itemsize) -> _Static:
     n_blocks = -(-n_tokens // bn)
     splits = max(1, min(int(cfg.get("num_splits", 1)), n_blocks))
     return _Static(cc=cc, kernel=kernel, block_h=bh, block_n=bn, num_splits=splits,
-                   num_warps=warps, num_stages=stages)
+                   num_warps=warps, num_stages=stages, softmax_share=share)
 
 
 def _cdiv(a, b):
@@ -525,6 +777,13 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
             ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
             num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
             E=max(e, 16), BATCH=b, **common)
+    elif st.kernel == "wgmma_ws":
+        compile_with_gluon_pipeline()
+        res = jt.triton_call(
+            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
+            num_warps=4, num_stages=1, compute_capability=st.cc, name=name + "_sm90_ws",
+            E=max(e, 16), BATCH=b, RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
+            **common)
     else:
         rp = max(16, next_pow2(r))
         ep = max(16, next_pow2(e)) if has_rope else 16

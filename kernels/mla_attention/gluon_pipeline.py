@@ -1,0 +1,76 @@
+"""Compiling a Gluon kernel with Triton's own Gluon pipeline under jax-triton.
+
+jax-triton 0.4.1 runs every module, Gluon ones included, through Triton's TTIR -> TTGIR
+passes. A Gluon module is TTGIR already, with explicit layouts, and those passes are not
+meant for it. For the single-role Hopper kernel they happen to help (measured on an H100:
+its logits loop ran 2774 cycles per block under Triton's Gluon pipeline, 2069 under
+jax-triton's), so it keeps jax-triton's pipeline. The warp-specialized kernel cannot: the
+passes add layout conversions whose shared-memory scratch the allocator cannot overlap
+across concurrently running partitions (262,732 bytes, over the 232,448 a block may use;
+230,156 under the Gluon pipeline). Triton compiles Gluon with `gluon_to_ttgir`; the kernels
+named here are routed there, and launched with all their warps. Idempotent; a no-op
+without jax-triton."""
+from __future__ import annotations
+
+GLUON_PIPELINE_KERNELS = frozenset({"_mla_decode_sm90_ws"})
+
+
+def compile_with_gluon_pipeline() -> None:
+    try:
+        import jax_triton.triton_lib as lib
+    except ImportError:  # pragma: no cover - hosts without jax-triton never lower
+        return
+    compile_ptx = lib.compile_ttir_to_ptx_inplace
+    if getattr(compile_ptx, "ejaot_gluon_pipeline", False):
+        return
+
+    def compile_ptx_routed(module, backend, options, capability):
+        name = module.get_entry_func_name()
+        if name not in GLUON_PIPELINE_KERNELS:
+            return compile_ptx(module, backend, options, capability)
+        result = compile_ptx(module, _GluonStages(backend), options, capability)
+        # a warp-specialized kernel runs more warps than it was launched with: its worker
+        # partitions'. Triton's launcher reads the total from the compiled module;
+        # jax-triton launches num_warps, which the kernel's .reqntid then rejects
+        total = module.get_int_attr("ttg.total-num-warps")
+        if total is not None:
+            _TOTAL_WARPS[result.name] = total
+        return result
+
+    compile_ptx_routed.ejaot_gluon_pipeline = True
+    lib.compile_ttir_to_ptx_inplace = compile_ptx_routed
+    lib.triton_kernel_call_lib = _LaunchWithTotalWarps(lib.triton_kernel_call_lib)
+
+
+_TOTAL_WARPS: dict[str, int] = {}
+
+
+class _LaunchWithTotalWarps:
+    """jaxlib's Triton kernel-call module, except that a kernel compiled above gets its
+    total warp count as the launch's (TritonKernel(name, num_warps, ...))."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def TritonKernel(self, name, num_warps, *rest):  # noqa: N802 - jaxlib's name
+        return self._module.TritonKernel(name, _TOTAL_WARPS.get(name, num_warps), *rest)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+class _GluonStages:
+    """A view of a Triton CUDA backend whose TTIR -> TTGIR stages are Gluon's: no TTIR
+    passes, then `gluon_to_ttgir`. Everything after TTGIR is the backend's own."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def make_ttir(self, module, metadata, options, capability):
+        return module
+
+    def make_ttgir(self, module, metadata, options, capability):
+        return self._backend.gluon_to_ttgir(module, metadata, options, capability)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
