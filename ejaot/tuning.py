@@ -75,7 +75,6 @@ def candidate_entries(manifest, target):
 def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     """Times every candidate entry of a candidates store on this host's device, checks its
     result against the XLA reference, and returns the winners by bucket key."""
-    import time
     import jax
     import numpy as np
     import ejaot
@@ -97,7 +96,7 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
         names = [a.name for a in spec.inputs if not a.optional or a.name in r0["present"]]
         args = [jax.device_put(inputs[n]) for n in names]
         args.append(jax.device_put(np.array([r0["dims"][d] for d in spec.valid_length_dims], np.int32)))
-        timings = []
+        ready = []          # (entry, fn, calls per sample) of the candidates that run right
         for entry in entries:
             fn = entry.compiled() or entry.portable()
             if fn is None:
@@ -110,24 +109,33 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
                     continue
                 for _ in range(warmup):
                     jax.block_until_ready(fn(*args))
-                samples = []
-                reps = 1
-                for i in range(iters + 1):
-                    # back-to-back calls, one sync per sample: the time a serving loop sees,
-                    # not the launch and sync latency (which dominates a short decode kernel)
-                    t0 = time.perf_counter()
-                    for _ in range(reps):
-                        out = fn(*args)
-                    jax.block_until_ready(out)
-                    dt = (time.perf_counter() - t0) / reps
-                    if i == 0:      # sizing sample: about 2 ms of calls per sample
-                        reps = max(1, min(50, int(2e-3 / max(dt, 1e-6))))
-                        continue
-                    samples.append(dt)
-                timings.append((float(np.median(samples)) * 1e6, entry.record["config"]))
-                echo(f"  {timings[-1][0]:10.1f} us  {_brief(entry.record['config'])}")
+                # sizing sample: about 2 ms of back-to-back calls per sample, one sync each:
+                # the time a serving loop sees, not the launch and sync latency (which
+                # dominates a short decode kernel)
+                dt = _sample(fn, args, 1)
+                ready.append((entry, fn, max(1, min(50, int(2e-3 / max(dt, 1e-6))))))
             except Exception as e:  # a candidate that fails to run is dropped, not fatal
                 echo(f"  reject {entry.record['config']}: {type(e).__name__}: {e}")
+        # Samples are taken round-robin over the candidates (each round starting one further
+        # along), so that clock and thermal drift during the bucket's measurement weighs on
+        # every candidate alike instead of favouring whichever ran first or last.
+        samples: list[list | None] = [[] for _ in ready]      # None: dropped after a failure
+        for rnd in range(iters):
+            for k in range(len(ready)):
+                i = (rnd + k) % len(ready)
+                entry, fn, reps = ready[i]
+                if samples[i] is None:
+                    continue
+                try:
+                    samples[i].append(_sample(fn, args, reps))
+                except Exception as e:  # a candidate that fails to run is dropped, not fatal
+                    echo(f"  reject {entry.record['config']}: {type(e).__name__}: {e}")
+                    samples[i] = None
+        timings = []
+        for i, (entry, _, _) in enumerate(ready):
+            if samples[i]:
+                timings.append((float(np.median(samples[i])) * 1e6, entry.record["config"]))
+                echo(f"  {timings[-1][0]:10.1f} us  {_brief(entry.record['config'])}")
         if not timings:
             echo(f"{bkey}: no candidate ran")
             continue
@@ -136,6 +144,17 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
                          "candidates": len(timings), "record": r0}
         echo(f"{bkey}: best {best_cfg} {best_us:.1f} us of {len(timings)}")
     return {"device_kind": bundle.device.device_kind, "winners": winners}
+
+
+def _sample(fn, args, reps: int) -> float:
+    """Seconds per call of `reps` back-to-back calls with one sync at the end."""
+    import time
+    import jax
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / reps
 
 
 def _brief(config: dict) -> str:
