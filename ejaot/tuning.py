@@ -109,11 +109,13 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
                     continue
                 for _ in range(warmup):
                     jax.block_until_ready(fn(*args))
-                # sizing sample: about 2 ms of back-to-back calls per sample, one sync each:
-                # the time a serving loop sees, not the launch and sync latency (which
-                # dominates a short decode kernel)
-                dt = _sample(fn, args, 1)
-                ready.append((entry, fn, max(1, min(50, int(2e-3 / max(dt, 1e-6))))))
+                # Back-to-back calls, one sync per sample: the time a serving loop sees.
+                # Each sample also pays a fixed launch + sync latency (~0.5 ms measured on
+                # an H100 through jax), so a sample must last ~20 ms for that to stay
+                # under a few percent; the per-call time that sizes it comes from 10 calls
+                # (sizing on one call, 2 ms samples, read a 184 us MLA decode as 300+ us).
+                dt = _sample(fn, args, 10)
+                ready.append((entry, fn, max(1, min(500, int(20e-3 / max(dt, 1e-6))))))
             except Exception as e:  # a candidate that fails to run is dropped, not fatal
                 echo(f"  reject {entry.record['config']}: {type(e).__name__}: {e}")
         # Samples are taken round-robin over the candidates (each round starting one further
