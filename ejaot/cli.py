@@ -274,7 +274,8 @@ def tune_build(manifest, target, out, jobs):
 @click.argument("candidates_dir", type=click.Path(file_okay=False))
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Write the winners to kernels/<kernel>/tuned/<target>.json.")
-@click.option("--iters", type=int, default=20, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Samples per candidate (each ~20 ms of back-to-back calls; the median is kept).")
 def tune_measure(candidates_dir, write, iters):
     """On the target's device: time every candidate (checked against the reference) and
     keep the fastest per bucket, with its measured time."""

@@ -75,6 +75,8 @@ def candidate_entries(manifest, target):
 def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     """Times every candidate entry of a candidates store on this host's device, checks its
     result against the XLA reference, and returns the winners by bucket key."""
+    if iters < 1:
+        raise ValueError(f"tune measure: iters must be at least 1, got {iters}")
     import jax
     import numpy as np
     import ejaot

@@ -156,6 +156,12 @@ def choose_splits(batch, rows, kv_seq, block_h, block_n, rank, sm_count, max_spl
     return best
 
 
+def _hopper_kernel(dims) -> str:
+    """The warp-specialized kernel from rank 128 (triton_gpu.WS_MIN_RANK says why not
+    below), else the lockstep one."""
+    return "wgmma_ws" if dims["kv_lora_rank"] >= 128 else "wgmma"
+
+
 def triton_heuristic(dims, static, target):
     """Decode (absorbed form) tiles. Hopper: 64 (query, head) rows per program on two
     warpgroups (wgmma needs 64 rows; the f32 out_lat accumulator, 64 x 512, is 128
@@ -181,7 +187,8 @@ def triton_heuristic(dims, static, target):
     # tl.dot kernel, which serves other generations, float32 inputs and shapes the
     # Gluon kernels do not tile.
     return {"compute_capability": cc, "form": choose_form(dims),
-            "kernel": "wgmma_ws" if cc // 10 == 9 else "dot", "softmax_share": 2, "block_h": block_h,
+            "kernel": _hopper_kernel(dims) if cc // 10 == 9 else "dot", "softmax_share": 2,
+            "block_h": block_h,
             "block_n": block_n, "num_splits": splits, "num_warps": 8 if block_h >= 64 else 4,
             "num_stages": stages}
 
@@ -204,15 +211,18 @@ def triton_candidates(dims, static, target):
             out.append(c)
     add(base)
     dot = {**base, "kernel": "dot"}
-    if base["kernel"] == "wgmma_ws":
-        add({**base, "softmax_share": 4})
+    if base["kernel"] in ("wgmma_ws", "wgmma"):
+        quarter = base["kernel"] == "wgmma_ws" and dims["kv_lora_rank"] >= 256
+        if quarter:                          # a quarter of out_lat: ranks of at least 256
+            add({**base, "softmax_share": 4})
         lockstep = {**base, "kernel": "wgmma"}
         add(lockstep)
         for bn, stages in ((32, 4), (32, 3)):
             add({**lockstep, "block_n": bn, "num_stages": stages})
         add({**dot, "block_n": 64, "num_stages": 2, "num_warps": 8})   # 1.1-2x slower on an H100
-        for ns in sorted({1, 2, base["num_splits"]}):
-            add({**base, "softmax_share": 4, "num_splits": ns})
+        if quarter:
+            for ns in sorted({1, 2, base["num_splits"]}):
+                add({**base, "softmax_share": 4, "num_splits": ns})
     for bn in ((base["block_n"], 32, 128) if base["kernel"] == "dot" else ()):
         for stages in (2, 3, 1):
             for warps in (8, 4):

@@ -504,7 +504,7 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
         acc = warpgroup_mma(p_smem, kv.slice(0, RA, dim=1), acc)
         gl.barrier()
         mbarrier.arrive(kv_free.index(slot))
-    # final row sums for the output warpgroup, then this half of out_lat
+    # final row sums for the output warpgroup, then this warpgroup's share of out_lat
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
     l_smem.store(l_safe)
@@ -581,9 +581,10 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
                         HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                         BATCH: gl.constexpr, RA: gl.constexpr, RB2_N: gl.constexpr):
-    """Same contract as _mla_decode_sm90 (launched with 4 warps: the softmax warpgroup; the
-    output warpgroup is a 4-warp worker partition; BLOCK_H == BLOCK_N == 64, 2 stages).
-    The softmax warpgroup accumulates out_lat[:, :RA], the output warpgroup the rest."""
+    """Same contract as _mla_decode_sm90 (compiled with num_warps=4, the softmax warpgroup;
+    the output warpgroup is a 4-warp worker partition, and the launch runs all 8 warps:
+    gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax warpgroup
+    accumulates out_lat[:, :RA], the output warpgroup the rest."""
     M: gl.constexpr = SEQ * HQ
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
@@ -681,7 +682,7 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
 @dataclasses.dataclass(frozen=True)
 class _Static:
     cc: int
-    kernel: str           # "wgmma": the Gluon sm90 kernel; "dot": the portable tl.dot kernel
+    kernel: str           # "wgmma_ws" / "wgmma": the Gluon sm90 kernels; "dot": the tl.dot kernel
     block_h: int
     block_n: int
     num_splits: int
@@ -692,8 +693,14 @@ class _Static:
 
 
 
+# The warp-specialized kernel's output warpgroup reads shared-memory column slices that
+# start at RA (R/2 or R/4); below rank 128 they would start inside a 128-byte swizzle
+# atom. That compiles, but no GPU has checked it, so smaller ranks run the lockstep kernel.
+WS_MIN_RANK = 128
+
+
 def _wgmma_ok(cc, itemsize, r, e) -> bool:
-    """Shapes the Gluon sm90 kernel takes: 2-byte inputs, a power-of-two rank in [32, 512]
+    """Shapes the Gluon sm90 kernels take: 2-byte inputs, a power-of-two rank in [32, 512]
     (out_lat columns split in two warpgroup halves of at most 256), rope_dim 0 or a power
     of two in [8, 256] (a TMA row of at least 16 bytes)."""
     pow2 = lambda n: n > 0 and n & (n - 1) == 0
@@ -710,7 +717,9 @@ def _make_static(cfg, dims, itemsize) -> _Static:
         raise ValueError("mla_attention (triton): config kernel must be 'wgmma', 'wgmma_ws' or 'dot', "
                          f"got {kernel!r}")
     if kernel in ("wgmma", "wgmma_ws") and not _wgmma_ok(cc, itemsize, r, e):
-        kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernel does not tile
+        kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernels do not tile
+    if kernel == "wgmma_ws" and r < WS_MIN_RANK:
+        kernel = "wgmma"
     n_tokens = dims["kv_seq"]
     share = 2
     if kernel == "wgmma_ws":
