@@ -147,20 +147,24 @@ def test_sm80_ds3_decode_lowers_to_the_dot_kernel(rope):
 
 def test_lowers_other_dtypes_shapes_and_the_dot_kernel_on_sm90():
     """float32 (exact-f32 dot kernel even on sm90), float16, a multi-token decode with GQA
-    absorption and a rank / rope the wgmma kernel tiles, rows < 64, and the tl.dot kernel
-    forced on sm90."""
+    absorption and a rank / rope the wgmma kernel tiles, rows < 64, the tl.dot kernel
+    forced on sm90, and rank 64 (the lockstep kernel)."""
     cases = [
         dict(cc=90, b=2, s=1, causal=True, dtype="float32", **DS3),
         dict(cc=90, b=3, s=2, t=777, hq=128, hk=128, d=128, r=512, e=64, causal=True, dtype="float16"),
         dict(cc=90, b=2, s=4, t=640, hq=32, hk=8, d=64, r=256, e=32, causal=True, scale=0.1),
         dict(cc=90, b=2, s=1, causal=False, config={"kernel": "dot", "num_splits": 1}, **DS3),
+        dict(cc=90, b=2, s=1, t=256, hq=16, hk=16, d=64, r=64, e=32, causal=True),
     ]
-    f32, f16, gqa, dot = _lower(cases)
+    f32, f16, gqa, dot, rank64 = _lower(cases)
     assert f32["kernels"][0]["name"] == "_mla_decode_kernel"
     _check_triton(f32, "_mla_decode_kernel", calls=1 + (f32["config"]["num_splits"] > 1))
     _check_triton(f16, "_mla_decode_sm90_ws", calls=1 + (f16["config"]["num_splits"] > 1))
     _check_triton(gqa, "_mla_decode_sm90_ws", calls=1 + (gqa["config"]["num_splits"] > 1))
     _check_triton(dot, "_mla_decode_kernel", calls=1)
+    # below rank 128 the heuristic and the kernel choice fall back to the lockstep kernel
+    assert rank64["config"]["kernel"] == "wgmma", rank64["config"]
+    _check_triton(rank64, "_mla_decode_sm90", calls=1 + (rank64["config"]["num_splits"] > 1))
 
 
 def test_prefill_and_cu_seqlens_delegate_to_xla():
