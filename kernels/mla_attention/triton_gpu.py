@@ -286,6 +286,72 @@ def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
 
 
 @_gluon_jit
+def _gl_tma_descs(KV, BK, KV_SEQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
+                  HAS_ROPE: gl.constexpr, BLOCK_N: gl.constexpr, BATCH: gl.constexpr,
+                  kv_sl: gl.constexpr, bk_sl: gl.constexpr):
+    """TMA descriptors over the 2-D views [BATCH * KV_SEQ, R] of the latent cache and
+    [BATCH * KV_SEQ, E] of the rope keys (made on the device: rows past the end read as
+    zeros)."""
+    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
+                                         block_shape=[BLOCK_N, R], layout=kv_sl)
+    bk_desc = kv_desc
+    if HAS_ROPE:
+        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
+                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+    return kv_desc, bk_desc
+
+
+@_gluon_jit
+def _gl_program(VL, KV_SEQ: gl.constexpr):
+    """(row block, kv split, batch, batch as int64, kv_len, kv_len - q_len) of this program;
+    the valid lengths are read from device memory."""
+    b = gl.program_id(2)
+    q_len = gl.load(VL)
+    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
+    return gl.program_id(0), gl.program_id(1), b, b.to(gl.int64), kv_len, kv_len - q_len
+
+
+@_gluon_jit
+def _gl_stage_q(QL, BQ, b64, pid_h, SEQ: gl.constexpr, HQ: gl.constexpr, R: gl.constexpr,
+                E: gl.constexpr, HAS_ROPE: gl.constexpr, BLOCK_H: gl.constexpr, LD_L: gl.constexpr):
+    """The program's q_lat rows (and their b_q rows) in shared memory, loaded once."""
+    M: gl.constexpr = SEQ * HQ
+    dtype: gl.constexpr = QL.dtype.element_ty
+    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype)
+    qpe_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, E], dtype)
+    rows_ld = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LD_L))
+    rows_ld = gl.minimum(rows_ld, M - 1)
+    cols_r = gl.arange(0, R, layout=gl.SliceLayout(0, LD_L))
+    q = gl.load(QL + b64 * (M * R) + rows_ld[:, None] * R + cols_r[None, :])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], q_sl, q)
+    qpe_smem = q_smem
+    if HAS_ROPE:
+        cols_e = gl.arange(0, E, layout=gl.SliceLayout(0, LD_L))
+        qpe = gl.load(BQ + b64 * (SEQ * E) + (rows_ld // HQ)[:, None] * E + cols_e[None, :])
+        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, E], qpe_sl, qpe)
+    return q_smem, qpe_smem
+
+
+@_gluon_jit
+def _gl_key_range(pid_h, split, b, kv_len, off, M: gl.constexpr, HQ: gl.constexpr,
+                  KV_SEQ: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
+                  BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
+    """This program's slice of the key blocks any of its rows may see: its first key, its
+    number of blocks (whole blocks; the last may be short) and its first TMA row."""
+    last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
+    hi = kv_len
+    if CAUSAL:
+        hi = gl.minimum(hi, last_q + off + 1)
+    hi = gl.maximum(hi, 0)
+    n_blocks = gl.cdiv(hi, BLOCK_N)
+    per_split = gl.cdiv(n_blocks, NUM_SPLITS)
+    lo = gl.minimum(split * per_split * BLOCK_N, hi)
+    hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
+    n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
+    return lo, n_iter, b * KV_SEQ + lo
+
+
+@_gluon_jit
 def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
                      qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
                      HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
@@ -299,12 +365,7 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
-                                         block_shape=[BLOCK_N, R], layout=kv_sl)
-    bk_desc = kv_desc
-    if HAS_ROPE:
-        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
-                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_SEQ, R, E, HAS_ROPE, BLOCK_N, BATCH, kv_sl, bk_sl)
     # logits: [64 heads, BLOCK_N keys], warpgroup g owns keys [g * BLOCK_N/2, (g+1) * BLOCK_N/2)
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                   instr_shape=[16, BLOCK_N // 2, 16])
@@ -314,29 +375,12 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     LD_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])
     ROW_S: gl.constexpr = gl.SliceLayout(1, S_L)
     ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
-    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype)
-    qpe_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, E], dtype)
     p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
 
-    pid_h = gl.program_id(0)
-    split = gl.program_id(1)
-    b = gl.program_id(2)
-    b64 = b.to(gl.int64)
-    q_len = gl.load(VL)
-    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
-    off = kv_len - q_len
+    pid_h, split, b, b64, kv_len, off = _gl_program(VL, KV_SEQ)
 
     # q_lat rows (and their b_q rows) -> shared memory, once
-    rows_ld = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LD_L))
-    rows_ld = gl.minimum(rows_ld, M - 1)
-    cols_r = gl.arange(0, R, layout=gl.SliceLayout(0, LD_L))
-    q = gl.load(QL + b64 * (M * R) + rows_ld[:, None] * R + cols_r[None, :])
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], q_sl, q)
-    qpe_smem = q_smem
-    if HAS_ROPE:
-        cols_e = gl.arange(0, E, layout=gl.SliceLayout(0, LD_L))
-        qpe = gl.load(BQ + b64 * (SEQ * E) + (rows_ld // HQ)[:, None] * E + cols_e[None, :])
-        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, E], qpe_sl, qpe)
+    q_smem, qpe_smem = _gl_stage_q(QL, BQ, b64, pid_h, SEQ, HQ, R, E, HAS_ROPE, BLOCK_H, LD_L)
     kv_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, R], kv_sl)
     bk_smem = kv_smem
     if HAS_ROPE:
@@ -349,17 +393,8 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     gl.barrier()
 
     # key range: as _mla_decode_kernel (the tail mask is applied to every block: cheap)
-    last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
-    hi = kv_len
-    if CAUSAL:
-        hi = gl.minimum(hi, last_q + off + 1)
-    hi = gl.maximum(hi, 0)
-    n_blocks = gl.cdiv(hi, BLOCK_N)
-    per_split = gl.cdiv(n_blocks, NUM_SPLITS)
-    lo = gl.minimum(split * per_split * BLOCK_N, hi)
-    hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
-    n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
-    tma_row = b * KV_SEQ + lo
+    lo, n_iter, tma_row = _gl_key_range(pid_h, split, b, kv_len, off, M, HQ, KV_SEQ, CAUSAL, NUM_SPLITS,
+                                        BLOCK_H, BLOCK_N)
 
     rows_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_S)
     q_pos = gl.minimum(rows_s, M - 1) // HQ + off
@@ -589,12 +624,7 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
-                                         block_shape=[BLOCK_N, R], layout=kv_sl)
-    bk_desc = kv_desc
-    if HAS_ROPE:
-        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
-                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_SEQ, R, E, HAS_ROPE, BLOCK_N, BATCH, kv_sl, bk_sl)
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     OA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -605,28 +635,11 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
                                                     instr_shape=[16, RB2_N, 16])
     LD_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype)
-    qpe_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, E], dtype)
     p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
 
-    pid_h = gl.program_id(0)
-    split = gl.program_id(1)
-    b = gl.program_id(2)
-    b64 = b.to(gl.int64)
-    q_len = gl.load(VL)
-    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
-    off = kv_len - q_len
+    pid_h, split, b, b64, kv_len, off = _gl_program(VL, KV_SEQ)
 
-    rows_ld = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LD_L))
-    rows_ld = gl.minimum(rows_ld, M - 1)
-    cols_r = gl.arange(0, R, layout=gl.SliceLayout(0, LD_L))
-    q = gl.load(QL + b64 * (M * R) + rows_ld[:, None] * R + cols_r[None, :])
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], q_sl, q)
-    qpe_smem = q_smem
-    if HAS_ROPE:
-        cols_e = gl.arange(0, E, layout=gl.SliceLayout(0, LD_L))
-        qpe = gl.load(BQ + b64 * (SEQ * E) + (rows_ld // HQ)[:, None] * E + cols_e[None, :])
-        qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, E], qpe_sl, qpe)
+    q_smem, qpe_smem = _gl_stage_q(QL, BQ, b64, pid_h, SEQ, HQ, R, E, HAS_ROPE, BLOCK_H, LD_L)
     kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, R], kv_sl)
     bk_smem = kv_smem
     if HAS_ROPE:
@@ -648,17 +661,8 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
     fence_async_shared()
     gl.barrier()
 
-    last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
-    hi = kv_len
-    if CAUSAL:
-        hi = gl.minimum(hi, last_q + off + 1)
-    hi = gl.maximum(hi, 0)
-    n_blocks = gl.cdiv(hi, BLOCK_N)
-    per_split = gl.cdiv(n_blocks, NUM_SPLITS)
-    lo = gl.minimum(split * per_split * BLOCK_N, hi)
-    hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
-    n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
-    tma_row = b * KV_SEQ + lo
+    lo, n_iter, tma_row = _gl_key_range(pid_h, split, b, kv_len, off, M, HQ, KV_SEQ, CAUSAL, NUM_SPLITS,
+                                        BLOCK_H, BLOCK_N)
     for i in gl.static_range(2):
         _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, i, tma_row + i * BLOCK_N, i < n_iter,
                   HAS_ROPE, 2)
