@@ -29,13 +29,14 @@ def base_parser(description: str, out: str, quick_help: str, config_help: str) -
 
 
 def setup_paths(export: bool):
+    sys.path.insert(0, str(REPO))
     if export:   # lowering Triton for CUDA on a CPU host: the plugin first, cpu platform
+        from ejaot.toolchain import extras_dir
         os.environ["JAX_PLATFORMS"] = "cpu"
-        extras = Path(os.environ.get("EJAOT_EXTRAS") or Path(sys.prefix) / "ejaot-extras") / "cuda"
+        extras = extras_dir("cuda")
         if not extras.is_dir():
             extras = REPO / ".venv" / "ejaot-extras" / "cuda"
         sys.path.insert(0, str(extras))
-    sys.path.insert(0, str(REPO))
     if "ejaot_kernels" not in sys.modules:   # the repo's kernels/ folder, imported as ejaot_kernels
         spec = importlib.util.spec_from_file_location(
             "ejaot_kernels", REPO / "kernels" / "__init__.py",

@@ -76,6 +76,18 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
     return out
 
 
+def first_per_kernel(keys, entries: dict, limit: int) -> list:
+    """The first `limit` of `keys` (in their order) of each kernel."""
+    seen: dict = {}
+    out = []
+    for k in keys:
+        kernel = entries[k]["kernel"]
+        seen[kernel] = seen.get(kernel, 0) + 1
+        if seen[kernel] <= limit:
+            out.append(k)
+    return out
+
+
 def entry_inputs(store: str, key: str):
     """(record, kernel spec, fresh random inputs on the device) of one stored entry."""
     import numpy as np
@@ -230,9 +242,7 @@ def main():
     over = [k for k in keys if get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]) > args.max_footprint]
     keys = [k for k in keys if k not in over]
     if args.limit:
-        per_kernel: dict = {}
-        keys = [k for k in keys if per_kernel.setdefault(entries[k]["kernel"], []).append(k)
-                or len(per_kernel[entries[k]["kernel"]]) <= args.limit]
+        keys = first_per_kernel(keys, entries, args.limit)
     rows = []
     for key in keys:
         r = entries[key]

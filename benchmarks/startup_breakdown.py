@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.startup import REPO, _env, entry_inputs
+from benchmarks.startup import REPO, _env, entry_inputs, first_per_kernel
 
 PHASES = ("load", "records", "read", "decode", "first", "second")
 
@@ -84,20 +84,15 @@ def main():
     from ejaot.store.filestore import FileStore
     entries = FileStore(args.store).read_index()["entries"]
     wanted = [k for k in args.kernel.split(",") if k]
-    chosen, per_kernel = [], {}
-    for key in sorted(entries, key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]),
-                                              entries[k]["dtype"], k)):
-        r = entries[key]
-        if "executable" not in r["payloads"] or (wanted and r["kernel"] not in wanted):
-            continue
-        per_kernel[r["kernel"]] = per_kernel.get(r["kernel"], 0) + 1
-        if per_kernel[r["kernel"]] <= args.limit:
-            chosen.append(key)
+    # entries with a compiled tier, smallest first
+    compiled = [k for k in sorted(entries, key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]),
+                                                          entries[k]["dtype"], k))
+                if "executable" in entries[k]["payloads"]]
+    chosen = first_per_kernel([k for k in compiled if not wanted or entries[k]["kernel"] in wanted],
+                              entries, args.limit)
     prior = []
     if args.after_kernel:
-        prior = [k for k in sorted(entries, key=lambda k: (get_kernel(entries[k]["kernel"]).footprint(entries[k]["dims"]),
-                                                           entries[k]["dtype"], k))
-                 if entries[k]["kernel"] == args.after_kernel and "executable" in entries[k]["payloads"]][:2]
+        prior = [k for k in compiled if entries[k]["kernel"] == args.after_kernel][:2]
         if not prior or (len(prior) < 2 and prior[0] in chosen):
             raise SystemExit(f"--after-kernel {args.after_kernel}: no entry with a compiled tier in {args.store} "
                              "other than the ones timed")

@@ -33,7 +33,10 @@ def reference_outputs(spec, record, inputs: dict):
     static = dict(spec.canonical_static(record["static"]))
     # A float32 entry is held to float32 tolerance, so its reference needs full float32
     # products (a GPU would otherwise use tf32, ~1e-3 off). Lower-precision entries keep the
-    # default: tf32 is far inside their tolerance and compiles several times faster.
+    # default: tf32 is far inside their tolerance and compiles several times faster. (The
+    # inputs above are float32 either way, so kernels whose XLA path sets full precision
+    # for float32 itself, attention and flash_attention, get it in both cases; this matters
+    # for the others.)
     import contextlib
     import jax
     full = record["dtype"] in ("float32", "float64")

@@ -156,10 +156,17 @@ def choose_splits(batch, rows, kv_seq, block_h, block_n, rank, sm_count, max_spl
     return best
 
 
+# The warp-specialized kernel's output warpgroup reads shared-memory column slices that
+# start at R/2 or R/4; below rank 128 they would start inside a 128-byte swizzle atom. That
+# compiles, but no GPU has checked it, so smaller ranks run the lockstep kernel.
+WS_MIN_RANK = 128
+# softmax_share 4 (the softmax warpgroup accumulates a quarter of out_lat) from this rank
+QUARTER_MIN_RANK = 256
+
+
 def _hopper_kernel(dims) -> str:
-    """The warp-specialized kernel from rank 128 (triton_gpu.WS_MIN_RANK says why not
-    below), else the lockstep one."""
-    return "wgmma_ws" if dims["kv_lora_rank"] >= 128 else "wgmma"
+    """The warp-specialized kernel from WS_MIN_RANK, else the lockstep one."""
+    return "wgmma_ws" if dims["kv_lora_rank"] >= WS_MIN_RANK else "wgmma"
 
 
 def triton_heuristic(dims, static, target):
@@ -212,8 +219,8 @@ def triton_candidates(dims, static, target):
     add(base)
     dot = {**base, "kernel": "dot"}
     if base["kernel"] in ("wgmma_ws", "wgmma"):
-        quarter = base["kernel"] == "wgmma_ws" and dims["kv_lora_rank"] >= 256
-        if quarter:                          # a quarter of out_lat: ranks of at least 256
+        quarter = base["kernel"] == "wgmma_ws" and dims["kv_lora_rank"] >= QUARTER_MIN_RANK
+        if quarter:
             add({**base, "softmax_share": 4})
         lockstep = {**base, "kernel": "wgmma"}
         add(lockstep)

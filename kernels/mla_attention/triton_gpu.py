@@ -57,7 +57,7 @@ from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config,
 
 from .gluon_pipeline import compile_with_gluon_pipeline
 
-from .configs import triton_heuristic
+from .configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, triton_heuristic
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -697,12 +697,6 @@ class _Static:
 
 
 
-# The warp-specialized kernel's output warpgroup reads shared-memory column slices that
-# start at RA (R/2 or R/4); below rank 128 they would start inside a 128-byte swizzle
-# atom. That compiles, but no GPU has checked it, so smaller ranks run the lockstep kernel.
-WS_MIN_RANK = 128
-
-
 def _wgmma_ok(cc, itemsize, r, e) -> bool:
     """Shapes the Gluon sm90 kernels take: 2-byte inputs, a power-of-two rank in [32, 512]
     (out_lat columns split in two warpgroup halves of at most 256), rope_dim 0 or a power
@@ -713,7 +707,6 @@ def _wgmma_ok(cc, itemsize, r, e) -> bool:
 
 
 def _make_static(cfg, dims, itemsize) -> _Static:
-    from .configs import fit_triton_tiles
     cc = int(cfg["compute_capability"])
     r, e = dims["kv_lora_rank"], dims["rope_dim"]
     kernel = cfg.get("kernel") or "dot"
@@ -728,7 +721,7 @@ def _make_static(cfg, dims, itemsize) -> _Static:
     share = 2
     if kernel == "wgmma_ws":
         bh, bn, stages, warps = 64, 64, 2, 4
-        share = 4 if int(cfg.get("softmax_share", 2)) >= 4 and r >= 256 else 2
+        share = 4 if int(cfg.get("softmax_share", 2)) >= 4 and r >= QUARTER_MIN_RANK else 2
     elif kernel == "wgmma":
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
