@@ -7,7 +7,7 @@
 __version__ = "0.1.0"
 
 
-def load(root, strict: bool = False, device=None, eager: bool = False, trusted_keys=None,
+def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
          miss_log: bool = True):
     """Opens an artifact store for serving; see ejaot.runtime.bundle."""
     from .runtime.bundle import load as _load

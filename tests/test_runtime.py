@@ -146,6 +146,42 @@ def test_eager_load_materializes_every_entry(store_copy):
     assert bundle.warmup() == {"compiled": 8}
 
 
+def test_warmup_on_threads_and_in_background(store_copy, rng):
+    serial = ejaot.load(store_copy)
+    assert serial.warmup(threads=1) == {"compiled": 8}
+    bundle = ejaot.load(store_copy, eager="background")
+    q, k, v = qkv(rng, 2, 32)         # may run while the warm-up thread is still loading
+    check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    assert bundle.wait_warm(timeout=120)
+    entries = bundle.entries.values()
+    assert len(entries) == 8 and all(e._compiled not in (None, False) for e in entries)
+    assert bundle.warmup(threads=4) == {"compiled": 8}      # already loaded: no double work
+    assert bundle.stats()["calls"] == {"exact": 1, "padded": 0, "fallback": 0}
+    with pytest.raises(ValueError, match="eager must be"):
+        ejaot.load(store_copy, eager="yes")
+
+
+def test_a_call_waits_for_a_kernel_another_thread_is_opening(store_copy, rng, monkeypatch):
+    """The first call of a kernel must not see its records half accepted by another
+    thread (a background warm-up, or a concurrent first call): it would miss."""
+    bundle = ejaot.load(store_copy)
+    accept, started = bundle._accept, threading.Event()
+
+    def slow_accept(kernel, records):
+        started.set()
+        import time
+        time.sleep(0.3)
+        accept(kernel, records)
+    monkeypatch.setattr(bundle, "_accept", slow_accept)
+    opener = threading.Thread(target=bundle._ensure_kernel, args=("attention",))
+    opener.start()
+    assert started.wait(10)
+    q, k, v = qkv(rng, 2, 32)
+    check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    opener.join()
+    assert bundle.stats()["calls"] == {"exact": 1, "padded": 0, "fallback": 0}
+
+
 def test_read_only_store_still_serves(store_copy, rng):
     import os
     os.chmod(store_copy, 0o555)

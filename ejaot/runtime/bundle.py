@@ -15,8 +15,10 @@ distinct call signature.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,11 +36,16 @@ from .jit import fallback_backend, jitted
 from .misslog import MissLog
 
 
-def load(root, strict: bool = False, device=None, eager: bool = False, trusted_keys=None,
+def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
          miss_log: bool = True) -> "Bundle":
     """Opens a store for serving. Never raises for a bad store: problems are reported by
     stats()["rejected"] and the affected calls are served by another tier or the JIT
-    fallback (or raise BucketMissError in strict mode)."""
+    fallback (or raise BucketMissError in strict mode).
+
+    eager=False: each entry is verified and deserialized on its first call. eager=True:
+    every entry is, before load returns (on several threads). eager="background": the same
+    on a background thread while load returns at once; a call that needs an entry still
+    loading waits for that entry only. bundle.wait_warm() joins it."""
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
                   miss_log=miss_log)
 
@@ -87,7 +94,9 @@ class Bundle:
         self._fallback_backends: dict[str, str] = {}
         self._entries: dict[str, StoredEntry] = {}
         self._pending: dict[str, bytes] = {}       # kernel -> its index section, not yet decoded
+        self._opened: set[str] = set()             # kernels whose records are all accepted
         self._open_lock = threading.RLock()
+        self._warm_thread: threading.Thread | None = None
         self.store_problem: str | None = None
         self.misses = MissLog(self.store.misses_path if miss_log else None)
         self._verifier = None
@@ -95,8 +104,14 @@ class Bundle:
             from ..signing import Verifier
             self._verifier = Verifier(trusted_keys)
         self._open()
-        if eager:
+        if eager == "background":
+            # not a daemon: interpreter shutdown must not cut a deserialization short
+            self._warm_thread = threading.Thread(target=self.warmup, name="ejaot-warmup")
+            self._warm_thread.start()
+        elif eager is True:
             self.warmup()
+        elif eager is not False:
+            raise ValueError(f"eager must be False, True or 'background', not {eager!r}")
 
     # -- opening ------------------------------------------------------------------------
     def _open(self):
@@ -124,18 +139,19 @@ class Bundle:
         return self._entries
 
     def _ensure_kernel(self, kernel: str) -> None:
-        if kernel not in self._pending:
+        """Returns once `kernel`'s records are all accepted (by this thread or another)."""
+        if kernel in self._opened:
             return
         with self._open_lock:
             raw = self._pending.pop(kernel, None)
-            if raw is None:
-                return
-            try:
-                records = decode_section(raw, kernel, str(self.store.index_path))
-            except StoreError as e:
-                self._note_rejection(None, kernel, "store", str(e))
-                return
-            self._accept(kernel, records)
+            if raw is not None:
+                try:
+                    records = decode_section(raw, kernel, str(self.store.index_path))
+                except StoreError as e:
+                    self._note_rejection(None, kernel, "store", str(e))
+                else:
+                    self._accept(kernel, records)
+            self._opened.add(kernel)
 
     def _accept(self, kernel: str, records: dict) -> None:
         touched = set()
@@ -329,18 +345,35 @@ class Bundle:
             "store_problem": self.store_problem,
         }
 
-    def warmup(self) -> dict:
+    def warmup(self, threads: int | None = None) -> dict:
         """Verifies and deserializes every entry's compiled tier now (portable tier where
-        there is none) instead of on first use."""
-        ready = Counter()
-        for entry in self.entries.values():
-            if entry.compiled() is not None:
-                ready["compiled"] += 1
-            elif entry.portable() is not None:
-                ready["portable"] += 1
-            else:
-                ready["unusable"] += 1
-        return dict(ready)
+        there is none) instead of on first use; returns how many entries got which tier.
+
+        Entries load on `threads` threads (default: up to 8, one per core): PJRT releases
+        the GIL while it deserializes, so entries load side by side."""
+        with self._open_lock:                 # no kernel is half-accepted while we list
+            entries = list(self.entries.values())
+        workers = max(1, min(threads or min(8, os.cpu_count() or 1), len(entries)))
+        if workers == 1:
+            tiers = [_warm_entry(e) for e in entries]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="ejaot-warmup") as pool:
+                tiers = list(pool.map(_warm_entry, entries))
+        return dict(Counter(tiers))
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Waits for an eager="background" warm-up; True once it has finished (or if none
+        was started)."""
+        if self._warm_thread is not None:
+            self._warm_thread.join(timeout)
+            return not self._warm_thread.is_alive()
+        return True
+
+
+def _warm_entry(entry: StoredEntry) -> str:
+    if entry.compiled() is not None:
+        return "compiled"
+    return "portable" if entry.portable() is not None else "unusable"
 
 
 def _arrays_getter(spec: KernelSpec, names: list[str]):
