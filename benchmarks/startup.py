@@ -189,7 +189,7 @@ def load_times(store: str) -> dict:
                                text=True, cwd=REPO, check=True, env=_env())
             vals.append(float(r.stdout.split()[0]))
         out[name] = min(vals)
-    out["threads"] = min(8, os.cpu_count() or 1)
+    out["threads"] = min(4, os.cpu_count() or 1)
     return out
 
 

@@ -161,6 +161,29 @@ def test_warmup_on_threads_and_in_background(store_copy, rng):
         ejaot.load(store_copy, eager="yes")
 
 
+def test_warmup_of_named_kernels_only(store_copy):
+    bundle = ejaot.load(store_copy)
+    assert bundle.warmup(kernels=["attention"]) == {"compiled": 8}
+    assert bundle.warmup(kernels="page_attention") == {}      # installed, none stored
+    with pytest.raises(ValueError, match=r"unknown kernel\(s\) \['atention'\]"):
+        bundle.warmup(kernels=["atention"])
+
+
+def test_warmup_starts_no_entry_while_a_call_loads_one(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    loaded = []
+    for e in bundle.entries.values():       # record the order entries finish loading in
+        orig = e._load_compiled
+        e._load_compiled = (lambda e=e, orig=orig: (loaded.append(e.key), orig())[1])
+    with bundle._call_loading():             # a call is deserializing its entry
+        warm = threading.Thread(target=bundle.warmup, kwargs={"threads": 2})
+        warm.start()
+        warm.join(0.5)
+        assert warm.is_alive() and loaded == []
+    warm.join(60)
+    assert not warm.is_alive() and len(loaded) == 8
+
+
 def test_a_call_waits_for_a_kernel_another_thread_is_opening(store_copy, rng, monkeypatch):
     """The first call of a kernel must not see its records half accepted by another
     thread (a background warm-up, or a concurrent first call): it would miss."""
