@@ -68,9 +68,11 @@ _SCRIPT = textwrap.dedent(r'''
         launches = []    # the warps each kernel is launched with, and the threads its PTX requires
         for opaque in custom_call_strings(text, TRITON_CALL, "opaque"):
             raw = zlib.decompress(opaque)
-            m = re.search(rb"\n.(_mla_decode_[a-z0-9_]+|_combine_kernel)\x10(.)", raw)
+            # the kernel message: name (field 1), num_warps (2), shared_mem_bytes (3, a varint)
+            m = re.search(rb"\n.(_mla_decode_[a-z0-9_]+|_combine_kernel)\x10(.)\x18([\x80-\xff]*[\x00-\x7f])", raw)
             req = re.search(rb"\.reqntid (\d+)", raw)
-            launches.append({"name": m.group(1).decode(), "warps": m.group(2)[0],
+            smem = sum((byte & 0x7f) << (7 * i) for i, byte in enumerate(m.group(3)))
+            launches.append({"name": m.group(1).decode(), "warps": m.group(2)[0], "smem": smem,
                              "reqntid": int(req.group(1)) if req else None})
         print("RESULT " + json.dumps({
             "case": case, "config": config, "platforms": list(exp.platforms),
@@ -107,6 +109,8 @@ def _check_triton(r, entry: str, calls: int):
     assert [x["name"] for x in r["launches"]] == names, r["launches"]
     for x in r["launches"]:
         assert x["reqntid"] in (None, 32 * x["warps"]), x
+        # dynamic shared memory within what a block may opt into (sm90 and sm80)
+        assert 0 < x["smem"] <= (232448 if c["cc"] == 90 else 166912), x
     for k in r["kernels"]:    # PTX for the requested generation (sm_90a on Hopper), assembled
         assert k["arch"] == ("sm_90a" if c["cc"] == 90 else f"sm_{c['cc']}"), k
         assert "cubin_bytes" in k, k
