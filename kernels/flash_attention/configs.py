@@ -98,7 +98,9 @@ def triton_candidates(dims, static, target):
             for tma, ws in ((False, False), (True, False), (True, True)):
                 cfg = dict(base)
                 cfg.update(block_m=_shrink(bm, dims["seq"]), block_n=_shrink(bn, dims["kv_seq"]),
-                           num_warps=warps, num_stages=stages, tma=tma, warp_specialize=ws)
+                           num_warps=warps, num_stages=stages, tma=tma)
+                if ws:   # only when on: an explicit False would be a second key for one kernel
+                    cfg["warp_specialize"] = True
                 key = tuple(sorted(cfg.items()))
                 if key not in seen and (bm * d + stages * 2 * bn * d) * 2 <= smem:
                     seen.add(key)
