@@ -67,6 +67,9 @@ def parse_args():
     p = base_parser(__doc__.split("\n\n")[0], "flash_check.json",
                     "one timing shape, two numerics cases, few iters",
                     "JSON dict merged into the kernel config")
+    p.add_argument("--tuned", action="store_true",
+                   help="(with --export) cases whose bucket has a current tuning record use its "
+                        "config, as `ejaot build` would; the others use the heuristic (+ --config)")
     return p.parse_args()
 
 
@@ -209,8 +212,13 @@ def do_export(args):
     num, tim, dtypes = selected(args)
     jobs = [] if args.skip_numerics else [(c, dt) for c in num for dt in dtypes[c["name"]]]
     jobs += [] if args.skip_timing else [(c, "bfloat16") for c in tim]
+    used = {}
     for c, dt in jobs:
-        fwd, bwd = make_fns(c, flash_attention_impl, config)
+        cfg = config
+        if args.tuned:
+            cfg = tuned_config(c, dt, args.cc) or config
+            used[c["name"]] = "tuned" if cfg is not config else "heuristic"
+        fwd, bwd = make_fns(c, flash_attention_impl, cfg)
         av = avals(c, dt)
         t0 = time.perf_counter()
         e_f = jax.export.export(jax.jit(fwd), platforms=("cuda",), disabled_checks=checks)(*av)
@@ -218,7 +226,23 @@ def do_export(args):
         (out_dir / export_name(c, dt, "fwd")).write_bytes(e_f.serialize())
         (out_dir / export_name(c, dt, "bwd")).write_bytes(e_b.serialize())
         print(f"exported {c['name']} {dt} in {time.perf_counter() - t0:.1f}s", flush=True)
-    (out_dir / "export.json").write_text(json.dumps({"config": config, "jax": jax.__version__}, indent=1))
+    (out_dir / "export.json").write_text(json.dumps({"config": config, "jax": jax.__version__,
+                                                     "tuned": used if args.tuned else None}, indent=1))
+
+
+def tuned_config(c, dtype, cc):
+    """The case's tuned config, as `ejaot build` would pick it for the same bucket on
+    gpu-sm<cc> (a current record in kernels/flash_attention/tuned/), or None."""
+    from ejaot import toolchain, tuning
+    from ejaot.registry import get_kernel
+    from ejaot.targets import get_target
+    spec = get_kernel("flash_attention")
+    target = get_target(f"gpu-sm{cc}")
+    dims = dict(batch=c["B"], seq=c["S"], kv_seq=c["T"], q_heads=c["HQ"], kv_heads=c["HK"], head_dim=c["D"])
+    static = spec.canonical_static(case_static(c))
+    cfg, source = tuning.choose_config(spec, "triton", target, dims, dtype, static,
+                                       toolchain.toolchain(target.platform, "triton"))
+    return {**cfg, "compute_capability": cc} if source["kind"] == "tuned" else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,6 +389,10 @@ def main():
     info = {"device": getattr(dev, "device_kind", str(dev)), "platform": dev.platform,
             "jax": jax.__version__, "mode": "artifacts" if args.artifacts else "jit",
             "config_override": json.loads(args.config)}
+    if args.artifacts and (Path(args.artifacts) / "export.json").exists():
+        info["export"] = json.loads((Path(args.artifacts) / "export.json").read_text())
+        if info["export"].get("tuned"):
+            print("# configs: " + ", ".join(f"{k} {v}" for k, v in info["export"]["tuned"].items()), flush=True)
     try:
         import triton
         info["triton"] = triton.__version__
