@@ -59,7 +59,7 @@ refuse it, --custom-call auto (the default) retries once through the typed-FFI t
 "triton_kernel_call_ffi" (api_version 4, the one jax-triton and ejaot use) with the same
 payload, by wrapping the `jax` name inside that module only; the JSON says which ran.
 
-Rebuilding .gpu/ejk/site on the CPU host (gpu_prepare.sh wipes .gpu/, so redo it after):
+Rebuilding .gpu/ejk/site on the CPU host (gpu_prepare.sh keeps it):
     .venv/bin/python -m pip install --no-deps --no-compile --target .gpu/ejk/site \\
       ejkernel==0.0.80.3 beartype jaxtyping wadler_lindig chex toolz einops absl-py \\
       pydantic pydantic_core typing_extensions annotated_types typing_inspection

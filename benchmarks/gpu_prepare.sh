@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 E=.venv/bin/ejaot
 PY=.venv/bin/python
-rm -rf .gpu && mkdir -p .gpu
+# .gpu/ejk (ejkernel for gpu_ejkernel_check.py, see its docstring) is kept: it is slow to rebuild
+mkdir -p .gpu && find .gpu -mindepth 1 -maxdepth 1 ! -name ejk -exec rm -rf {} +
 $E build --manifest "${MANIFEST:-manifests/default.toml}" --target gpu-sm90 --out .gpu/store --quiet
 $E tune build --manifest manifests/tune-gpu.toml --target gpu-sm90 --out .gpu/cands > .gpu/tune-build.log 2>&1 || { tail .gpu/tune-build.log; exit 1; }
 tail -2 .gpu/tune-build.log
