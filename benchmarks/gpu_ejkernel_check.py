@@ -197,13 +197,16 @@ def with_fallback(thunk, log):
 # paged decode: cases, configs, inputs, reference
 # ---------------------------------------------------------------------------------------
 
-def paged_cases(args):
-    rows = paged.TIMING_CASES
+def selected_rows(rows, quick_names, args):
+    """The timing rows --quick and --only leave."""
     if args.quick:
-        rows = [r for r in rows if r[0] in paged.QUICK_TIMING]
+        rows = [r for r in rows if r[0] in quick_names]
     only = {x for x in args.only.split(",") if x}
-    if only:
-        rows = [r for r in rows if r[0] in only]
+    return [r for r in rows if r[0] in only] if only else list(rows)
+
+
+def paged_cases(args):
+    rows = selected_rows(paged.TIMING_CASES, paged.QUICK_TIMING, args)
     return [dict(paged.timing_case(r), T=paged.T_CTX) for r in rows]
 
 
@@ -389,13 +392,7 @@ def run_paged(args, mods, key, rng, iters, peak, log):
 # ---------------------------------------------------------------------------------------
 
 def mla_cases(args):
-    rows = mla.TIMING_CASES
-    if args.quick:
-        rows = [r for r in rows if r[0] in mla.QUICK_TIMING]
-    only = {x for x in args.only.split(",") if x}
-    if only:
-        rows = [r for r in rows if r[0] in only]
-    return [mla.timing_case(r) for r in rows]
+    return [mla.timing_case(r) for r in selected_rows(mla.TIMING_CASES, mla.QUICK_TIMING, args)]
 
 
 def mla_avals(c):
