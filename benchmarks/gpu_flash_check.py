@@ -68,8 +68,9 @@ def parse_args():
                     "one timing shape, two numerics cases, few iters",
                     "JSON dict merged into the kernel config")
     p.add_argument("--tuned", action="store_true",
-                   help="(with --export) cases whose bucket has a current tuning record use its "
-                        "config, as `ejaot build` would; the others use the heuristic (+ --config)")
+                   help="(with --export) a case whose exact shape, dtype and static arguments have "
+                        "a current tuning record uses its config, as `ejaot build` would for that "
+                        "bucket; the others use the heuristic (+ --config)")
     return p.parse_args()
 
 
@@ -217,7 +218,7 @@ def do_export(args):
         cfg = config
         if args.tuned:
             cfg = tuned_config(c, dt, args.cc) or config
-            used[c["name"]] = "tuned" if cfg is not config else "heuristic"
+            used[f"{c['name']} {dt}"] = "tuned" if cfg is not config else "heuristic"
         fwd, bwd = make_fns(c, flash_attention_impl, cfg)
         av = avals(c, dt)
         t0 = time.perf_counter()
@@ -231,8 +232,9 @@ def do_export(args):
 
 
 def tuned_config(c, dtype, cc):
-    """The case's tuned config, as `ejaot build` would pick it for the same bucket on
-    gpu-sm<cc> (a current record in kernels/flash_attention/tuned/), or None."""
+    """The config `ejaot build` would give a bucket of exactly this case's shape, dtype and
+    static arguments on gpu-sm<cc> if it has a current record in
+    kernels/flash_attention/tuned/; else None."""
     from ejaot import toolchain, tuning
     from ejaot.registry import get_kernel
     from ejaot.targets import get_target

@@ -146,19 +146,43 @@ def test_eager_load_materializes_every_entry(store_copy):
     assert bundle.warmup() == {"compiled": 8}
 
 
+def _count_loads(bundle) -> list:
+    """Wraps every entry's compiled-tier loader; returns the keys in the order loads start."""
+    started = []
+    for e in bundle.entries.values():
+        orig = e._load_compiled
+        e._load_compiled = (lambda e=e, orig=orig: (started.append(e.key), orig())[1])
+    return started
+
+
 def test_warmup_on_threads_and_in_background(store_copy, rng):
     serial = ejaot.load(store_copy)
     assert serial.warmup(threads=1) == {"compiled": 8}
     bundle = ejaot.load(store_copy, eager="background")
-    q, k, v = qkv(rng, 2, 32)         # may run while the warm-up thread is still loading
+    q, k, v = qkv(rng, 2, 32)         # may run while the warm-up threads are still loading
     check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
     assert bundle.wait_warm(timeout=120)
     entries = bundle.entries.values()
-    assert len(entries) == 8 and all(e._compiled not in (None, False) for e in entries)
-    assert bundle.warmup(threads=4) == {"compiled": 8}      # already loaded: no double work
-    assert bundle.stats()["calls"] == {"exact": 1, "padded": 0, "fallback": 0}
+    assert len(entries) == 8
+    assert all(not e.compiled_pending() and e._compiled is not None for e in entries)
+    loads = _count_loads(bundle)
+    assert bundle.warmup(threads=4) == {"compiled": 8} and loads == []   # no second load
+    s = bundle.stats()
+    assert s["calls"] == {"exact": 1, "padded": 0, "fallback": 0} and s["warmup_errors"] == []
     with pytest.raises(ValueError, match="eager must be"):
         ejaot.load(store_copy, eager="yes")
+    assert ejaot.load(store_copy, eager=None).entries     # falsy: lazy
+
+
+def test_background_warmup_survives_an_immediate_exit(store_copy):
+    """The process may end right after load: the warm-up threads exist by then (they are
+    never created during interpreter shutdown) and the exit waits for them."""
+    import subprocess
+    import sys
+    code = ("import sys, ejaot; b = ejaot.load(sys.argv[1], eager='background', miss_log=False)")
+    r = subprocess.run([sys.executable, "-c", code, str(store_copy)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_warmup_of_named_kernels_only(store_copy):
@@ -171,34 +195,32 @@ def test_warmup_of_named_kernels_only(store_copy):
 
 def test_warmup_starts_no_entry_while_a_call_loads_one(store_copy, rng):
     bundle = ejaot.load(store_copy)
-    loaded = []
-    for e in bundle.entries.values():       # record the order entries finish loading in
-        orig = e._load_compiled
-        e._load_compiled = (lambda e=e, orig=orig: (loaded.append(e.key), orig())[1])
-    with bundle._call_loading():             # a call is deserializing its entry
+    started = _count_loads(bundle)
+    with bundle._calls_first.loading():       # a call is deserializing its entry
         warm = threading.Thread(target=bundle.warmup, kwargs={"threads": 2})
         warm.start()
         warm.join(0.5)
-        assert warm.is_alive() and loaded == []
+        assert warm.is_alive() and started == []
     warm.join(60)
-    assert not warm.is_alive() and len(loaded) == 8
+    assert not warm.is_alive() and len(started) == 8
 
 
-def test_a_call_waits_for_a_kernel_another_thread_is_opening(store_copy, rng, monkeypatch):
-    """The first call of a kernel must not see its records half accepted by another
-    thread (a background warm-up, or a concurrent first call): it would miss."""
+def test_nothing_sees_a_kernel_another_thread_is_opening(store_copy, rng, monkeypatch):
+    """Neither a kernel's first call nor `entries` may see its records half accepted by
+    another thread (a warm-up, or a concurrent first call): the call would miss."""
+    import time
     bundle = ejaot.load(store_copy)
     accept, started = bundle._accept, threading.Event()
 
     def slow_accept(kernel, records):
         started.set()
-        import time
         time.sleep(0.3)
         accept(kernel, records)
     monkeypatch.setattr(bundle, "_accept", slow_accept)
     opener = threading.Thread(target=bundle._ensure_kernel, args=("attention",))
     opener.start()
     assert started.wait(10)
+    assert len(bundle.entries) == 8
     q, k, v = qkv(rng, 2, 32)
     check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
     opener.join()

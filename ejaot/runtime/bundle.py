@@ -18,8 +18,6 @@ import math
 import os
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +33,7 @@ from .binding import bind, freeze, split_args
 from .entry import StoredEntry
 from .jit import fallback_backend, jitted
 from .misslog import MissLog
+from .warmup import CallsFirst, WarmUp
 
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
@@ -45,8 +44,9 @@ def load(root, strict: bool = False, device=None, eager: bool | str = False, tru
 
     eager=False: each entry is verified and deserialized on its first call. eager=True:
     every entry is, before load returns (on several threads). eager="background": the same
-    on a background thread while load returns at once; a call that needs an entry still
-    loading waits for that entry only. bundle.wait_warm() joins it."""
+    on worker threads while load returns at once; a call that needs an entry still loading
+    waits for that entry only, and workers start no new entry while a call loads its own.
+    bundle.wait_warm() joins them; the process's exit waits for them too."""
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
                   miss_log=miss_log)
 
@@ -97,24 +97,22 @@ class Bundle:
         self._pending: dict[str, bytes] = {}       # kernel -> its index section, not yet decoded
         self._opened: set[str] = set()             # kernels whose records are all accepted
         self._open_lock = threading.RLock()
-        self._warm_thread: threading.Thread | None = None
-        self._calls_loading = 0                    # calls deserializing an entry right now
-        self._calls_done = threading.Condition()
+        self._warm: WarmUp | None = None            # the eager="background" run
+        self._warm_runs: list[WarmUp] = []          # every warm-up run, for stats()
+        self._calls_first = CallsFirst()
         self.store_problem: str | None = None
         self.misses = MissLog(self.store.misses_path if miss_log else None)
         self._verifier = None
         if trusted_keys is not None:
             from ..signing import Verifier
             self._verifier = Verifier(trusted_keys)
+        if isinstance(eager, str) and eager != "background":
+            raise ValueError(f"eager must be False, True or 'background', not {eager!r}")
         self._open()
         if eager == "background":
-            # not a daemon: interpreter shutdown must not cut a deserialization short
-            self._warm_thread = threading.Thread(target=self.warmup, name="ejaot-warmup")
-            self._warm_thread.start()
-        elif eager is True:
+            self._warm = self._start_warmup(None, None)
+        elif eager:
             self.warmup()
-        elif eager is not False:
-            raise ValueError(f"eager must be False, True or 'background', not {eager!r}")
 
     # -- opening ------------------------------------------------------------------------
     def _open(self):
@@ -137,8 +135,9 @@ class Bundle:
     @property
     def entries(self) -> dict[str, StoredEntry]:
         """Every accepted entry (checking all kernels' records now if not yet done)."""
-        for kernel in list(self._pending):
-            self._ensure_kernel(kernel)
+        with self._open_lock:          # also waits for a kernel another thread is accepting
+            for kernel in list(self._pending):
+                self._ensure_kernel(kernel)
         return self._entries
 
     def _ensure_kernel(self, kernel: str) -> None:
@@ -266,7 +265,10 @@ class Bundle:
 
     def _runner(self, entry: StoredEntry, tracing: bool):
         if not tracing:
-            with self._call_loading():
+            if entry.compiled_pending():
+                with self._calls_first.loading():
+                    exe = entry.compiled()
+            else:
                 exe = entry.compiled()
             if exe is not None:
                 return exe, "compiled"
@@ -347,6 +349,7 @@ class Bundle:
             "miss_log": str(self.misses.path) if self.misses.path else None,
             "miss_log_error": self.misses.error,
             "store_problem": self.store_problem,
+            "warmup_errors": [run.error for run in self._warm_runs if run.error],
         }
 
     def warmup(self, threads: int | None = None, kernels=None) -> dict:
@@ -354,63 +357,35 @@ class Bundle:
         there is none) instead of on first use; returns how many entries got which tier.
         `kernels`: only these kernels' entries.
 
-        Entries load on `threads` threads (default: up to 4, one per core): PJRT releases
-        the GIL while it deserializes, so entries load side by side (on an H100 host, 51
-        entries: 329 ms on one thread, 150 ms on 4, no faster on 8 or 16). Calls come
-        first: while a call is deserializing the entry it needs, no new entry is started
-        here."""
-        with self._open_lock:                 # no kernel is half-accepted while we list
-            if kernels is None:
-                entries = list(self.entries.values())
-            else:
-                kernels = {kernels} if isinstance(kernels, str) else set(kernels)
-                unknown = sorted(k for k in kernels if find_kernel(k) is None)
-                if unknown:
-                    raise ValueError(f"warmup: unknown kernel(s) {unknown}; installed: {', '.join(all_kernels())}")
-                for k in kernels:
-                    self._ensure_kernel(k)
-                entries = [e for e in self._entries.values() if e.kernel in kernels]
-
-        def warm(entry):
-            self._wait_for_calls()
-            return _warm_entry(entry)
-        workers = max(1, min(threads or min(4, os.cpu_count() or 1), len(entries)))
-        if workers == 1:
-            tiers = [warm(e) for e in entries]
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="ejaot-warmup") as pool:
-                tiers = list(pool.map(warm, entries))
-        return dict(Counter(tiers))
-
-    @contextmanager
-    def _call_loading(self):
-        with self._calls_done:
-            self._calls_loading += 1
-        try:
-            yield
-        finally:
-            with self._calls_done:
-                self._calls_loading -= 1
-                if not self._calls_loading:
-                    self._calls_done.notify_all()
-
-    def _wait_for_calls(self):
-        with self._calls_done:
-            self._calls_done.wait_for(lambda: not self._calls_loading)
+        Entries load on `threads` threads (default: up to 4, one per core); on an H100 host,
+        51 entries took 318 ms on one thread, 117 ms on 4 and no less on 8 or 16. Calls come
+        first (see ejaot.runtime.warmup)."""
+        run = self._start_warmup(threads, kernels)
+        run.join()
+        return dict(run.tiers)
 
     def wait_warm(self, timeout: float | None = None) -> bool:
         """Waits for an eager="background" warm-up; True once it has finished (or if none
         was started)."""
-        if self._warm_thread is not None:
-            self._warm_thread.join(timeout)
-            return not self._warm_thread.is_alive()
-        return True
+        return self._warm.join(timeout) if self._warm is not None else True
 
+    def _start_warmup(self, threads, kernels) -> WarmUp:
+        if kernels is not None:
+            kernels = {kernels} if isinstance(kernels, str) else set(kernels)
+            unknown = sorted(k for k in kernels if find_kernel(k) is None)
+            if unknown:
+                raise ValueError(f"warmup: unknown kernel(s) {unknown}; installed: {', '.join(all_kernels())}")
 
-def _warm_entry(entry: StoredEntry) -> str:
-    if entry.compiled() is not None:
-        return "compiled"
-    return "portable" if entry.portable() is not None else "unusable"
+        def list_entries():
+            with self._open_lock:
+                names = kernels if kernels is not None else set(self._pending) | self._opened
+            for k in sorted(names):
+                self._ensure_kernel(k)       # one at a time: a call's own kernel waits less
+            with self._open_lock:
+                return [e for e in self._entries.values() if e.kernel in names]
+        run = WarmUp(list_entries, self._calls_first, threads or min(4, os.cpu_count() or 1))
+        self._warm_runs.append(run)
+        return run.start()
 
 
 def _arrays_getter(spec: KernelSpec, names: list[str]):
