@@ -196,7 +196,7 @@ def test_warmup_of_named_kernels_only(store_copy):
 def test_warmup_starts_no_entry_while_a_call_loads_one(store_copy, rng):
     bundle = ejaot.load(store_copy)
     started = _count_loads(bundle)
-    with bundle._calls_first.loading():       # a call is deserializing its entry
+    with bundle._calls_first.loading():       # a call is resolving its plan
         warm = threading.Thread(target=bundle.warmup, kwargs={"threads": 2})
         warm.start()
         warm.join(0.5)

@@ -45,7 +45,7 @@ def load(root, strict: bool = False, device=None, eager: bool | str = False, tru
     eager=False: each entry is verified and deserialized on its first call. eager=True:
     every entry is, before load returns (on several threads). eager="background": the same
     on worker threads while load returns at once; a call that needs an entry still loading
-    waits for that entry only, and workers start no new entry while a call loads its own.
+    waits for that entry only, and workers start no new entry while a call resolves its plan.
     bundle.wait_warm() joins them; the process's exit waits for them too."""
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
                   miss_log=miss_log)
@@ -220,7 +220,9 @@ class Bundle:
         except TypeError:        # an unhashable static argument: resolve without caching
             sig, plan = None, None
         if plan is None:
-            plan = self._resolve(kernel, tracing, args, kwargs, sig)
+            # a call's first resolution (records, deserialization) goes before warm-up work
+            with self._calls_first.loading():
+                plan = self._resolve(kernel, tracing, args, kwargs, sig)
         with self._lock:
             self._counts[plan.path] += 1
             self._counts[plan.tier_key] += 1
@@ -265,11 +267,7 @@ class Bundle:
 
     def _runner(self, entry: StoredEntry, tracing: bool):
         if not tracing:
-            if entry.compiled_pending():
-                with self._calls_first.loading():
-                    exe = entry.compiled()
-            else:
-                exe = entry.compiled()
+            exe = entry.compiled()
             if exe is not None:
                 return exe, "compiled"
         fn = entry.portable()
@@ -382,7 +380,10 @@ class Bundle:
             for k in sorted(names):
                 self._ensure_kernel(k)       # one at a time: a call's own kernel waits less
             with self._open_lock:
-                return [e for e in self._entries.values() if e.kernel in names]
+                entries = [e for e in self._entries.values() if e.kernel in names]
+            # compiled tiers first: PJRT deserializes them without the GIL, while a portable
+            # tier's jax.export.deserialize holds it (and slows any call made meanwhile)
+            return sorted(entries, key=lambda e: e.compiled_block is not None)
         run = WarmUp(list_entries, self._calls_first, threads or min(4, os.cpu_count() or 1))
         self._warm_runs.append(run)
         return run.start()

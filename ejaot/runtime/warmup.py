@@ -3,8 +3,9 @@
 A warm-up run verifies and deserializes entries on a few worker threads (PJRT releases the
 GIL while it deserializes, so entries load side by side). The threads are created by the
 caller, so a background run started at load never has to create one while the
-interpreter shuts down. Calls come first: while a call is deserializing the entry it
-needs, no worker starts a new entry.
+interpreter shuts down. Calls come first: while a call resolves its plan (its kernel's
+records, its entry's deserialization), no worker starts a new entry; and entries with a
+compiled tier go first, as PJRT deserializes them without holding the GIL.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 
 class CallsFirst:
-    """Counts calls that are deserializing their entry; warm-up workers wait for none."""
+    """Counts calls that are resolving their plan; warm-up workers wait for none."""
 
     def __init__(self):
         self._cond = threading.Condition()
