@@ -272,6 +272,22 @@ def _combine_kernel(OP, LSE, O, M: tl.constexpr, R: tl.constexpr, RP: tl.constex
 
 
 @_gluon_jit
+def _gl_online_softmax(s, m_i, offs_n, kv_len, q_pos, qk_scale: gl.constexpr, CAUSAL: gl.constexpr):
+    """One block of the online softmax (base 2): the block's logits s [rows, keys] scaled
+    and masked (keys past kv_len; causal: keys past each row's query position), the new
+    running row max, p = exp2(s - max) and the factor alpha that rescales what was summed
+    before. A row that has seen no key keeps max -inf, p 0 and alpha 1 (no NaN)."""
+    s = s * qk_scale
+    keep = (offs_n < kv_len)[None, :]
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= q_pos[:, None])
+    s = gl.where(keep, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    return gl.exp2(s - m_use[:, None]), gl.exp2(m_i - m_use), m_new
+
+
+@_gluon_jit
 def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
               HAS_ROPE: gl.constexpr, STAGES: gl.constexpr):
     slot = j % STAGES
@@ -428,16 +444,8 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
         else:
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        s = s * qk_scale
-        offs_n = lo + j * BLOCK_N + cols_s
-        keep = (offs_n < kv_len)[None, :]
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= q_pos[:, None])
-        s = gl.where(keep, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2(s - m_use[:, None])
-        alpha = gl.exp2(m_i - m_use)
+        p, alpha, m_new = _gl_online_softmax(s, m_i, lo + j * BLOCK_N + cols_s, kv_len, q_pos,
+                                             qk_scale, CAUSAL)
         l2 = l2 * alpha[:, None] + p
         acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
         m_i = m_new
@@ -516,16 +524,8 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s)
         else:
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False)
-        s = s * qk_scale
-        offs_n = lo + j * BLOCK_N + cols_s
-        keep = (offs_n < kv_len)[None, :]
-        if CAUSAL:
-            keep = keep & (offs_n[None, :] <= q_pos[:, None])
-        s = gl.where(keep, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2(s - m_use[:, None])
-        alpha = gl.exp2(m_i - m_use)
+        p, alpha, m_new = _gl_online_softmax(s, m_i, lo + j * BLOCK_N + cols_s, kv_len, q_pos,
+                                             qk_scale, CAUSAL)
         l_i = l_i * alpha + gl.sum(p, axis=1)
         m_i = m_new
         # hand p and alpha over once the output warpgroup has used the previous block's
