@@ -54,10 +54,8 @@ pages; median of timed batches), gpu_mla_check's bench() for MLA. GB/s and % of
 jax 0.11.2 compatibility: ejkernel carries its own fork of jax-triton's triton_call
 (ejkernel/callib/_triton_call.py); it traces and lowers under jax 0.11.2 with triton 3.6.0
 and 3.7.1 (checked on a CPU host). It lowers to the legacy custom call
-"triton_kernel_call" (api_version 2), which jaxlib 0.11.2 still registers. Should XLA
-refuse it, --custom-call auto (the default) retries once through the typed-FFI target
-"triton_kernel_call_ffi" (api_version 4, the one jax-triton and ejaot use) with the same
-payload, by wrapping the `jax` name inside that module only; the JSON says which ran.
+"triton_kernel_call" (api_version 2), which jaxlib 0.11.2 still registers and runs (on the
+H100 image, 2026-11-22).
 
 Rebuilding .gpu/ejk/site on the CPU host (gpu_prepare.sh keeps it):
     .venv/bin/python -m pip install --no-deps --no-compile --target .gpu/ejk/site \\
@@ -83,11 +81,7 @@ import gpu_paged_check as paged
 
 TOL_REL = paged.TOL["bfloat16"]
 TOL_ABS = 5e-2
-LEGACY_TARGET, FFI_TARGET = "triton_kernel_call", "triton_kernel_call_ffi"
-
-# which custom call target the ejkernel lowering emits: set by --custom-call, flipped once
-# by the auto fallback; read at lowering time, so only functions jitted afterwards change
-CUSTOM_CALL = {"mode": "legacy", "fallback_reason": None}
+LEGACY_TARGET = "triton_kernel_call"     # the custom call ejkernel's triton_call emits
 
 
 def parse_args(argv=None):
@@ -103,9 +97,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--peak-tbps", type=float, default=3.0)
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--custom-call", choices=("auto", "legacy", "ffi"), default="auto",
-                   help="legacy: ejkernel as shipped; ffi: jax-triton's target; auto: legacy, "
-                        "then ffi if that fails")
     p.add_argument("--ejaot", metavar="DIR", help="folder holding gpu_paged_check/gpu_mla_check "
                    "results (paged.json, mla.json) to print beside")
     p.add_argument("--dry-run", action="store_true",
@@ -128,7 +119,6 @@ def import_ejkernel():
     from ejkernel.kernels._triton.flash_mla import flash_mla
     from ejkernel.kernels._triton.page_attention import page_attention
     from ejkernel.kernels._triton.unified_attention import unified_attention
-    install_custom_call_shim(tcall)
     mods = dict(page_attention=page_attention, unified_attention=unified_attention,
                 decode_attention=decode_attention, flash_mla=flash_mla,
                 mla_fwd_launcher=mla_fwd._fwd_mla_attention_kernel_call, tcall=tcall)
@@ -136,61 +126,6 @@ def import_ejkernel():
             "jax": jax.__version__, "triton": triton.__version__,
             "jax_triton_imported": "jax_triton" in sys.modules}
     return mods, vers
-
-
-class _JaxWithFfiShim:
-    """Stands for `jax` inside ejkernel's _triton_call only: everything passes through to
-    jax except ffi.ffi_lowering, which can redirect the triton custom call to the FFI target."""
-
-    def __init__(self, real_jax):
-        self._jax = real_jax
-        self.ffi = _FfiShim(real_jax.ffi)
-
-    def __getattr__(self, name):
-        return getattr(self._jax, name)
-
-
-class _FfiShim:
-    def __init__(self, real_ffi):
-        self._ffi = real_ffi
-
-    def __getattr__(self, name):
-        return getattr(self._ffi, name)
-
-    def ffi_lowering(self, target, *, api_version=4, backend_config=None, operand_output_aliases=None, **kw):
-        if target != LEGACY_TARGET or CUSTOM_CALL["mode"] != "ffi":
-            return self._ffi.ffi_lowering(target, api_version=api_version, backend_config=backend_config,
-                                          operand_output_aliases=operand_output_aliases, **kw)
-        # jax-triton's form of the same call: the compressed TritonKernelCall proto goes in
-        # the `opaque` attribute of the typed-FFI handler jaxlib registers beside the legacy one
-        rule = self._ffi.ffi_lowering(FFI_TARGET, api_version=4, operand_output_aliases=operand_output_aliases)
-        return lambda ctx, *args: rule(ctx, *args, opaque=backend_config)
-
-
-def install_custom_call_shim(tcall):
-    if not isinstance(tcall.jax, _JaxWithFfiShim):
-        tcall.jax = _JaxWithFfiShim(tcall.jax)
-
-
-def with_fallback(thunk, log):
-    """Run thunk(); under --custom-call auto, a failure on the legacy target is retried on
-    the FFI target (thunk must jit afresh so the new target is lowered). The switch sticks
-    only if the retry works: a kernel that fails either way is not the custom call's fault."""
-    try:
-        return thunk()
-    except Exception as e:  # noqa: BLE001 - decide below
-        if not (CUSTOM_CALL.get("auto") and CUSTOM_CALL["mode"] == "legacy"):
-            raise
-        CUSTOM_CALL["mode"] = "ffi"
-        try:
-            result = thunk()
-        except Exception:  # noqa: BLE001
-            CUSTOM_CALL["mode"] = "legacy"
-            raise e from None
-        CUSTOM_CALL["fallback_reason"] = f"{type(e).__name__}: {str(e)[:300]}"
-        log(f"  legacy custom call failed ({CUSTOM_CALL['fallback_reason'][:160]}); "
-            f"{FFI_TARGET} works: using it from here on")
-        return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,9 +300,8 @@ def run_paged(args, mods, key, rng, iters, peak, log):
                     def numerics(kernel=kernel, c=c, cfg=cfg, xs=(qs[0], kl, vl, ctx, tables[0])):
                         fn = make_paged_fn(kernel, c, cfg, mods)
                         return np.asarray(jax.jit(fn)(*xs).astype(np.float32)), fn
-                    out, fn = with_fallback(numerics, log)
+                    out, fn = numerics()
                     rec["numerics"] = compare(out, ref)
-                    rec["custom_call"] = CUSTOM_CALL["mode"]
                     if not args.skip_timing:
                         sec, _ = paged.bench(paged.rotating(fn, c["n_sets"]), (qs, kl, vl, ctx, tables),
                                              c["n_sets"], iters)
@@ -488,7 +422,7 @@ def run_mla(args, mods, key, iters, peak, log):
             def numerics(c=c, xs=sets[0]):
                 fn = jax.jit(make_mla_fn(c, mods))
                 return np.asarray(fn(*xs).astype(np.float32)), fn
-            out, fn = with_fallback(numerics, log)
+            out, fn = numerics()
             ref = np.asarray(jax.jit(mla_reference)(*sets[0]))
             rec["numerics"] = compare(out, ref)
             if not args.skip_timing:
@@ -584,22 +518,15 @@ def dry_run(args, log):
                     check(f"trace {kernel}[{label}] {c['name']}", lambda kernel=kernel, c=c, cfg=cfg, av=tuple(av): str(
                         jax.eval_shape(make_paged_fn(kernel, c, cfg, mods), *av)))
                     continue
-                for mode in (("legacy", "ffi") if label == "heuristic" else ("legacy",)):
-                    def lower(kernel=kernel, c=c, cfg=cfg, av=tuple(av), mode=mode):
-                        fn = make_paged_fn(kernel, c, cfg, mods)   # a fresh function: jax caches lowerings
-                        CUSTOM_CALL["mode"] = mode
-                        try:
-                            t0 = time.perf_counter()
-                            txt = jax.jit(fn).trace(*av).lower(lowering_platforms=("cuda",)).as_text()
-                        finally:
-                            CUSTOM_CALL["mode"] = "legacy"
-                        targets = sorted({ln.split("custom_call @")[1].split("(")[0]
-                                          for ln in txt.splitlines() if "custom_call @" in ln})
-                        n = txt.count("custom_call @")
-                        want = FFI_TARGET if mode == "ffi" else LEGACY_TARGET
-                        assert targets == [want], targets
-                        return f"{n} x {targets[0]} in {time.perf_counter() - t0:.1f}s"
-                    check(f"lower cuda {kernel}[{label}] {c['name']} ({mode})", lower)
+                def lower(kernel=kernel, c=c, cfg=cfg, av=tuple(av)):
+                    fn = make_paged_fn(kernel, c, cfg, mods)
+                    t0 = time.perf_counter()
+                    txt = jax.jit(fn).trace(*av).lower(lowering_platforms=("cuda",)).as_text()
+                    targets = sorted({ln.split("custom_call @")[1].split("(")[0]
+                                      for ln in txt.splitlines() if "custom_call @" in ln})
+                    assert targets == [LEGACY_TARGET], targets
+                    return f"{txt.count('custom_call @')} x {targets[0]} in {time.perf_counter() - t0:.1f}s"
+                check(f"lower cuda {kernel}[{label}] {c['name']}", lower)
     supported, evidence = probe_mla(mods)
     report["mla_supported"], report["mla_evidence"] = supported, evidence
     log(f"  mla: supported={supported} {evidence}")
@@ -739,7 +666,6 @@ def main(argv=None):
         out_file.write_text(json.dumps({"info": info, "error": msg}, indent=1))
         return 2
     log(f"# ejkernel Triton check on {info['device']} (jax {info['jax']}), seed {args.seed}")
-    CUSTOM_CALL.update(mode="ffi" if args.custom_call == "ffi" else "legacy", auto=args.custom_call == "auto")
     paged_res, mla_res, mla_evidence = [], [], {}
     try:
         mods, vers = import_ejkernel()
@@ -759,8 +685,6 @@ def main(argv=None):
         paged_res = run_paged(args, mods, k1, rng, iters, args.peak_tbps, log)
         mla_res, mla_evidence = run_mla(args, mods, k2, args.iters or (5 if args.quick else 9),
                                         args.peak_tbps, log)
-    info["custom_call"] = CUSTOM_CALL["mode"]
-    info["custom_call_fallback"] = CUSTOM_CALL["fallback_reason"]
     info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     checked = [r for r in paged_res + mla_res if "numerics" in r or "error" in r]
     n_fail = sum(not r.get("numerics", {}).get("passed", False) for r in checked)
@@ -771,7 +695,7 @@ def main(argv=None):
     log(f"\nwrote {out_file}")
     print_tables(paged_res, mla_res, mla_evidence, load_ejaot(args.ejaot), args.peak_tbps)
     log(f"\nverdict: {verdict} ({len(checked) - n_fail}/{len(checked)} kernel runs passed numerics); "
-        f"custom call {info['custom_call']}; elapsed {info['elapsed_s']} s")
+        f"elapsed {info['elapsed_s']} s")
     return 0 if verdict in ("PASS", "NO RESULTS") else 1
 
 
