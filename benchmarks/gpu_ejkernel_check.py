@@ -105,7 +105,7 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------------
-# ejkernel import and the custom-call shim
+# ejkernel import
 # ---------------------------------------------------------------------------------------
 
 def import_ejkernel():
@@ -444,7 +444,7 @@ def dry_run(args, log):
     """What can be checked without a GPU: the reference against ejaot's XLA page_attention at
     small shapes, every kernel/config traced at the real shapes, and, where the CUDA plugin
     is importable (the build host's .venv/ejaot-extras/cuda), lowered for cuda: the Triton
-    kernels compile to PTX and the chosen custom-call target shows in the module."""
+    kernels compile to PTX and the legacy Triton custom call shows in the module."""
     import jax
     import jax.numpy as jnp
     import numpy as np
