@@ -460,18 +460,11 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     l_i = gl.sum(l2, axis=1)
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
-    out = acc / gl.convert_layout(l_safe, ROW_O)[:, None]
-    rows_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_O)
-    cols_o = gl.arange(0, R, layout=gl.SliceLayout(0, O_L))
-    row_ok = (rows_o < M)[:, None]
-    if NUM_SPLITS == 1:
-        gl.store(O + b64 * (M * R) + rows_o[:, None] * R + cols_o[None, :], out.to(O.dtype.element_ty),
-                 mask=row_ok)
-    else:
-        part = b64 * NUM_SPLITS + split
-        gl.store(O + part * (M * R) + rows_o[:, None] * R + cols_o[None, :], out, mask=row_ok)
+    _gl_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
+                   BLOCK_H, O_L)
+    if NUM_SPLITS > 1:
         lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
-        gl.store(LSE + part * M + rows_s, lse, mask=rows_s < M)
+        gl.store(LSE + (b64 * NUM_SPLITS + split) * M + rows_s, lse, mask=rows_s < M)
 
 
 # ----------------------------------------------------------------------------------------
@@ -545,7 +538,7 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
     l_smem.store(l_safe)
     gl.barrier()
     mbarrier.arrive(fin)
-    _ws_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
+    _gl_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
                    BLOCK_H, O_L)
     if NUM_SPLITS > 1:
         lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
@@ -553,7 +546,7 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
 
 
 @_gluon_jit
-def _ws_store_cols(acc, l_safe, O, b64, split, pid_h, C0: gl.constexpr, M: gl.constexpr,
+def _gl_store_cols(acc, l_safe, O, b64, split, pid_h, C0: gl.constexpr, M: gl.constexpr,
                    R: gl.constexpr, NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr,
                    L: gl.constexpr):
     """out_lat[rows, C0:C0 + width] = acc / l (f32 partials when the kv range is split)."""
@@ -603,9 +596,9 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
                   j + 2 < n_iter, HAS_ROPE, 2)
     mbarrier.wait(fin, 0)
     l_safe = l_smem.load(gl.SliceLayout(1, OB1_L))
-    _ws_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
+    _gl_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
     if RB2 > 0:
-        _ws_store_cols(acc2, gl.convert_layout(l_safe, gl.SliceLayout(1, OB2_L)), O, b64, split, pid_h,
+        _gl_store_cols(acc2, gl.convert_layout(l_safe, gl.SliceLayout(1, OB2_L)), O, b64, split, pid_h,
                        RA, M, R, NUM_SPLITS, BLOCK_H, OB2_L)
 
 
