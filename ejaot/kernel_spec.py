@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -150,21 +151,63 @@ _source_hashes: dict[tuple, str] = {}
 
 
 def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
+    """sha256 over the collection's shared modules, the package's .py files (less
+    `exclude`), and every module of a sibling kernel package they import, found by name
+    (`ejaot_kernels.<pkg>.<module>`, then that module's own imports, transitively): a
+    kernel built on another's code goes stale when that code changes."""
     if (package, exclude) not in _source_hashes:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise LookupError(f"kernel package {package!r} not found")
         folder = list(spec.submodule_search_locations)[0]
+        collection = os.path.dirname(folder)
         h = hashlib.sha256()
         # the collection's shared modules (e.g. triton_support.py) count for every kernel
-        for name in sorted(n for n in os.listdir(os.path.dirname(folder)) if n.endswith(".py")):
-            h.update(name.encode() + b"\0" + _read(os.path.join(os.path.dirname(folder), name)) + b"\0")
+        for name in sorted(n for n in os.listdir(collection) if n.endswith(".py")):
+            h.update(name.encode() + b"\0" + _read(os.path.join(collection, name)) + b"\0")
+        own = os.path.basename(folder)
+        sources = []
         for rel in _python_files(folder):
             if rel in exclude:
                 continue
-            h.update(rel.encode() + b"\0" + _read(os.path.join(folder, rel)) + b"\0")
+            text = _read(os.path.join(folder, rel))
+            sources.append(text)
+            h.update(rel.encode() + b"\0" + text + b"\0")
+        for rel, text in _imported_sibling_modules(collection, own, sources):
+            h.update(b"uses:" + rel.encode() + b"\0" + text + b"\0")
         _source_hashes[(package, exclude)] = h.hexdigest()
     return _source_hashes[(package, exclude)]
+
+
+# "ejaot_kernels.pkg[.module]" not followed by ":", which marks an implementation named
+# for lazy import (Backend("pkg.module:fn"), example_inputs), not a module-level import
+_SIBLING_IMPORT = re.compile(rb"\bejaot_kernels\.(\w+)(?:\.(\w+))?(?![\w.:])")
+_RELATIVE_IMPORT = re.compile(rb"^\s*from\s+\.(\w+)\s+import\b", re.M)
+
+
+def _imported_sibling_modules(collection: str, own: str, sources: list[bytes]) -> list[tuple[str, bytes]]:
+    """(path relative to the collection, bytes) of every module of another kernel package
+    that `sources` import, with that package's __init__ and, transitively, what those
+    modules import (by absolute name, or relatively within their package)."""
+    found: dict[str, bytes] = {}
+    todo = list(sources)
+    while todo:
+        text = todo.pop()
+        refs = [(pkg.decode(), mod.decode() if mod else None) for pkg, mod in _SIBLING_IMPORT.findall(text)]
+        for pkg, mod in refs:
+            if pkg == own or not os.path.isdir(os.path.join(collection, pkg)):
+                continue      # the package itself (hashed whole) or a shared module (hashed above)
+            for name in ("__init__", mod):
+                rel = f"{pkg}/{name}.py" if name else None
+                path = os.path.join(collection, rel) if rel else None
+                if rel in found or not (path and os.path.isfile(path)):
+                    continue
+                found[rel] = _read(path)
+                todo.append(found[rel])
+                # relative imports inside that package, as absolute names
+                todo.extend(b"ejaot_kernels." + pkg.encode() + b"." + m
+                            for m in _RELATIVE_IMPORT.findall(found[rel]))
+    return sorted(found.items())
 
 
 def _python_files(folder: str) -> list[str]:

@@ -70,3 +70,41 @@ def test_kernel_source_change_supersedes_old_entries(store_copy, small_manifest,
     assert len(report.built) == 8
     entries = FileStore(store_copy).read_index()["entries"]
     assert len(entries) == 8 and all(r["source_hash"] == "0" * 64 for r in entries.values())
+
+
+def test_source_hash_covers_imported_sibling_modules(tmp_path):
+    """A kernel built on another package's code goes stale when that code changes: the
+    hash follows `ejaot_kernels.<pkg>.<module>` imports (and their relative imports), but
+    not implementations named for lazy import ("pkg.module:fn") or unrelated modules."""
+    from ejaot.kernel_spec import _imported_sibling_modules
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "__init__.py").write_text('B = Backend("ejaot_kernels.base.gpu:impl")\n')
+    (base / "gpu.py").write_text("from .helpers import step\n")
+    (base / "helpers.py").write_text("def step(): pass\n")
+    (base / "tpu.py").write_text("x = 1\n")
+    (tmp_path / "shared.py").write_text("")
+    user = b"from ejaot_kernels.base.gpu import kernel\nfrom ejaot_kernels.shared import y\n"
+    found = dict(_imported_sibling_modules(str(tmp_path), "user", [user]))
+    assert sorted(found) == ["base/__init__.py", "base/gpu.py", "base/helpers.py"]
+    assert found["base/helpers.py"] == b"def step(): pass\n"
+    # only the lazily named implementation: the package's __init__ alone, no backend module
+    lazy = dict(_imported_sibling_modules(str(tmp_path), "user", [b"from ejaot_kernels.base import B\n"]))
+    assert sorted(lazy) == ["base/__init__.py"]
+
+
+def test_source_hash_changes_with_an_imported_module(monkeypatch):
+    """flash_mla_attention's XLA backend uses mla_attention's; editing that module (and not
+    an unrelated one) changes flash_mla_attention's hash."""
+    from ejaot import kernel_spec
+    from ejaot.registry import get_kernel
+    spec = get_kernel("flash_mla_attention")
+    real_read = kernel_spec._read
+
+    def hash_with(edited):
+        monkeypatch.setattr(kernel_spec, "_source_hashes", {})
+        monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
+        return spec.source_hash("xla")
+    plain = hash_with("no-such-file.py")
+    assert hash_with("mla_attention/xla.py") != plain
+    assert hash_with("mla_attention/pallas_tpu.py") == plain
