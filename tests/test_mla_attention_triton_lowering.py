@@ -29,6 +29,8 @@ _SCRIPT = textwrap.dedent(r'''
     import jax.numpy as jnp
     from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
     from ejaot_kernels.mla_attention.configs import triton_heuristic
+    from ejaot_kernels.paged_mla_attention.triton_gpu import paged_mla_attention_impl
+    from ejaot_kernels.paged_mla_attention.configs import triton_heuristic as paged_heuristic
     import zlib
     from ejaot.targets.cuda import custom_call_strings, kernel_binaries, TRITON_CALL
 
@@ -38,9 +40,29 @@ _SCRIPT = textwrap.dedent(r'''
         def __init__(self, cc):
             self.facts = {"compute_capability": cc}
 
-    def run(case):
+    def lower_paged(case, dt):
+        """paged_mla_attention: t tokens per block table in pages of ps rows."""
+        cc, b, t, hq, hk, d, r, e, ps = (case[k] for k in ("cc", "b", "t", "hq", "hk", "d", "r", "e", "ps"))
+        mb, pages = t // ps, b * (t // ps) + 3
+        dims = dict(num_seqs=b, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r, rope_dim=e or 64,
+                    total_pages=pages, page_size=ps, max_blocks=mb)
+        static = dict(softmax_scale=case.get("scale"))
+        config = {**paged_heuristic(dims, static, Target(cc)), **case.get("config", {})}
+
+        def fn(q, cache, wk, wv, ctx, bt, *rest):
+            inputs = {"query": q, "latent_cache": cache, "w_kc": wk, "w_vc": wv, "context_lens": ctx,
+                      "block_tables": bt, "b_q": rest[0] if e else None, "rope_cache": rest[1] if e else None}
+            return paged_mla_attention_impl(inputs, jnp.zeros((0,), jnp.int32), config=config, **static)[0]
+
+        av = [jax.ShapeDtypeStruct((b, hq, d), dt), jax.ShapeDtypeStruct((pages, ps, r), dt),
+              jax.ShapeDtypeStruct((r, hk, d), dt), jax.ShapeDtypeStruct((r, hk, d), dt),
+              jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, mb), jnp.int32)]
+        if e:
+            av += [jax.ShapeDtypeStruct((b, e), dt), jax.ShapeDtypeStruct((pages, ps, e), dt)]
+        return config, jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*av)
+
+    def lower(case, dt):
         cc, b, s, t, hq, hk, d, r, e = (case[k] for k in ("cc", "b", "s", "t", "hq", "hk", "d", "r", "e"))
-        dt = jnp.dtype(case.get("dtype", "bfloat16"))
         dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r,
                     rope_dim=e or 64)
         static = dict(causal=case["causal"], softmax_scale=case.get("scale"))
@@ -62,7 +84,11 @@ _SCRIPT = textwrap.dedent(r'''
             av += [jax.ShapeDtypeStruct((b, s, e), dt), jax.ShapeDtypeStruct((b, t, e), dt)]
         if cu:
             av.append(jax.ShapeDtypeStruct((3,), jnp.int32))
-        exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*av)
+        return config, jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*av)
+
+    def run(case):
+        dt = jnp.dtype(case.get("dtype", "bfloat16"))
+        config, exp = (lower_paged if "ps" in case else lower)(case, dt)
         text = exp.mlir_module()
         _, meta = kernel_binaries(exp, text, None)
         launches = []    # the warps each kernel is launched with, and the threads its PTX requires
@@ -100,7 +126,8 @@ def _check_triton(r, entry: str, calls: int):
     assert r["platforms"] == ["cuda"]
     assert r["in_serialized"], r
     assert r["calls"] == calls, r
-    assert r["out_avals"] == [[[c["b"], c["s"], c["hq"], c["d"]], dt]], r
+    shape = [c["b"], c["hq"], c["d"]] if "ps" in c else [c["b"], c["s"], c["hq"], c["d"]]
+    assert r["out_avals"] == [[shape, dt]], r
     names = [k["name"] for k in r["kernels"]]
     assert names[0] == entry, names
     assert ("_combine_kernel" in names) == (r["config"]["num_splits"] > 1), (names, r["config"])
@@ -242,3 +269,30 @@ def test_gpu_sm90_build_of_a_tiny_mla_manifest(tmp_path):
         assert [k["name"] for k in rec["kernels"]][0] == "_mla_decode_sm90_ws", rec["kernels"]
         ptx = store.read_blob(rec["payloads"]["ptx"]["sha256"])
         assert b".target sm_90a" in ptx and b"wgmma.mma_async" in ptx
+
+
+def test_paged_decode_lowers_to_the_kernel_its_page_size_allows():
+    """paged_mla_attention runs the same kernels, reading pages through the block table:
+    the warp-specialized Gluon kernel for pages of a multiple of 64 keys (DeepSeek-V3,
+    page 64, and 128), the lockstep kernel's 32-key blocks for page 32, the tl.dot kernel
+    (a page lookup per key) for page 16, on sm80 and for float32."""
+    ds3 = {**DS3, "hk": 1}
+    cases = [dict(cc=90, b=64, s=1, ps=64, **ds3),
+             dict(cc=90, b=2, s=1, ps=128, **{**ds3, "e": 0}),
+             dict(cc=90, b=2, s=1, ps=32, **ds3),
+             dict(cc=90, b=2, s=1, ps=16, **ds3),
+             dict(cc=80, b=2, s=1, ps=64, **ds3),
+             dict(cc=90, b=2, s=1, ps=64, dtype="float32", **{**ds3, "t": 1024})]
+    p64, p128, p32, p16, sm80, f32 = _lower(cases)
+    assert p64["config"]["num_splits"] == 1 and p128["config"]["num_splits"] > 1
+    _check_triton(p64, "_mla_decode_sm90_ws", calls=1)
+    _check_triton(p128, "_mla_decode_sm90_ws", calls=2)
+    _check_triton(p32, "_mla_decode_sm90", calls=2)
+    _check_triton(p16, "_mla_decode_kernel", calls=2)
+    _check_triton(sm80, "_mla_decode_kernel", calls=2)
+    _check_triton(f32, "_mla_decode_kernel", calls=1 + (f32["config"]["num_splits"] > 1))
+    for r in (p64, p128):
+        assert r["launches"][0]["warps"] == 8 and r["launches"][0]["reqntid"] == 256, r["launches"]
+    for r in (p64, p128, p32):
+        k = r["kernels"][0]
+        assert k["spill_store_bytes"] == 0 and k["registers"] <= 255, k

@@ -18,6 +18,15 @@ Decode (few queries over a long cache) runs the absorbed form (configs.choose_fo
      blocks alone would not (small batches); configs.triton_heuristic picks the count.
   4. XLA: out[b, s, h] = out_lat[b, s, h] @ w_vc[:, g(h)].
 
+Paged caches (the `paged_mla_attention` kernel): the same kernels with PAGE > 0 read the
+latent cache and rope keys as pages of PAGE rows through a block table, one query per
+sequence at the end of its own context length. The Gluon kernels look each block's page
+up one block ahead of its TMA (a 64-key block is one page-aligned box, so the page size
+must be a multiple of the block) and zero the rows of a sequence's last block past its
+context in shared memory before p @ kv: a page's unused rows may hold NaN. The tl.dot
+kernel looks every key's page up and masks its loads. Measured on an H100 (BENCHMARKS.md),
+64-token pages in shuffled order run as fast as the contiguous cache.
+
 Masks follow the XLA backend exactly: keys >= kv_len are padding (given zero weight; the
 tl.dot kernel does not even load them, the TMA of the wgmma kernel may bring some of the
 last block in), causal is bottom-right aligned (key j visible to query i when
@@ -80,20 +89,32 @@ LOG2E = 1.4426950408889634
 
 
 @_jit
-def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, hi,
+def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_len, lo, hi,
                    offs_r, offs_e, qk_scale: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
                    E: tl.constexpr, EP: tl.constexpr, HAS_ROPE: tl.constexpr,
                    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                   STAGES: tl.constexpr, DOT_PREC: tl.constexpr):
+                   STAGES: tl.constexpr, DOT_PREC: tl.constexpr, PAGE: tl.constexpr,
+                   KV_ROWS: tl.constexpr):
     """Online softmax over key blocks [lo, hi). MASKED: the kv_len edge and the causal
-    diagonal are tested; otherwise every row sees every key of every block."""
+    diagonal are tested; otherwise every row sees every key of every block. PAGE > 0:
+    key n lives in cache row bt_row[n // PAGE] * PAGE + n % PAGE (page index clamped to
+    the cache, as the XLA backend's gather)."""
     offs_nb = tl.arange(0, BLOCK_N)
     r_ok = offs_r < R
     e_ok = offs_e < E
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_nb
-        kv_ptrs = kv_base + offs_n[:, None].to(tl.int64) * R + offs_r[None, :]
+        if PAGE > 0:
+            if MASKED:
+                page = tl.load(bt_row + offs_n // PAGE, mask=offs_n < kv_len, other=0)
+            else:
+                page = tl.load(bt_row + offs_n // PAGE)
+            page = tl.minimum(tl.maximum(page, 0), KV_ROWS // PAGE - 1)
+            rows = page.to(tl.int64) * PAGE + offs_n % PAGE
+        else:
+            rows = offs_n.to(tl.int64)
+        kv_ptrs = kv_base + rows[:, None] * R + offs_r[None, :]
         if MASKED:
             n_ok = offs_n < kv_len
             kv = tl.load(kv_ptrs, mask=n_ok[:, None] & r_ok[None, :], other=0.0)
@@ -103,7 +124,7 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, h
             kv = tl.load(kv_ptrs)
         s = tl.dot(q, tl.trans(kv), input_precision=DOT_PREC)
         if HAS_ROPE:
-            bk_ptrs = bk_base + offs_n[:, None].to(tl.int64) * E + offs_e[None, :]
+            bk_ptrs = bk_base + rows[:, None] * E + offs_e[None, :]
             if MASKED:
                 bk = tl.load(bk_ptrs, mask=n_ok[:, None] & e_ok[None, :], other=0.0)
             elif EP != E:
@@ -132,14 +153,19 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, h
 
 
 @_jit
-def _mla_decode_kernel(QL, BQ, KV, BK, VL, O, LSE,
+def _mla_decode_kernel(QL, BQ, KV, BK, VL, BT, O, LSE,
                        qk_scale: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
                        HQ: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, E: tl.constexpr,
                        EP: tl.constexpr, HAS_ROPE: tl.constexpr, CAUSAL: tl.constexpr,
                        NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                       STAGES: tl.constexpr, DOT_PREC: tl.constexpr):
+                       STAGES: tl.constexpr, DOT_PREC: tl.constexpr, PAGE: tl.constexpr,
+                       KV_ROWS: tl.constexpr):
     """Grid (row blocks, splits, batch); row m of a batch is (query m // HQ, head m % HQ).
-    QL [B, SEQ*HQ, R]; BQ [B, SEQ, E]; KV [B, KV_SEQ, R]; BK [B, KV_SEQ, E]; VL int32[2].
+    QL [B, SEQ*HQ, R]; BQ [B, SEQ, E].
+    PAGE == 0: KV [B, KV_SEQ, R]; BK [B, KV_SEQ, E]; VL int32[2] (q_len, kv_len); BT unused.
+    PAGE > 0 (paged decode, SEQ == 1): KV [KV_ROWS, R] and BK [KV_ROWS, E], the caches'
+    pages of PAGE rows end to end; VL int32[B] each sequence's context length (its query
+    sits at the last position); BT int32[B, KV_SEQ // PAGE] the block tables.
     NUM_SPLITS == 1: O [B, SEQ*HQ, R] (normalized out_lat), LSE unused.
     NUM_SPLITS > 1:  O [B, NUM_SPLITS, SEQ*HQ, R] f32 partials, LSE [B, NUM_SPLITS, SEQ*HQ]
     (base 2, -inf for a slice that saw no key)."""
@@ -148,9 +174,18 @@ def _mla_decode_kernel(QL, BQ, KV, BK, VL, O, LSE,
     pid_h = tl.program_id(0)
     split = tl.program_id(1)
     b64 = tl.program_id(2).to(tl.int64)
-    q_len = tl.load(VL)
-    kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
-    off = kv_len - q_len
+    if PAGE > 0:
+        kv_len = tl.minimum(tl.maximum(tl.load(VL + b64), 0), KV_SEQ)
+        off = kv_len - 1
+        kv_base = KV
+        bk_base = BK
+        bt_row = BT + b64 * (KV_SEQ // PAGE)
+    else:
+        kv_len = tl.minimum(tl.load(VL + 1), KV_SEQ)
+        off = kv_len - tl.load(VL)
+        kv_base = KV + b64 * (KV_SEQ * R)
+        bk_base = BK + b64 * (KV_SEQ * E)
+        bt_row = BT
 
     rows = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < M
@@ -172,8 +207,6 @@ def _mla_decode_kernel(QL, BQ, KV, BK, VL, O, LSE,
             qpe = tl.load(qpe_ptrs, mask=(offs_e < E)[None, :], other=0.0)
         else:
             qpe = tl.load(qpe_ptrs)
-    kv_base = KV + b64 * (KV_SEQ * R)
-    bk_base = BK + b64 * (KV_SEQ * E)
 
     # Keys any row of the block may see: [0, hi); keys every row sees: [0, full_hi).
     first_q = (pid_h * BLOCK_H) // HQ
@@ -195,12 +228,12 @@ def _mla_decode_kernel(QL, BQ, KV, BK, VL, O, LSE,
     acc = tl.zeros([BLOCK_H, RP], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, lo, mid,
-                                   offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
-                                   False, BLOCK_N, STAGES, DOT_PREC)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, kv_len, mid, hi_s,
-                                   offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
-                                   True, BLOCK_N, 1, DOT_PREC)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_len,
+                                   lo, mid, offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
+                                   False, BLOCK_N, STAGES, DOT_PREC, PAGE, KV_ROWS)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_len,
+                                   mid, hi_s, offs_r, offs_e, qk_scale, R, RP, E, EP, HAS_ROPE, CAUSAL,
+                                   True, BLOCK_N, 1, DOT_PREC, PAGE, KV_ROWS)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -288,8 +321,25 @@ def _gl_online_softmax(s, m_i, offs_n, kv_len, q_pos, qk_scale: gl.constexpr, CA
 
 
 @_gluon_jit
+def _gl_block_row(first, j, bt_row, pred, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
+                  KV_ROWS: gl.constexpr):
+    """The first cache row of the program's block j (first: the program's first TMA row;
+    paged, PAGE > 0 and a multiple of the block: its first key, and the page comes from
+    the block table, clamped to the cache as the XLA backend's gather). The loops look a
+    block's row up one block before its TMA, so the table read's latency stays off the
+    copy's critical path."""
+    row = first + j * BLOCK_N
+    if PAGE > 0:
+        page = gl.load(bt_row + row // PAGE, mask=pred, other=0)
+        page = gl.minimum(gl.maximum(page, 0), KV_ROWS // PAGE - 1)
+        row = page * PAGE + row % PAGE
+    return row
+
+
+@_gluon_jit
 def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
               HAS_ROPE: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of block j (from cache row `row`) into stage j % STAGES, when pred."""
     slot = j % STAGES
     bar = bars.index(slot)
     if HAS_ROPE:
@@ -302,29 +352,49 @@ def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
 
 
 @_gluon_jit
-def _gl_tma_descs(KV, BK, KV_SEQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
-                  HAS_ROPE: gl.constexpr, BLOCK_N: gl.constexpr, BATCH: gl.constexpr,
-                  kv_sl: gl.constexpr, bk_sl: gl.constexpr):
-    """TMA descriptors over the 2-D views [BATCH * KV_SEQ, R] of the latent cache and
-    [BATCH * KV_SEQ, E] of the rope keys (made on the device: rows past the end read as
+def _gl_tma_descs(KV, BK, KV_ROWS: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
+                  HAS_ROPE: gl.constexpr, BLOCK_N: gl.constexpr, kv_sl: gl.constexpr,
+                  bk_sl: gl.constexpr):
+    """TMA descriptors over the 2-D views [KV_ROWS, R] of the latent cache and [KV_ROWS, E]
+    of the rope keys (made on the device: rows past the end, or before the start, read as
     zeros)."""
-    kv_desc = tma.make_tensor_descriptor(KV, shape=[BATCH * KV_SEQ, R], strides=[R, 1],
+    kv_desc = tma.make_tensor_descriptor(KV, shape=[KV_ROWS, R], strides=[R, 1],
                                          block_shape=[BLOCK_N, R], layout=kv_sl)
     bk_desc = kv_desc
     if HAS_ROPE:
-        bk_desc = tma.make_tensor_descriptor(BK, shape=[BATCH * KV_SEQ, E], strides=[E, 1],
+        bk_desc = tma.make_tensor_descriptor(BK, shape=[KV_ROWS, E], strides=[E, 1],
                                              block_shape=[BLOCK_N, E], layout=bk_sl)
     return kv_desc, bk_desc
 
 
 @_gluon_jit
-def _gl_program(VL, KV_SEQ: gl.constexpr):
-    """(row block, kv split, batch, batch as int64, kv_len, kv_len - q_len) of this program;
-    the valid lengths are read from device memory."""
+def _gl_zero_tail(kv, n_valid, BLOCK_N: gl.constexpr, R: gl.constexpr, L: gl.constexpr):
+    """Zeroes rows n_valid.. of a landed kv tile. A paged cache's rows past a context hold
+    whatever the page held (stale or never written): they get zero weight, but 0 * NaN in
+    p @ kv is NaN, so their values must go. Column blocks of 64 keep registers low."""
+    CW: gl.constexpr = 64 if R >= 64 else R
+    keep = (gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)) < n_valid)[:, None]
+    for c in gl.static_range(R // CW):
+        part = kv.slice(c * CW, CW, dim=1)
+        part.store(gl.where(keep, part.load(L), 0.0).to(kv.dtype))
+
+
+@_gluon_jit
+def _gl_program(VL, BT, KV_SEQ: gl.constexpr, PAGE: gl.constexpr):
+    """(row block, kv split, batch, batch as int64, kv_len, kv_len - q_len, block-table
+    row) of this program; the lengths are read from device memory (paged: the sequence's
+    context length, its one query at the last position)."""
     b = gl.program_id(2)
-    q_len = gl.load(VL)
-    kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
-    return gl.program_id(0), gl.program_id(1), b, b.to(gl.int64), kv_len, kv_len - q_len
+    b64 = b.to(gl.int64)
+    if PAGE > 0:
+        kv_len = gl.minimum(gl.maximum(gl.load(VL + b64), 0), KV_SEQ)
+        off = kv_len - 1
+        bt_row = BT + b64 * (KV_SEQ // PAGE)
+    else:
+        kv_len = gl.minimum(gl.load(VL + 1), KV_SEQ)
+        off = kv_len - gl.load(VL)
+        bt_row = BT
+    return gl.program_id(0), gl.program_id(1), b, b64, kv_len, off, bt_row
 
 
 @_gluon_jit
@@ -351,9 +421,10 @@ def _gl_stage_q(QL, BQ, b64, pid_h, SEQ: gl.constexpr, HQ: gl.constexpr, R: gl.c
 @_gluon_jit
 def _gl_key_range(pid_h, split, b, kv_len, off, M: gl.constexpr, HQ: gl.constexpr,
                   KV_SEQ: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
-                  BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
+                  BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr):
     """This program's slice of the key blocks any of its rows may see: its first key, its
-    number of blocks (whole blocks; the last may be short) and its first TMA row."""
+    number of blocks (whole blocks; the last may be short) and its first TMA row (paged:
+    its first key; _gl_issue looks the row up)."""
     last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
     hi = kv_len
     if CAUSAL:
@@ -364,24 +435,29 @@ def _gl_key_range(pid_h, split, b, kv_len, off, M: gl.constexpr, HQ: gl.constexp
     lo = gl.minimum(split * per_split * BLOCK_N, hi)
     hi_s = gl.minimum(lo + per_split * BLOCK_N, hi)
     n_iter = gl.cdiv(hi_s - lo, BLOCK_N)
-    return lo, n_iter, b * KV_SEQ + lo
+    if PAGE > 0:
+        first = lo
+    else:
+        first = b * KV_SEQ + lo
+    return lo, n_iter, first
 
 
 @_gluon_jit
-def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
+def _mla_decode_sm90(QL, BQ, KV, BK, VL, BT, O, LSE,
                      qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
                      HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                      HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                      BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     BATCH: gl.constexpr):
-    """Same contract as _mla_decode_kernel (8 warps, BLOCK_H == 64). KV and BK are read by
-    TMA through descriptors over the 2-D views [BATCH * KV_SEQ, R] and [BATCH * KV_SEQ, E]
-    (made here, on the device: rows past the end read as zeros)."""
+                     PAGE: gl.constexpr, KV_ROWS: gl.constexpr):
+    """Same contract as _mla_decode_kernel (8 warps, BLOCK_H == 64; paged: PAGE a multiple
+    of BLOCK_N). KV and BK are read by TMA through descriptors over the 2-D views
+    [KV_ROWS, R] and [KV_ROWS, E] (made here, on the device: rows past the end read as
+    zeros)."""
     M: gl.constexpr = SEQ * HQ
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_SEQ, R, E, HAS_ROPE, BLOCK_N, BATCH, kv_sl, bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BLOCK_N, kv_sl, bk_sl)
     # logits: [64 heads, BLOCK_N keys], warpgroup g owns keys [g * BLOCK_N/2, (g+1) * BLOCK_N/2)
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                   instr_shape=[16, BLOCK_N // 2, 16])
@@ -393,7 +469,7 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
     p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
 
-    pid_h, split, b, b64, kv_len, off = _gl_program(VL, KV_SEQ)
+    pid_h, split, b, b64, kv_len, off, bt_row = _gl_program(VL, BT, KV_SEQ, PAGE)
 
     # q_lat rows (and their b_q rows) -> shared memory, once
     q_smem, qpe_smem = _gl_stage_q(QL, BQ, b64, pid_h, SEQ, HQ, R, E, HAS_ROPE, BLOCK_H, LD_L)
@@ -410,7 +486,7 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
 
     # key range: as _mla_decode_kernel (the tail mask is applied to every block: cheap)
     lo, n_iter, tma_row = _gl_key_range(pid_h, split, b, kv_len, off, M, HQ, KV_SEQ, CAUSAL, NUM_SPLITS,
-                                        BLOCK_H, BLOCK_N)
+                                        BLOCK_H, BLOCK_N, PAGE)
 
     rows_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_S)
     q_pos = gl.minimum(rows_s, M - 1) // HQ + off
@@ -422,17 +498,24 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, O, LSE,
     s_zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
 
     for i in gl.static_range(STAGES - 1):      # prologue: the first STAGES - 1 blocks
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, i, tma_row + i * BLOCK_N, i < n_iter,
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, i,
+                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS), i < n_iter,
                   HAS_ROPE, STAGES)
+    row_nxt = _gl_block_row(tma_row, STAGES - 1, bt_row, STAGES - 1 < n_iter, BLOCK_N, PAGE, KV_ROWS)
     for j in range(n_iter):
         slot = j % STAGES
         mbarrier.wait(bars.index(slot), (j // STAGES) & 1)
+        if PAGE > 0:
+            n_valid = kv_len - (lo + j * BLOCK_N)
+            if n_valid < BLOCK_N:
+                _gl_zero_tail(kv_smem.index(slot), n_valid, BLOCK_N, R, LD_L)
+                fence_async_shared()
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         gl.barrier()
         # every warpgroup is done with block j - 1: its slot takes block j + STAGES - 1
         nxt = j + (STAGES - 1)
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, nxt, tma_row + nxt * BLOCK_N,
-                  nxt < n_iter, HAS_ROPE, STAGES)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, nxt, row_nxt, nxt < n_iter, HAS_ROPE, STAGES)
+        row_nxt = _gl_block_row(tma_row, nxt + 1, bt_row, nxt + 1 < n_iter, BLOCK_N, PAGE, KV_ROWS)
         kv = kv_smem.index(slot)
         # the rope part first: the compiler puts a CTA barrier before the first wgmma that
         # reads a TMA-written tile and a wgmma wait between the two chained products;
@@ -497,7 +580,8 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
                           qk_scale: gl.constexpr, HQ: gl.constexpr, M: gl.constexpr,
                           R: gl.constexpr, HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr,
                           NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-                          RA: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr):
+                          RA: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr,
+                          PAGE: gl.constexpr, LD_L: gl.constexpr):
     ROW_S: gl.constexpr = gl.SliceLayout(1, S_L)
     ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
     dtype: gl.constexpr = kv_smem.dtype
@@ -512,6 +596,13 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
         slot = j % 2
         mbarrier.wait(kv_ready.index(slot), (j // 2) & 1)
         kv = kv_smem.index(slot)
+        if PAGE > 0:
+            # the output warpgroup reads this tile only after p_ready, below
+            n_valid = kv_len - (lo + j * BLOCK_N)
+            if n_valid < BLOCK_N:
+                _gl_zero_tail(kv, n_valid, BLOCK_N, R, LD_L)
+                fence_async_shared()
+                gl.barrier()
         if HAS_ROPE:
             s = warpgroup_mma(qpe_smem, bk_smem.index(slot).permute((1, 0)), s_zero, use_acc=False)
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s)
@@ -565,10 +656,11 @@ def _gl_store_cols(acc, l_safe, O, b64, split, pid_h, C0: gl.constexpr, M: gl.co
 
 @_gluon_jit
 def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free, p_ready,
-                         p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row, n_iter,
+                         p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row, n_iter, bt_row,
                          M: gl.constexpr, R: gl.constexpr, HAS_ROPE: gl.constexpr,
                          NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-                         RA: gl.constexpr, OB1_L: gl.constexpr, OB2_L: gl.constexpr):
+                         RA: gl.constexpr, OB1_L: gl.constexpr, OB2_L: gl.constexpr,
+                         PAGE: gl.constexpr, KV_ROWS: gl.constexpr):
     """out_lat[:, RA:] in one or two power-of-two column blocks (shared-memory slices must
     start at a multiple of their width): [R/2, R) and, when the softmax warpgroup takes a
     quarter, [RA, R/2)."""
@@ -578,6 +670,7 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
     acc2 = acc1
     if RB2 > 0:
         acc2 = gl.zeros([BLOCK_H, RB2], gl.float32, OB2_L)
+    row_nxt = _gl_block_row(tma_row, 2, bt_row, 2 < n_iter, BLOCK_N, PAGE, KV_ROWS)
     for j in range(n_iter):
         slot = j % 2
         mbarrier.wait(p_ready, j & 1)
@@ -592,8 +685,8 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
         mbarrier.arrive(p_free)
         # both warpgroups are done with this stage: it takes block j + 2
         mbarrier.wait(kv_free.index(slot), (j // 2) & 1)
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, j + 2, tma_row + (j + 2) * BLOCK_N,
-                  j + 2 < n_iter, HAS_ROPE, 2)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, j + 2, row_nxt, j + 2 < n_iter, HAS_ROPE, 2)
+        row_nxt = _gl_block_row(tma_row, j + 3, bt_row, j + 3 < n_iter, BLOCK_N, PAGE, KV_ROWS)
     mbarrier.wait(fin, 0)
     l_safe = l_smem.load(gl.SliceLayout(1, OB1_L))
     _gl_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
@@ -603,12 +696,13 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
 
 
 @_gluon_jit
-def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
+def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
                         qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
                         HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                         HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                        BATCH: gl.constexpr, RA: gl.constexpr, RB2_N: gl.constexpr):
+                        PAGE: gl.constexpr, KV_ROWS: gl.constexpr, RA: gl.constexpr,
+                        RB2_N: gl.constexpr):
     """Same contract as _mla_decode_sm90 (compiled with num_warps=4, the softmax warpgroup;
     the output warpgroup is a 4-warp worker partition, and the launch runs all 8 warps:
     gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax warpgroup
@@ -617,7 +711,7 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_SEQ, R, E, HAS_ROPE, BLOCK_N, BATCH, kv_sl, bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BLOCK_N, kv_sl, bk_sl)
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     OA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -630,7 +724,7 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
 
-    pid_h, split, b, b64, kv_len, off = _gl_program(VL, KV_SEQ)
+    pid_h, split, b, b64, kv_len, off, bt_row = _gl_program(VL, BT, KV_SEQ, PAGE)
 
     q_smem, qpe_smem = _gl_stage_q(QL, BQ, b64, pid_h, SEQ, HQ, R, E, HAS_ROPE, BLOCK_H, LD_L)
     kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, R], kv_sl)
@@ -655,19 +749,21 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, O, LSE,
     gl.barrier()
 
     lo, n_iter, tma_row = _gl_key_range(pid_h, split, b, kv_len, off, M, HQ, KV_SEQ, CAUSAL, NUM_SPLITS,
-                                        BLOCK_H, BLOCK_N)
+                                        BLOCK_H, BLOCK_N, PAGE)
     for i in gl.static_range(2):
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, i, tma_row + i * BLOCK_N, i < n_iter,
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, i,
+                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS), i < n_iter,
                   HAS_ROPE, 2)
 
     gl.warp_specialize([
         (_ws_softmax_partition, (q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
                                  kv_ready, kv_free, p_ready, p_free, fin, O, LSE, b64, split, pid_h,
                                  lo, kv_len, off, n_iter, qk_scale, HQ, M, R, HAS_ROPE, CAUSAL,
-                                 NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L)),
+                                 NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L, PAGE, LD_L)),
         (_ws_output_partition, (kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free,
                                 p_ready, p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row,
-                                n_iter, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L, OB2_L)),
+                                n_iter, bt_row, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L,
+                                OB2_L, PAGE, KV_ROWS)),
     ], [4])
 
 
@@ -699,7 +795,12 @@ def _wgmma_ok(cc, itemsize, r, e) -> bool:
             and (e == 0 or (pow2(e) and 8 <= e <= 256)))
 
 
-def _make_static(cfg, dims, itemsize) -> _Static:
+def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
+    """The kernel and tiles a config asks for, within what the shape allows. page_size > 0
+    (paged decode): a Gluon kernel's block is one TMA box of consecutive cache rows, so
+    it must not straddle pages: 64-key blocks need pages of a multiple of 64, the lockstep
+    kernel's 32-key blocks a multiple of 32; other page sizes run the tl.dot kernel, which
+    looks every key's page up."""
     cc = int(cfg["compute_capability"])
     r, e = dims["kv_lora_rank"], dims["rope_dim"]
     kernel = cfg.get("kernel") or "dot"
@@ -708,8 +809,10 @@ def _make_static(cfg, dims, itemsize) -> _Static:
                          f"got {kernel!r}")
     if kernel in ("wgmma", "wgmma_ws") and not _wgmma_ok(cc, itemsize, r, e):
         kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernels do not tile
-    if kernel == "wgmma_ws" and r < WS_MIN_RANK:
+    if kernel == "wgmma_ws" and (r < WS_MIN_RANK or page_size % 64):
         kernel = "wgmma"
+    if kernel == "wgmma" and page_size % 32:
+        kernel = "dot"
     n_tokens = dims["kv_seq"]
     share = 2
     if kernel == "wgmma_ws":
@@ -718,7 +821,7 @@ def _make_static(cfg, dims, itemsize) -> _Static:
     elif kernel == "wgmma":
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
-        bn = 32 if int(cfg.get("block_n", 64)) <= 32 else 64
+        bn = 32 if int(cfg.get("block_n", 64)) <= 32 or page_size % 64 else 64
         stages = max(2, min(int(cfg.get("num_stages", 2)), 2 if bn == 64 else 4))
     else:
         m = dims["seq"] * dims["q_heads"]
@@ -742,26 +845,37 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype):
+def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype,
+                     block_tables=None):
     """The Triton part: q_lat [B, S, HQ, R] against the latent cache kv [B, T, R] (and the
-    rope parts b_q [B, S, E], b_k [B, T, E], or None). Returns out_lat [B, S, HQ, R]."""
+    rope parts b_q [B, S, E], b_k [B, T, E], or None), valid_lens (q_len, kv_len).
+    Paged (block_tables int32 [B, max_blocks] given; S == 1): kv [pages, page_size, R] and
+    b_k [pages, page_size, E] are the caches, valid_lens each sequence's context length,
+    T = max_blocks * page_size. Returns out_lat [B, S, HQ, R]."""
     import jax
     import jax.numpy as jnp
     import jax_triton as jt
     b, s, hq, r = q_lat.shape
-    t = kv.shape[1]
     m = s * hq
     has_rope = b_q is not None
     e = b_q.shape[-1] if has_rope else 0
     dt = q_lat.dtype
-    kv = kv.astype(dt)
+    if block_tables is None:
+        page, t, kv_rows = 0, kv.shape[1], b * kv.shape[1]
+        vl = jnp.asarray(valid_lens, jnp.int32).reshape(2)
+        bt = jnp.zeros((1,), jnp.int32)      # unused
+    else:
+        page = kv.shape[1]
+        t, kv_rows = block_tables.shape[1] * page, kv.shape[0] * page
+        vl = jnp.asarray(valid_lens, jnp.int32).reshape(b)
+        bt = block_tables.astype(jnp.int32)
+    kv = kv.astype(dt).reshape(kv_rows, r)
     if has_rope:
-        bq_arg, bk_arg = b_q.astype(dt), b_k.astype(dt)
+        bq_arg, bk_arg = b_q.astype(dt), b_k.astype(dt).reshape(kv_rows, e)
     else:   # absent rope parts travel as one-element arrays the kernel never reads
         bq_arg = bk_arg = jnp.zeros((1,), dt)
     grid = (_cdiv(m, st.block_h), st.num_splits, b)
     ql = q_lat.reshape(b, m, r)
-    vl = jnp.asarray(valid_lens, jnp.int32).reshape(2)
     if st.num_splits == 1:
         out_type = (jax.ShapeDtypeStruct((b, m, r), out_dtype), jax.ShapeDtypeStruct((1,), jnp.float32))
     else:
@@ -769,25 +883,25 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
                     jax.ShapeDtypeStruct((b, st.num_splits, m), jnp.float32))
     common = dict(qk_scale=float(scale) * LOG2E, SEQ=s, KV_SEQ=t, HQ=hq, R=r, HAS_ROPE=has_rope,
                   CAUSAL=bool(causal), NUM_SPLITS=st.num_splits, BLOCK_H=st.block_h,
-                  BLOCK_N=st.block_n, STAGES=st.num_stages)
-    name = "mla_decode" if st.num_splits == 1 else "mla_decode_split"
+                  BLOCK_N=st.block_n, STAGES=st.num_stages, PAGE=page, KV_ROWS=kv_rows)
+    name = ("mla_decode" if st.num_splits == 1 else "mla_decode_split") + ("_paged" if page else "")
     if st.kernel == "wgmma":
         res = jt.triton_call(
-            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
+            ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
             num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
-            E=max(e, 16), BATCH=b, **common)
+            E=max(e, 16), **common)
     elif st.kernel == "wgmma_ws":
         compile_with_gluon_pipeline()
         res = jt.triton_call(
-            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
+            ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
             num_warps=4, num_stages=1, compute_capability=st.cc, name=name + "_sm90_ws",
-            E=max(e, 16), BATCH=b, RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
+            E=max(e, 16), RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
             **common)
     else:
         rp = max(16, next_pow2(r))
         ep = max(16, next_pow2(e)) if has_rope else 16
         res = jt.triton_call(
-            ql, bq_arg, kv, bk_arg, vl, kernel=_mla_decode_kernel, out_type=out_type, grid=grid,
+            ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_kernel, out_type=out_type, grid=grid,
             num_warps=st.num_warps, num_stages=st.num_stages, compute_capability=st.cc, name=name,
             RP=rp, E=max(e, 1), EP=ep, DOT_PREC="ieee" if dt == jnp.float32 else "tf32", **common)
     if st.num_splits == 1:
@@ -804,7 +918,6 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
 
 
 def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
-    import jax
     import jax.numpy as jnp
     from .configs import choose_form, norm_form
     from .xla import default_scale, mla_attention_impl as xla_impl
@@ -815,7 +928,6 @@ def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
     b, s, hq, d = q.shape
     t, r = kv.shape[1], kv.shape[2]
     hk = w_kc.shape[1]
-    g = hq // hk
     dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r,
                 rope_dim=b_q.shape[-1] if b_q is not None else 0)
     form = norm_form(config) or choose_form(dims)
@@ -828,21 +940,44 @@ def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
 
     cfg = resolve_config("mla_attention", config, triton_heuristic, dims,
                          {"causal": causal, "softmax_scale": softmax_scale})
-    cdt = q.dtype
-    st = _make_static(cfg, dims, jnp.dtype(cdt).itemsize)
+    st = make_static(cfg, dims, jnp.dtype(q.dtype).itemsize)
     scale = default_scale(d, dims["rope_dim"], softmax_scale)
-    f32 = jnp.float32
+    out_lat = latent_attention(st, absorb_query(q, w_kc), b_q, kv, b_k, valid_lens, scale=scale,
+                               causal=causal, out_dtype=latent_dtype(q.dtype))
+    return (expand_output(out_lat, w_vc, q.dtype),)
+
+
+def latent_dtype(dtype):
+    """out_lat's dtype: f32 for f32 callers; else the caller's (out_lat is an average of
+    cache rows, so its rounding is that of one cache entry; halves its write + read)."""
+    import jax.numpy as jnp
+    return jnp.float32 if dtype == jnp.float32 else dtype
+
+
+def _projection_precision(dtype):
     # float32 callers get exact f32 projections (XLA:GPU would otherwise use tf32)
-    prec = jax.lax.Precision.HIGHEST if cdt == f32 else None
-    qg = q.reshape(b, s, hk, g, d)
-    # q_lat in the caller's dtype (as the XLA absorbed form), accumulated in f32
-    q_lat = jnp.einsum("bskgd,rkd->bskgr", qg, w_kc.astype(cdt), preferred_element_type=f32,
-                       precision=prec).astype(cdt)
-    # out_lat: f32 for f32 callers; else the caller's dtype (it is an average of cache rows,
-    # so its rounding is that of one cache entry; halves its write + read)
-    lat_dt = f32 if cdt == f32 else cdt
-    out_lat = latent_attention(st, q_lat.reshape(b, s, hq, r), b_q, kv, b_k, valid_lens,
-                               scale=scale, causal=causal, out_dtype=lat_dt)
-    out = jnp.einsum("bskgr,rkd->bskgd", out_lat.reshape(b, s, hk, g, r), w_vc.astype(lat_dt),
-                     preferred_element_type=f32, precision=prec)
-    return (out.reshape(b, s, hq, d).astype(q.dtype),)
+    import jax
+    import jax.numpy as jnp
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def absorb_query(q, w_kc):
+    """XLA: q_lat[b, s, h] = q[b, s, h] @ w_kc[:, g(h)]^T, [b, s, q_heads, rank], in the
+    caller's dtype (as the XLA absorbed form), accumulated in f32."""
+    import jax.numpy as jnp
+    b, s, hq, d = q.shape
+    r, hk = w_kc.shape[:2]
+    q_lat = jnp.einsum("bskgd,rkd->bskgr", q.reshape(b, s, hk, hq // hk, d), w_kc.astype(q.dtype),
+                       preferred_element_type=jnp.float32, precision=_projection_precision(q.dtype))
+    return q_lat.astype(q.dtype).reshape(b, s, hq, r)
+
+
+def expand_output(out_lat, w_vc, dtype):
+    """XLA: out[b, s, h] = out_lat[b, s, h] @ w_vc[:, g(h)], [b, s, q_heads, head_dim]."""
+    import jax.numpy as jnp
+    b, s, hq, r = out_lat.shape
+    hk, d = w_vc.shape[1:]
+    out = jnp.einsum("bskgr,rkd->bskgd", out_lat.reshape(b, s, hk, hq // hk, r),
+                     w_vc.astype(out_lat.dtype), preferred_element_type=jnp.float32,
+                     precision=_projection_precision(dtype))
+    return out.reshape(b, s, hq, d).astype(dtype)

@@ -13,17 +13,22 @@ def make_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
         "key_cache": rng.standard_normal((hk, pages, ps, d)).astype(dtype),
         "value_cache": rng.standard_normal((hk, pages, ps, d)).astype(dtype),
     }
+    out["context_lens"], out["block_tables"] = context_lens_and_tables(s, pages, ps, mb, rng)
+    return out
+
+
+def context_lens_and_tables(s, pages, ps, mb, rng: np.random.Generator):
+    """Random context lengths in [1, mb * ps] (at least one with a partial last page) and
+    block tables of distinct pages: across all sequences when the cache holds enough,
+    else within each."""
     longest = mb * ps
     lens = rng.integers(1, longest + 1, size=s)
     if longest > 1 and (lens == longest).all():
         lens[rng.integers(s)] = rng.integers(1, longest)   # exercise a partial last page
-    out["context_lens"] = lens.astype(np.int32)
-    # Distinct pages: across all sequences when the cache holds enough, else within each.
     if s * mb <= pages:
         tables = rng.permutation(pages)[: s * mb].reshape(s, mb)
     elif mb <= pages:
         tables = np.stack([rng.permutation(pages)[:mb] for _ in range(s)])
     else:
         tables = rng.integers(0, pages, size=(s, mb))
-    out["block_tables"] = tables.astype(np.int32)
-    return out
+    return lens.astype(np.int32), tables.astype(np.int32)

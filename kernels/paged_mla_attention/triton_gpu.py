@@ -1,0 +1,43 @@
+"""`paged_mla_attention` in Triton (through jax-triton): mla_attention's decode kernels
+(kernels/mla_attention/triton_gpu.py) with the latent cache and rope keys read page by
+page through the block table, between the same two XLA projections:
+
+  1. XLA: q_lat[s, h] = q[s, h] @ w_kc[:, g(h)]^T
+  2. Triton: for each (sequence, block of 64 heads, kv split) one program streams the
+     sequence's pages once for all its heads. On Hopper the warp-specialized Gluon kernel
+     TMA-loads one 64-key block per page lookup (pages of a multiple of 64 keys; 32-key
+     multiples take the lockstep kernel's 32-key blocks); the tl.dot kernel (other page
+     sizes, other GPUs, float32) looks every key's page up. Rows of the last block past
+     the context are zeroed in shared memory before p @ kv (they may hold NaN).
+  3. XLA: out[s, h] = out_lat[s, h] @ w_vc[:, g(h)].
+
+Only importable where triton is installed; jax and jax_triton are imported on first call.
+"""
+from __future__ import annotations
+
+from ejaot_kernels.mla_attention.triton_gpu import (absorb_query, expand_output, latent_attention,
+                                                    latent_dtype, make_static)
+from ejaot_kernels.mla_attention.xla import default_scale
+from ejaot_kernels.triton_support import resolve_config
+
+from .configs import decode_dims, triton_heuristic
+
+
+def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
+    import jax.numpy as jnp
+    q, cache, w_kc, w_vc = inputs["query"], inputs["latent_cache"], inputs["w_kc"], inputs["w_vc"]
+    tables, ctx = inputs["block_tables"], inputs["context_lens"]
+    b_q, rope_cache = inputs.get("b_q"), inputs.get("rope_cache")
+    s, hq, d = q.shape
+    pages, ps, r = cache.shape
+    dims = dict(num_seqs=s, q_heads=hq, kv_heads=w_kc.shape[1], head_dim=d, kv_lora_rank=r,
+                rope_dim=b_q.shape[-1] if b_q is not None else 0, total_pages=pages, page_size=ps,
+                max_blocks=tables.shape[1])
+    cfg = resolve_config("paged_mla_attention", config, triton_heuristic, dims,
+                         {"softmax_scale": softmax_scale})
+    st = make_static(cfg, decode_dims(dims), jnp.dtype(q.dtype).itemsize, page_size=ps)
+    out_lat = latent_attention(
+        st, absorb_query(q[:, None], w_kc), None if b_q is None else b_q[:, None], cache, rope_cache,
+        ctx, scale=default_scale(d, dims["rope_dim"], softmax_scale), causal=False,
+        out_dtype=latent_dtype(q.dtype), block_tables=tables)
+    return (expand_output(out_lat, w_vc, q.dtype)[:, 0],)
