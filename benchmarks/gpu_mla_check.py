@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Numerics and speed of the Triton `mla_attention` backend (absorbed-form decode) on a GPU
-(H100), against the XLA backend.
+"""Numerics and speed of the Triton `mla_attention` backend (absorbed-form decode) and of
+`paged_mla_attention` (the same kernels reading a paged cache) on a GPU (H100), against
+the XLA backends.
 
 Run on the GPU host, from anywhere (the repo is found from this file's path):
 
@@ -20,10 +21,14 @@ Numerics: fresh random inputs from the kernel's own example generator (w_kc, w_v
 N(0, 1/rank), so logits are O(1) under the default scale), in float32 (the exact-f32
 dot kernel) and bfloat16 (the Hopper wgmma kernel at decode shapes); the reference is
 the XLA backend on the same inputs upcast to float32 at the highest matmul precision.
-Relative L2 error of the whole output, rows past q_len excluded.
+Relative L2 error of the whole output, rows past q_len excluded. Paged cases: random
+context lengths (one 0, partial last pages) and distinct pages; block-table entries past
+each context name a page of NaN and the rows of each last page past its context are NaN,
+so any read of them shows (the reference drops them).
 
 Speed: DeepSeek-V3 decode (128 q heads, head_dim 128, kv_lora_rank 512, rope 64, one
-query over 4096 keys, causal, bf16) at batch 64 and 128. Bytes counted per call: the
+query over 4096 keys, causal, bf16) at batch 64 and 128; paged: the same with 64-token
+pages in shuffled order, every context 4096 tokens. Bytes counted per call: the
 latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are NOT
 counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
 @ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
@@ -54,11 +59,20 @@ NUMERIC_CASES = [
     ("rows_without_keys", 1, 4, 64, 64, 64, 128, 512, 64, True, (4, 2)),
     ("prefill_delegates_to_xla", 1, 256, 256, 16, 16, 64, 128, 32, True, None),
 ]
-QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv"]
+# paged_mla_attention: name, num_seqs, T (= max_blocks x page), Hq, Hk, D, R, rope, page size
+PAGED_NUMERIC_CASES = [
+    ("paged_ds3_p64", 4, 2048, 128, 128, 128, 512, 64, 64),          # warp-specialized kernel
+    ("paged_ds3_p64_split_b1", 1, 8192, 128, 128, 128, 512, 64, 64),
+    ("paged_norope_p128", 3, 4096, 128, 128, 128, 512, 0, 128),
+    ("paged_p32_lockstep", 3, 1024, 128, 128, 128, 512, 64, 32),
+    ("paged_p16_dot", 3, 1024, 128, 128, 128, 512, 64, 16),
+]
+QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv", "paged_ds3_p64"]
 
-# name, B  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64, causal)
-TIMING_CASES = [("ds3_decode_B64_T4096", 64), ("ds3_decode_B128_T4096", 128)]
-QUICK_TIMING = ["ds3_decode_B64_T4096"]
+# name, B, page size (0: contiguous)  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64, causal)
+TIMING_CASES = [("ds3_decode_B64_T4096", 64, 0), ("ds3_decode_B128_T4096", 128, 0),
+                ("paged_ds3_B64_T4096_p64", 64, 64), ("paged_ds3_B128_T4096_p64", 128, 64)]
+QUICK_TIMING = ["ds3_decode_B64_T4096", "paged_ds3_B64_T4096_p64"]
 
 TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}
 
@@ -77,26 +91,41 @@ def parse_args():
 
 def numeric_case(row):
     name, b, s, t, hq, hk, d, r, e, causal, valid = row
-    return dict(name=name, B=b, S=s, T=t, HQ=hq, HK=hk, D=d, R=r, E=e, causal=causal, valid=valid)
+    return dict(name=name, B=b, S=s, T=t, HQ=hq, HK=hk, D=d, R=r, E=e, causal=causal, valid=valid, PS=0)
+
+
+def paged_numeric_case(row):
+    name, b, t, hq, hk, d, r, e, ps = row
+    return dict(name=name, B=b, S=1, T=t, HQ=hq, HK=hk, D=d, R=r, E=e, causal=False, valid=None, PS=ps,
+                full=False)
 
 
 def timing_case(row):
-    name, b = row
-    return dict(name=name, B=b, S=1, T=4096, HQ=128, HK=128, D=128, R=512, E=64, causal=True, valid=None)
+    name, b, ps = row
+    return dict(name=name, B=b, S=1, T=4096, HQ=128, HK=128, D=128, R=512, E=64, causal=not ps, valid=None,
+                PS=ps, full=True)
 
 
 def dims_of(c):
+    if c["PS"]:    # paged_mla_attention's dims: one spare page (the NaN page of the numerics)
+        return dict(num_seqs=c["B"], q_heads=c["HQ"], kv_heads=c["HK"], head_dim=c["D"], kv_lora_rank=c["R"],
+                    rope_dim=c["E"] or 64, total_pages=c["B"] * (c["T"] // c["PS"]) + 1, page_size=c["PS"],
+                    max_blocks=c["T"] // c["PS"])
     return dict(batch=c["B"], seq=c["S"], kv_seq=c["T"], q_heads=c["HQ"], kv_heads=c["HK"],
                 head_dim=c["D"], kv_lora_rank=c["R"], rope_dim=c["E"] or 64, num_seqs_plus_one=2)
 
 
 def static_of(c):
-    return {"causal": c["causal"], "softmax_scale": None}
+    return {"softmax_scale": None} if c["PS"] else {"causal": c["causal"], "softmax_scale": None}
+
+
+def kernel_name(c):
+    return "paged_mla_attention" if c["PS"] else "mla_attention"
 
 
 def selected(args):
     only = {x for x in args.only.split(",") if x}
-    num = [numeric_case(r) for r in NUMERIC_CASES]
+    num = [numeric_case(r) for r in NUMERIC_CASES] + [paged_numeric_case(r) for r in PAGED_NUMERIC_CASES]
     tim = [timing_case(r) for r in TIMING_CASES]
     if args.quick:
         num = [c for c in num if c["name"] in QUICK_NUMERIC]
@@ -109,15 +138,26 @@ def selected(args):
 
 def triton_config(c, cc, override):
     from types import SimpleNamespace
-    from ejaot_kernels.mla_attention.configs import triton_heuristic
-    cfg = triton_heuristic(dims_of(c), static_of(c), SimpleNamespace(facts={"compute_capability": cc}))
+    import importlib
+    configs = importlib.import_module(f"ejaot_kernels.{kernel_name(c)}.configs")
+    cfg = configs.triton_heuristic(dims_of(c), static_of(c), SimpleNamespace(facts={"compute_capability": cc}))
     cfg.update(override)
     return cfg
 
 
 def make_fn(c, impl, config):
-    """fn(q, kv, w_kc, w_vc, valid_lens, [b_q, b_k]) -> out, as the build calls an impl."""
+    """fn(*inputs) -> out, as the build calls an impl: (q, kv, w_kc, w_vc, valid_lens,
+    [b_q, b_k]), or paged (q, latent_cache, w_kc, w_vc, context_lens, block_tables,
+    [b_q, rope_cache])."""
+    import jax.numpy as jnp
     rope = bool(c["E"])
+    if c["PS"]:
+        def paged(q, cache, wk, wv, ctx, bt, *rest):
+            inputs = {"query": q, "latent_cache": cache, "w_kc": wk, "w_vc": wv, "context_lens": ctx,
+                      "block_tables": bt, "b_q": rest[0] if rope else None,
+                      "rope_cache": rest[1] if rope else None}
+            return impl(inputs, jnp.zeros((0,), jnp.int32), config=config, **static_of(c))[0]
+        return paged
 
     def fn(q, kv, wk, wv, vl, *rest):
         inputs = {"query": q, "key_value": kv, "w_kc": wk, "w_vc": wv,
@@ -127,18 +167,27 @@ def make_fn(c, impl, config):
 
 
 def make_kernel_fn(c, config):
-    """The Triton attention alone: fn(q_lat [B,S,H,R], kv, valid_lens, b_q, b_k) -> out_lat."""
+    """The Triton attention alone: fn(q_lat [B,S,H,R], kv, valid_lens, b_q, b_k) -> out_lat
+    (paged: fn(q_lat, latent_cache, context_lens, block_tables, b_q, rope_cache))."""
     import jax.numpy as jnp
     from ejaot_kernels.mla_attention import triton_gpu as tg
-    dims = dict(dims_of(c), rope_dim=c["E"])
+    from ejaot_kernels.paged_mla_attention.configs import decode_dims
+    dims = dict(decode_dims(dims_of(c)) if c["PS"] else dims_of(c), rope_dim=c["E"])
+    scale = (c["D"] + c["E"]) ** -0.5
+
+    def static(q_lat):
+        cfg = tg.resolve_config("mla_attention", config, tg.triton_heuristic, dims,
+                                {"causal": c["causal"], "softmax_scale": None})
+        return tg.make_static(cfg, dims, jnp.dtype(q_lat.dtype).itemsize, page_size=c["PS"])
 
     def fn(q_lat, kv, vl, bq, bk):
-        cfg = tg.resolve_config("mla_attention", config, tg.triton_heuristic, dims, static_of(c))
-        st = tg._make_static(cfg, dims, jnp.dtype(q_lat.dtype).itemsize)
-        scale = (c["D"] + c["E"]) ** -0.5
-        return tg.latent_attention(st, q_lat, bq, kv, bk, vl, scale=scale, causal=c["causal"],
+        return tg.latent_attention(static(q_lat), q_lat, bq, kv, bk, vl, scale=scale, causal=c["causal"],
                                    out_dtype=q_lat.dtype)
-    return fn
+
+    def paged(q_lat, cache, ctx, bt, bq, rc):
+        return tg.latent_attention(static(q_lat), q_lat, bq, cache, rc, ctx, scale=scale, causal=False,
+                                   out_dtype=q_lat.dtype, block_tables=bt)
+    return paged if c["PS"] else fn
 
 
 def avals(c, dtype):
@@ -146,8 +195,15 @@ def avals(c, dtype):
     import jax.numpy as jnp
     dt = jnp.dtype(dtype)
     b, s, t, hq, hk, d, r, e = (c[k] for k in ("B", "S", "T", "HQ", "HK", "D", "R", "E"))
-    out = [jax.ShapeDtypeStruct((b, s, hq, d), dt), jax.ShapeDtypeStruct((b, t, r), dt),
-           jax.ShapeDtypeStruct((r, hk, d), dt), jax.ShapeDtypeStruct((r, hk, d), dt),
+    w = [jax.ShapeDtypeStruct((r, hk, d), dt), jax.ShapeDtypeStruct((r, hk, d), dt)]
+    if c["PS"]:
+        pages, ps = dims_of(c)["total_pages"], c["PS"]
+        out = [jax.ShapeDtypeStruct((b, hq, d), dt), jax.ShapeDtypeStruct((pages, ps, r), dt), *w,
+               jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, t // ps), jnp.int32)]
+        if e:
+            out += [jax.ShapeDtypeStruct((b, e), dt), jax.ShapeDtypeStruct((pages, ps, e), dt)]
+        return out
+    out = [jax.ShapeDtypeStruct((b, s, hq, d), dt), jax.ShapeDtypeStruct((b, t, r), dt), *w,
            jax.ShapeDtypeStruct((2,), jnp.int32)]
     if e:
         out += [jax.ShapeDtypeStruct((b, s, e), dt), jax.ShapeDtypeStruct((b, t, e), dt)]
@@ -159,6 +215,11 @@ def kernel_avals(c, dtype):
     import jax.numpy as jnp
     dt = jnp.dtype(dtype)
     b, s, t, hq, r, e = (c[k] for k in ("B", "S", "T", "HQ", "R", "E"))
+    if c["PS"]:
+        pages, ps = dims_of(c)["total_pages"], c["PS"]
+        return [jax.ShapeDtypeStruct((b, 1, hq, r), dt), jax.ShapeDtypeStruct((pages, ps, r), dt),
+                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, t // ps), jnp.int32),
+                jax.ShapeDtypeStruct((b, 1, e), dt), jax.ShapeDtypeStruct((pages, ps, e), dt)]
     return [jax.ShapeDtypeStruct((b, s, hq, r), dt), jax.ShapeDtypeStruct((b, t, r), dt),
             jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((b, s, e), dt),
             jax.ShapeDtypeStruct((b, t, e), dt)]
@@ -166,16 +227,57 @@ def kernel_avals(c, dtype):
 
 def make_args(c, dtype, rng):
     """Fresh inputs from the kernel's example generator (never zeros), as jax arrays."""
+    import importlib
     import jax.numpy as jnp
     import numpy as np
-    from ejaot_kernels.mla_attention import SPEC
+    if c["PS"]:
+        return make_paged_args(c, dtype, rng)
+    spec = importlib.import_module("ejaot_kernels.mla_attention").SPEC
     present = ("b_q", "b_k") if c["E"] else ()
-    x = SPEC.make_inputs(dims_of(c), np.dtype(jnp.dtype(dtype)), present, static_of(c), rng)
+    x = spec.make_inputs(dims_of(c), np.dtype(jnp.dtype(dtype)), present, static_of(c), rng)
     args = [jnp.asarray(x[k]) for k in ("query", "key_value", "w_kc", "w_vc")]
     args.append(jnp.asarray(c["valid"] or (c["S"], c["T"]), jnp.int32))
     if c["E"]:
         args += [jnp.asarray(x["b_q"]), jnp.asarray(x["b_k"])]
     return args
+
+
+def make_paged_args(c, dtype, rng):
+    """paged_mla_attention's example inputs; timing (c["full"]): every context T tokens;
+    numerics: one context 0, and NaN wherever the result must not look (the last page
+    past each context, and a spare page that every table entry past a context names)."""
+    import jax.numpy as jnp
+    import numpy as np
+    from ejaot_kernels.paged_mla_attention import SPEC
+    present = ("b_q", "rope_cache") if c["E"] else ()
+    x = SPEC.make_inputs(dims_of(c), np.dtype(jnp.dtype(dtype)), present, static_of(c), rng)
+    ps, ctx = c["PS"], x["context_lens"]
+    spare = dims_of(c)["total_pages"] - 1
+    # distinct pages, shuffled, none of them the spare
+    tables = rng.permutation(spare)[: ctx.size * (c["T"] // ps)].reshape(ctx.size, -1).astype(np.int32)
+    x["block_tables"] = tables
+    if c["full"]:
+        ctx[:] = c["T"]
+    else:
+        ctx[0] = 0 if c["B"] > 1 else ctx[0]
+        caches = [x["latent_cache"]] + ([x["rope_cache"]] if c["E"] else [])
+        for s, n in enumerate(ctx):
+            if n % ps:
+                for cache in caches:
+                    cache[tables[s, n // ps], n % ps:] = np.nan
+            tables[s, -(-n // ps):] = spare
+        for cache in caches:
+            cache[spare] = np.nan
+    names = ("query", "latent_cache", "w_kc", "w_vc", "context_lens", "block_tables")
+    names += ("b_q", "rope_cache") if c["E"] else ()
+    return [jnp.asarray(x[k]) for k in names]
+
+
+def impl_of(c, backend):
+    """The kernel's implementation for `backend` ("triton_gpu" or "xla")."""
+    import importlib
+    module = importlib.import_module(f"ejaot_kernels.{kernel_name(c)}.{backend}")
+    return getattr(module, f"{kernel_name(c)}_impl")
 
 
 def export_name(c, dtype, kind):
@@ -193,9 +295,6 @@ class Kernel:
             meta = self.artifacts / "export.json"
             if meta.exists():
                 self.configs = json.loads(meta.read_text()).get("configs", {})
-        else:
-            from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
-            self.impl = mla_attention_impl
 
     def config(self, c):
         if self.artifacts is not None:
@@ -211,7 +310,7 @@ class Kernel:
             return jax.jit(load_exported(self.artifacts, export_name(c, dtype, kind)).call)
         if kind == "kernel":
             return jax.jit(make_kernel_fn(c, self.config(c)))
-        return jax.jit(make_fn(c, self.impl, self.config(c)))
+        return jax.jit(make_fn(c, impl_of(c, "triton_gpu"), self.config(c)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,7 +319,6 @@ class Kernel:
 
 def do_export(args):
     import jax
-    from ejaot_kernels.mla_attention.triton_gpu import mla_attention_impl
     out_dir = Path(args.export)
     out_dir.mkdir(parents=True, exist_ok=True)
     override = json.loads(args.config)
@@ -238,7 +336,7 @@ def do_export(args):
             if kind == "kernel":
                 fn, av = make_kernel_fn(c, cfg), kernel_avals(c, dt)
             else:
-                fn, av = make_fn(c, mla_attention_impl, cfg), avals(c, dt)
+                fn, av = make_fn(c, impl_of(c, "triton_gpu"), cfg), avals(c, dt)
             exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=checks)(*av)
             (out_dir / export_name(c, dt, kind)).write_bytes(exp.serialize())
             print(f"exported {c['name']} {dt} {kind} in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -256,7 +354,6 @@ def run_numerics(kernel, cases, dtypes, rng, results):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from ejaot_kernels.mla_attention.xla import mla_attention_impl as xla_impl
     for c in cases:
         for dt in dtypes:
             rec = {"case": c["name"], "dtype": dt, "config": kernel.config(c)}
@@ -266,13 +363,16 @@ def run_numerics(kernel, cases, dtypes, rng, results):
                 out = np.asarray(jax.block_until_ready(fn(*args)).astype(jnp.float32))
                 f32 = [a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
                 with jax.default_matmul_precision("highest"):
-                    ref = np.asarray(jax.jit(make_fn(c, xla_impl, {}))(*f32))
-                q_len = (c["valid"] or (c["S"], c["T"]))[0]
+                    ref = np.asarray(jax.jit(make_fn(c, impl_of(c, "xla"), {}))(*f32))
+                q_len = (c["valid"] or (c["S"], c["T"]))[0] if not c["PS"] else None
                 assert out.shape == ref.shape, (out.shape, ref.shape)
                 rel, mx = rel_err(out[:, :q_len], ref[:, :q_len])
                 zero_rows_ok = True
                 if c["name"] == "rows_without_keys":   # queries 0, 1 see no key: exact zeros
                     zero_rows_ok = bool(np.all(out[:, :2] == 0)) and bool(np.all(np.abs(out[:, 2:]).sum(-1) > 0))
+                if c["PS"]:    # context 0: exact zeros; the others see keys
+                    empty = np.asarray(args[4]) == 0
+                    zero_rows_ok = bool(np.all(out[empty] == 0)) and bool(np.all(np.abs(out[~empty]).sum(-1) > 0))
                 tol = TOL[dt]
                 ok = rel <= tol and zero_rows_ok
                 rec.update(rel_l2=rel, max_abs=mx, tol=tol, zero_rows_ok=zero_rows_ok, passed=ok)
@@ -308,18 +408,21 @@ def bench(fn, arg_sets, iters, reps):
 def run_timing(kernel, cases, rng, iters, results):
     import jax
     import jax.numpy as jnp
-    from ejaot_kernels.mla_attention.xla import mla_attention_impl as xla_impl
     for c in cases:
         b, s, t, hq, d, r, e = (c[k] for k in ("B", "S", "T", "HQ", "D", "R", "E"))
         io = 2 * b * s * hq * d * 2                                   # q + out, bf16
-        nbytes = b * t * (r + e) * 2 + io
-        kernel_bytes = b * t * (r + e) * 2 + 2 * b * s * hq * r * 2   # + q_lat + out_lat
+        tables = b * (t // c["PS"]) * 4 if c["PS"] else 0             # + block tables (int32)
+        nbytes = b * t * (r + e) * 2 + io + tables
+        kernel_bytes = b * t * (r + e) * 2 + 2 * b * s * hq * r * 2 + tables   # + q_lat + out_lat
         rec = {"case": c["name"], "B": b, "T": t, "bytes": nbytes, "kernel_bytes": kernel_bytes,
                "config": kernel.config(c) if kernel else None, "us": {}, "gbps": {}, "errors": {}}
         try:
             sets = [make_args(c, "bfloat16", rng) for _ in range(2)]
-            ksets = [[jnp.asarray(rng.standard_normal((b, s, hq, r)) * 0.5, jnp.bfloat16), a[1], a[4], a[5], a[6]]
-                     for a in sets]
+            q_lats = [jnp.asarray(rng.standard_normal((b, s, hq, r)) * 0.5, jnp.bfloat16) for _ in sets]
+            if c["PS"]:
+                ksets = [[ql, a[1], a[4], a[5], a[6][:, None], a[7]] for ql, a in zip(q_lats, sets)]
+            else:
+                ksets = [[ql, a[1], a[4], a[5], a[6]] for ql, a in zip(q_lats, sets)]
         except Exception as ex:  # noqa: BLE001
             rec["errors"]["inputs"] = f"{type(ex).__name__}: {ex}"
             results.append(rec)
@@ -328,7 +431,8 @@ def run_timing(kernel, cases, rng, iters, results):
         reps = 20
         runs = [("triton", lambda: kernel.fn(c, "bfloat16"), sets, nbytes),
                 ("kernel", lambda: kernel.fn(c, "bfloat16", "kernel"), ksets, kernel_bytes),
-                ("xla", lambda: jax.jit(make_fn(c, xla_impl, {"form": "absorbed"})), sets, nbytes)]
+                ("xla", lambda: jax.jit(make_fn(c, impl_of(c, "xla"), {} if c["PS"] else {"form": "absorbed"})),
+                 sets, nbytes)]
         for key, get, arg_sets, nb in runs:
             try:
                 sec = bench(get(), arg_sets, iters, reps)
