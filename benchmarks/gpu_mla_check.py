@@ -28,7 +28,8 @@ so any read of them shows (the reference drops them).
 
 Speed: DeepSeek-V3 decode (128 q heads, head_dim 128, kv_lora_rank 512, rope 64, one
 query over 4096 keys, causal, bf16) at batch 64 and 128; paged: the same with 64-token
-pages in shuffled order, every context 4096 tokens. Bytes counted per call: the
+pages in shuffled order, every context 4096 tokens (and, at batch 64, 32- and 16-token
+pages: the lockstep and the tl.dot kernel). Bytes counted per call: the
 latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are NOT
 counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
 @ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
@@ -71,7 +72,8 @@ QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv", "paged_ds3_p6
 
 # name, B, page size (0: contiguous)  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64, causal)
 TIMING_CASES = [("ds3_decode_B64_T4096", 64, 0), ("ds3_decode_B128_T4096", 128, 0),
-                ("paged_ds3_B64_T4096_p64", 64, 64), ("paged_ds3_B128_T4096_p64", 128, 64)]
+                ("paged_ds3_B64_T4096_p64", 64, 64), ("paged_ds3_B128_T4096_p64", 128, 64),
+                ("paged_ds3_B64_T4096_p32", 64, 32), ("paged_ds3_B64_T4096_p16", 64, 16)]
 QUICK_TIMING = ["ds3_decode_B64_T4096", "paged_ds3_B64_T4096_p64"]
 
 TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}

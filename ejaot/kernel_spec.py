@@ -152,9 +152,9 @@ _source_hashes: dict[tuple, str] = {}
 
 def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
     """sha256 over the collection's shared modules, the package's .py files (less
-    `exclude`), and every module of a sibling kernel package they import, found by name
-    (`ejaot_kernels.<pkg>.<module>`, then that module's own imports, transitively): a
-    kernel built on another's code goes stale when that code changes."""
+    `exclude`, unless an included module imports one), and every module of another
+    kernel package they import, transitively: a kernel built on other code goes stale
+    when that code changes."""
     if (package, exclude) not in _source_hashes:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -166,47 +166,50 @@ def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
         for name in sorted(n for n in os.listdir(collection) if n.endswith(".py")):
             h.update(name.encode() + b"\0" + _read(os.path.join(collection, name)) + b"\0")
         own = os.path.basename(folder)
-        sources = []
-        for rel in _python_files(folder):
-            if rel in exclude:
-                continue
-            text = _read(os.path.join(folder, rel))
-            sources.append(text)
+        start = [f"{own}/{rel}" for rel in _python_files(folder) if rel not in exclude]
+        for rel, text in _reached_modules(collection, start):
             h.update(rel.encode() + b"\0" + text + b"\0")
-        for rel, text in _imported_sibling_modules(collection, own, sources):
-            h.update(b"uses:" + rel.encode() + b"\0" + text + b"\0")
         _source_hashes[(package, exclude)] = h.hexdigest()
     return _source_hashes[(package, exclude)]
 
 
-# "ejaot_kernels.pkg[.module]" not followed by ":", which marks an implementation named
-# for lazy import (Backend("pkg.module:fn"), example_inputs), not a module-level import
-_SIBLING_IMPORT = re.compile(rb"\bejaot_kernels\.(\w+)(?:\.(\w+))?(?![\w.:])")
-_RELATIVE_IMPORT = re.compile(rb"^\s*from\s+\.(\w+)\s+import\b", re.M)
+# Imports of kernel-collection modules, read from the source text (cheap enough for
+# serving start-up, where hashes are checked): "ejaot_kernels.pkg[.module]" not followed
+# by ":" (which names an implementation for lazy import: Backend("pkg.module:fn")),
+# "from .module import", and "from ejaot_kernels.pkg import a, b" / "from . import a, b"
+# (a name that is no module file is ignored).
+_ABSOLUTE = re.compile(rb"\bejaot_kernels\.(\w+)(?:\.(\w+))?(?![\w.:])")
+_FROM_RELATIVE = re.compile(rb"^\s*from\s+\.(\w+)\s+import\b", re.M)
+_FROM_PACKAGE = re.compile(rb"^\s*from\s+(?:ejaot_kernels\.(\w+)|(\.))\s+import\s+(\([^)]*\)|[^\n#]*)", re.M)
 
 
-def _imported_sibling_modules(collection: str, own: str, sources: list[bytes]) -> list[tuple[str, bytes]]:
-    """(path relative to the collection, bytes) of every module of another kernel package
-    that `sources` import, with that package's __init__ and, transitively, what those
-    modules import (by absolute name, or relatively within their package)."""
+def _module_refs(text: bytes, pkg: str) -> list[tuple[str, str | None]]:
+    """(package, module or None) of each collection module that `text`, a module of
+    package `pkg`, imports."""
+    refs = [(p.decode(), m.decode() or None) for p, m in _ABSOLUTE.findall(text)]
+    refs += [(pkg, m.decode()) for m in _FROM_RELATIVE.findall(text)]
+    for p, dot, names in _FROM_PACKAGE.findall(text):
+        target = pkg if dot else p.decode()
+        refs += [(target, n.decode()) for n in re.split(rb"[\s,()\\]+", names) if n]
+    return refs
+
+
+def _reached_modules(collection: str, start: list[str]) -> list[tuple[str, bytes]]:
+    """(path relative to the collection, bytes) of the `start` modules and of every
+    kernel-package module they import, with each such package's __init__, transitively."""
     found: dict[str, bytes] = {}
-    todo = list(sources)
+    todo = list(start)
     while todo:
-        text = todo.pop()
-        refs = [(pkg.decode(), mod.decode() if mod else None) for pkg, mod in _SIBLING_IMPORT.findall(text)]
-        for pkg, mod in refs:
-            if pkg == own or not os.path.isdir(os.path.join(collection, pkg)):
-                continue      # the package itself (hashed whole) or a shared module (hashed above)
-            for name in ("__init__", mod):
-                rel = f"{pkg}/{name}.py" if name else None
-                path = os.path.join(collection, rel) if rel else None
-                if rel in found or not (path and os.path.isfile(path)):
-                    continue
-                found[rel] = _read(path)
-                todo.append(found[rel])
-                # relative imports inside that package, as absolute names
-                todo.extend(b"ejaot_kernels." + pkg.encode() + b"." + m
-                            for m in _RELATIVE_IMPORT.findall(found[rel]))
+        rel = todo.pop()
+        path = os.path.join(collection, rel)
+        if rel in found or not os.path.isfile(path):
+            continue
+        found[rel] = _read(path)
+        for pkg, module in _module_refs(found[rel], rel.split("/")[0]):
+            if os.path.isdir(os.path.join(collection, pkg)):   # else a shared module: hashed anyway
+                todo.append(f"{pkg}/__init__.py")
+                if module:
+                    todo.append(f"{pkg}/{module}.py")
     return sorted(found.items())
 
 

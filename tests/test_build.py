@@ -72,39 +72,54 @@ def test_kernel_source_change_supersedes_old_entries(store_copy, small_manifest,
     assert len(entries) == 8 and all(r["source_hash"] == "0" * 64 for r in entries.values())
 
 
-def test_source_hash_covers_imported_sibling_modules(tmp_path):
-    """A kernel built on another package's code goes stale when that code changes: the
-    hash follows `ejaot_kernels.<pkg>.<module>` imports (and their relative imports), but
-    not implementations named for lazy import ("pkg.module:fn") or unrelated modules."""
-    from ejaot.kernel_spec import _imported_sibling_modules
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "__init__.py").write_text('B = Backend("ejaot_kernels.base.gpu:impl")\n')
-    (base / "gpu.py").write_text("from .helpers import step\n")
-    (base / "helpers.py").write_text("def step(): pass\n")
-    (base / "tpu.py").write_text("x = 1\n")
+def test_source_hash_covers_imported_modules(tmp_path):
+    """A kernel built on other code goes stale when that code changes: the hash follows
+    imports by absolute name, `from ejaot_kernels.pkg import module`, `from .module import`
+    and `from . import module` (transitively, into other packages and into the package's
+    own excluded backend modules), but not implementations named for lazy import
+    ("pkg.module:fn") or modules nothing imports."""
+    from ejaot.kernel_spec import _reached_modules
+    for pkg, files in {
+        "base": {"__init__.py": 'B = Backend("ejaot_kernels.base.tpu:impl")\n',
+                 "gpu.py": "from .helpers import step\nfrom . import consts\n",
+                 "helpers.py": "def step(): pass\n", "consts.py": "C = 1\n", "tpu.py": "x = 1\n",
+                 "extra.py": "y = 2\n"},
+        "user": {"__init__.py": "", "gpu.py": "from .xla import ref\nfrom ejaot_kernels.shared import y\n",
+                 "xla.py": "from ejaot_kernels.base import (gpu,\n    extra as e)\n", "tpu.py": "z = 3\n"},
+        "lazy": {"__init__.py": "from ejaot_kernels.base import B\n"},
+    }.items():
+        (tmp_path / pkg).mkdir()
+        for name, text in files.items():
+            (tmp_path / pkg / name).write_text(text)
     (tmp_path / "shared.py").write_text("")
-    user = b"from ejaot_kernels.base.gpu import kernel\nfrom ejaot_kernels.shared import y\n"
-    found = dict(_imported_sibling_modules(str(tmp_path), "user", [user]))
-    assert sorted(found) == ["base/__init__.py", "base/gpu.py", "base/helpers.py"]
+    # the user's gpu backend: its own files less the other backends' (xla.py is pulled
+    # back in because gpu.py imports it), and what they import
+    found = dict(_reached_modules(str(tmp_path), ["user/__init__.py", "user/gpu.py"]))
+    assert sorted(found) == ["base/__init__.py", "base/consts.py", "base/extra.py", "base/gpu.py",
+                             "base/helpers.py", "user/__init__.py", "user/gpu.py", "user/xla.py"]
     assert found["base/helpers.py"] == b"def step(): pass\n"
     # only the lazily named implementation: the package's __init__ alone, no backend module
-    lazy = dict(_imported_sibling_modules(str(tmp_path), "user", [b"from ejaot_kernels.base import B\n"]))
-    assert sorted(lazy) == ["base/__init__.py"]
+    assert sorted(dict(_reached_modules(str(tmp_path), ["lazy/__init__.py"]))) == ["base/__init__.py",
+                                                                                  "lazy/__init__.py"]
 
 
 def test_source_hash_changes_with_an_imported_module(monkeypatch):
     """flash_mla_attention's XLA backend uses mla_attention's; editing that module (and not
-    an unrelated one) changes flash_mla_attention's hash."""
+    an unrelated one) changes flash_mla_attention's hash. Likewise within one package."""
     from ejaot import kernel_spec
     from ejaot.registry import get_kernel
     spec = get_kernel("flash_mla_attention")
     real_read = kernel_spec._read
 
-    def hash_with(edited):
+    def hash_with(edited, backend="xla"):
         monkeypatch.setattr(kernel_spec, "_source_hashes", {})
         monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
-        return spec.source_hash("xla")
+        return spec.source_hash(backend)
     plain = hash_with("no-such-file.py")
     assert hash_with("mla_attention/xla.py") != plain
     assert hash_with("mla_attention/pallas_tpu.py") == plain
+    # mla_attention's Triton backend delegates prefill to its XLA backend: that module counts
+    spec = get_kernel("mla_attention")
+    plain = hash_with("no-such-file.py", "triton")
+    assert hash_with("mla_attention/xla.py", "triton") != plain
+    assert hash_with("mla_attention/pallas_tpu.py", "triton") == plain

@@ -165,21 +165,41 @@ def test_example_inputs_follow_the_contract():
     assert len(np.unique(x["block_tables"])) == 30 and ((x["context_lens"] >= 1) & (x["context_lens"] <= 24)).all()
 
 
-@pytest.mark.parametrize("target,page_size,kernel", [("gpu-sm90", 64, "wgmma_ws"), ("gpu-sm90", 16, "wgmma_ws"),
+@pytest.mark.parametrize("target,page_size,kernel", [("gpu-sm90", 64, "wgmma_ws"), ("gpu-sm90", 128, "wgmma_ws"),
+                                                      ("gpu-sm90", 32, "wgmma"), ("gpu-sm90", 16, "dot"),
                                                       ("gpu-sm80", 64, "dot")])
-def test_triton_configs_are_mla_decode_configs(target, page_size, kernel):
-    """The configs are mla_attention's for the decode step the block tables address; the
-    page size decides later (triton_gpu.make_static) which kernel tiles it."""
+def test_triton_configs_name_the_kernel_the_page_size_allows(target, page_size, kernel):
+    """The configs are mla_attention's for the decode step the block tables address, with
+    the kernel that tiles the page size (a Gluon block may not straddle pages), so the
+    entry's config says what runs and no two candidates run the same kernel."""
     from ejaot_kernels.mla_attention.configs import triton_heuristic as mla_heuristic
     dims = {"num_seqs": 64, "q_heads": 128, "kv_heads": 1, "head_dim": 128, "kv_lora_rank": 512,
             "rope_dim": 64, "total_pages": 8192, "page_size": page_size, "max_blocks": 4096 // page_size}
     t = get_target(target)
     base = triton_heuristic(dims, {}, t)
+    mla = mla_heuristic(dict(batch=64, seq=1, kv_seq=4096, q_heads=128, kv_heads=1, head_dim=128,
+                             kv_lora_rank=512, rope_dim=64), {}, t)
     assert base["kernel"] == kernel
-    assert base == mla_heuristic(dict(batch=64, seq=1, kv_seq=4096, q_heads=128, kv_heads=1, head_dim=128,
-                                      kv_lora_rank=512, rope_dim=64), {}, t)
+    assert {k: v for k, v in base.items() if k not in ("kernel", "softmax_share", "block_n")} == \
+        {k: v for k, v in mla.items() if k not in ("kernel", "softmax_share", "block_n")}
+    if page_size % 64 == 0:
+        assert base == mla
     cands = triton_candidates(dims, {}, t)
-    assert cands[0] == base and len(cands) == len({tuple(sorted(c.items())) for c in cands})
+    assert cands[0] == base
+    allowed = {"wgmma_ws", "wgmma", "dot"} if page_size % 64 == 0 else {"wgmma", "dot"} if page_size % 32 == 0 \
+        else {"dot"}
+    assert {c["kernel"] for c in cands} <= allowed
+    assert all(c["block_n"] == 32 for c in cands if c["kernel"] == "wgmma" and page_size % 64)
+    assert all(c["softmax_share"] == 2 for c in cands if c["kernel"] != "wgmma_ws")
+    assert len(cands) == len({tuple(sorted(c.items())) for c in cands})
+    if page_size == 16:     # every Gluon candidate of mla_attention collapses onto a dot config
+        assert len(cands) < len(mla_candidates_for(dims, t))
+
+
+def mla_candidates_for(dims, target):
+    from ejaot_kernels.mla_attention.configs import triton_candidates as mla_candidates
+    from ejaot_kernels.paged_mla_attention.configs import decode_dims
+    return mla_candidates(decode_dims(dims), {}, target)
 
 
 ENGINE_MANIFEST = """

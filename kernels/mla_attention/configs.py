@@ -164,6 +164,19 @@ WS_MIN_RANK = 128
 QUARTER_MIN_RANK = 256
 
 
+def page_kernel(kernel: str, page_size: int) -> str:
+    """The kernel a paged cache (page_size > 0) runs instead of `kernel`: a Gluon kernel's
+    block is one TMA box of consecutive cache rows and must not straddle pages, so the
+    warp-specialized kernel's 64-key blocks need pages of a multiple of 64 and the
+    lockstep kernel's 32-key blocks a multiple of 32; other page sizes take the tl.dot
+    kernel, which looks every key's page up."""
+    if page_size and kernel == "wgmma_ws" and page_size % 64:
+        kernel = "wgmma"
+    if page_size and kernel == "wgmma" and page_size % 32:
+        kernel = "dot"
+    return kernel
+
+
 def _hopper_kernel(dims) -> str:
     """The warp-specialized kernel from WS_MIN_RANK, else the lockstep one."""
     return "wgmma_ws" if dims["kv_lora_rank"] >= WS_MIN_RANK else "wgmma"

@@ -66,7 +66,7 @@ from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config,
 
 from .gluon_pipeline import compile_with_gluon_pipeline
 
-from .configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, triton_heuristic
+from .configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, page_kernel, triton_heuristic
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -796,11 +796,8 @@ def _wgmma_ok(cc, itemsize, r, e) -> bool:
 
 
 def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
-    """The kernel and tiles a config asks for, within what the shape allows. page_size > 0
-    (paged decode): a Gluon kernel's block is one TMA box of consecutive cache rows, so
-    it must not straddle pages: 64-key blocks need pages of a multiple of 64, the lockstep
-    kernel's 32-key blocks a multiple of 32; other page sizes run the tl.dot kernel, which
-    looks every key's page up."""
+    """The kernel and tiles a config asks for, within what the shape allows (page_size > 0,
+    paged decode: configs.page_kernel)."""
     cc = int(cfg["compute_capability"])
     r, e = dims["kv_lora_rank"], dims["rope_dim"]
     kernel = cfg.get("kernel") or "dot"
@@ -809,10 +806,9 @@ def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
                          f"got {kernel!r}")
     if kernel in ("wgmma", "wgmma_ws") and not _wgmma_ok(cc, itemsize, r, e):
         kernel = "dot"     # e.g. float32 inputs, or a rank the Gluon kernels do not tile
-    if kernel == "wgmma_ws" and (r < WS_MIN_RANK or page_size % 64):
+    if kernel == "wgmma_ws" and r < WS_MIN_RANK:
         kernel = "wgmma"
-    if kernel == "wgmma" and page_size % 32:
-        kernel = "dot"
+    kernel = page_kernel(kernel, page_size)
     n_tokens = dims["kv_seq"]
     share = 2
     if kernel == "wgmma_ws":

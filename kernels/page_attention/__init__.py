@@ -14,9 +14,12 @@ Semantics: q head h reads kv head h // (q_heads // kv_heads) (GQA; MQA and MHA a
 extremes). Over the tokens 0..context_len-1 (the last `sliding_window` of them when it is
 set): logits = (q · k) * attn_scale, with attn_scale defaulting to 1/sqrt(head_dim);
 then attn_logits_soft_cap * tanh(logits / cap) when a cap is set; softmax in float32;
-output = softmax · v. context_lens are clamped to [0, max_blocks * page_size], the
-longest context a block table can address. A sequence with context length 0 (a padded
-row) outputs zeros, never NaN. Block-table entries past a sequence's context are never
+output = softmax · v. A context length must lie in [0, max_blocks * page_size], the
+longest context a block table can address; negative ones count as 0, and longer ones are
+clamped to the table the kernel gets, which for a call padded into a larger bucket holds
+padded columns: a longer context has no defined result (checking would cost a device
+read per call). A sequence with context length 0 (a padded row) outputs zeros, never
+NaN. Block-table entries past a sequence's context are never
 read for values, so they may point anywhere (stale or uninitialized pages are harmless).
 
 Differences from the seed interface:

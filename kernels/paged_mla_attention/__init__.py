@@ -18,8 +18,8 @@ position of its context: with g(h) = h // (q_heads // kv_heads),
   logits_h = (query_h @ w_kc[:, g(h)]^T · kv_t + b_q · b_k_t) * softmax_scale, in float32,
       over the tokens t < context_len (softmax_scale default 1/sqrt(head_dim + rope_dim))
   output_h = softmax(logits_h) @ (kv_t @ w_vc[:, g(h)])
-context_lens are clamped to [0, max_blocks * page_size]; a sequence with context 0 (a
-padded row) outputs zeros. Block-table entries past a context are never read for values
+A context length must lie in [0, max_blocks * page_size] (as in page_attention: longer
+ones have no defined result); a sequence with context 0 (a padded row) outputs zeros. Block-table entries past a context are never read for values
 and cache rows past a context never reach the output, even when they hold NaN (stale or
 never-written pages are harmless); entries inside a context must name real pages (others
 are clamped to the cache).
@@ -68,9 +68,10 @@ SPEC = KernelSpec(
     check=check_dims,
     prepare_call=prepare_call,
     example_inputs="ejaot_kernels.paged_mla_attention.examples:make_inputs",
-    # the gathered latent cache, or the logits, whichever is larger
-    footprint=lambda d: d["num_seqs"] * d["max_blocks"] * d["page_size"] * max(d["kv_lora_rank"],
-                                                                               d["q_heads"]),
+    # the latent cache itself, the gathered copy of its pages, or the logits
+    footprint=lambda d: d["page_size"] * max(
+        d["total_pages"] * d["kv_lora_rank"],
+        d["num_seqs"] * d["max_blocks"] * max(d["kv_lora_rank"], d["q_heads"])),
     doc=__doc__,
 )
 
