@@ -128,6 +128,8 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
             if progress:
                 progress(len(report.built) + len(report.failed), len(todo), e.describe())
     elif todo:
+        # a missing toolchain is the user's to fix: say so here, not as a broken pool
+        target.platform_module.require_toolchain(target)
         ctx = multiprocessing.get_context("spawn")   # jax is not fork-safe
         with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                     initargs=(target.name,)) as pool:

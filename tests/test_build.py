@@ -123,3 +123,16 @@ def test_source_hash_changes_with_an_imported_module(monkeypatch):
     plain = hash_with("no-such-file.py", "triton")
     assert hash_with("mla_attention/xla.py", "triton") != plain
     assert hash_with("mla_attention/pallas_tpu.py", "triton") == plain
+
+
+@pytest.mark.parametrize("target,needs", [("tpu-v5e", "needs libtpu"), ("gpu-sm90", "needs jax-cuda13-plugin")])
+def test_parallel_build_without_the_toolchain_says_what_to_install(tmp_path, small_manifest, monkeypatch,
+                                                                   target, needs):
+    """The parallel build checks the target's toolchain before it starts workers: the
+    error names what to install (not a broken process pool), and no entry is written."""
+    from ejaot import toolchain
+    from ejaot.errors import TargetUnavailableError
+    monkeypatch.setattr(toolchain, "extras_dir", lambda kind: tmp_path / "no-extras" / kind)
+    with pytest.raises(TargetUnavailableError, match=needs):
+        build(small_manifest, target, tmp_path / "out", jobs=2)
+    assert not (tmp_path / "out" / "index.msgpack").exists()

@@ -4,6 +4,10 @@ from __future__ import annotations
 from .. import toolchain as tc
 
 
+def require_toolchain(target) -> None:
+    """Nothing beyond the base environment."""
+
+
 def prepare_process(target) -> None:
     """Nothing to set up: the base environment lowers and compiles for the CPU."""
 
