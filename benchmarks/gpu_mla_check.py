@@ -29,7 +29,7 @@ so any read of them shows (the reference drops them).
 Speed: DeepSeek-V3 decode (128 q heads, head_dim 128, kv_lora_rank 512, rope 64, one
 query over 4096 keys, causal, bf16) at batch 64 and 128; paged: the same with 64-token
 pages in shuffled order, every context 4096 tokens (and, at batch 64, 32- and 16-token
-pages: the lockstep and the tl.dot kernel). Bytes counted per call: the
+pages: one TMA box per page). Bytes counted per call: the
 latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are NOT
 counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
 @ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
@@ -65,8 +65,10 @@ PAGED_NUMERIC_CASES = [
     ("paged_ds3_p64", 4, 2048, 128, 128, 128, 512, 64, 64),          # warp-specialized kernel
     ("paged_ds3_p64_split_b1", 1, 8192, 128, 128, 128, 512, 64, 64),
     ("paged_norope_p128", 3, 4096, 128, 128, 128, 512, 0, 128),
-    ("paged_p32_lockstep", 3, 1024, 128, 128, 128, 512, 64, 32),
-    ("paged_p16_dot", 3, 1024, 128, 128, 128, 512, 64, 16),
+    ("paged_p32", 3, 1024, 128, 128, 128, 512, 64, 32),            # one TMA box per page
+    ("paged_p16", 3, 1024, 128, 128, 128, 512, 64, 16),
+    ("paged_p8_norope", 2, 512, 128, 128, 128, 512, 0, 8),
+    ("paged_p48_dot", 3, 1008, 128, 128, 128, 512, 64, 48),        # the tl.dot kernel
 ]
 QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv", "paged_ds3_p64"]
 

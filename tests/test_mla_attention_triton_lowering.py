@@ -273,26 +273,30 @@ def test_gpu_sm90_build_of_a_tiny_mla_manifest(tmp_path):
 
 def test_paged_decode_lowers_to_the_kernel_its_page_size_allows():
     """paged_mla_attention runs the same kernels, reading pages through the block table:
-    the warp-specialized Gluon kernel for pages of a multiple of 64 keys (DeepSeek-V3,
-    page 64, and 128), the lockstep kernel's 32-key blocks for page 32, the tl.dot kernel
-    (a page lookup per key) for page 16, on sm80 and for float32."""
+    the Gluon kernels when a 64-key block is one TMA box (pages of 64 and 128) or one box
+    per page (pages of 32 and 16; also the lockstep kernel), the tl.dot kernel (a page
+    lookup per key) for other page sizes, on sm80 and for float32."""
     ds3 = {**DS3, "hk": 1}
     cases = [dict(cc=90, b=64, s=1, ps=64, **ds3),
              dict(cc=90, b=2, s=1, ps=128, **{**ds3, "e": 0}),
              dict(cc=90, b=2, s=1, ps=32, **ds3),
              dict(cc=90, b=2, s=1, ps=16, **ds3),
+             dict(cc=90, b=2, s=1, ps=16, config={"kernel": "wgmma"}, **ds3),
+             dict(cc=90, b=2, s=1, ps=48, **{**ds3, "t": 4032}),
              dict(cc=80, b=2, s=1, ps=64, **ds3),
              dict(cc=90, b=2, s=1, ps=64, dtype="float32", **{**ds3, "t": 1024})]
-    p64, p128, p32, p16, sm80, f32 = _lower(cases)
+    p64, p128, p32, p16, p16_lockstep, p48, sm80, f32 = _lower(cases)
     assert p64["config"]["num_splits"] == 1 and p128["config"]["num_splits"] > 1
     _check_triton(p64, "_mla_decode_sm90_ws", calls=1)
     _check_triton(p128, "_mla_decode_sm90_ws", calls=2)
-    _check_triton(p32, "_mla_decode_sm90", calls=2)
-    _check_triton(p16, "_mla_decode_kernel", calls=2)
+    _check_triton(p32, "_mla_decode_sm90_ws", calls=2)
+    _check_triton(p16, "_mla_decode_sm90_ws", calls=2)
+    _check_triton(p16_lockstep, "_mla_decode_sm90", calls=2)
+    _check_triton(p48, "_mla_decode_kernel", calls=2)
     _check_triton(sm80, "_mla_decode_kernel", calls=2)
     _check_triton(f32, "_mla_decode_kernel", calls=1 + (f32["config"]["num_splits"] > 1))
-    for r in (p64, p128):
+    for r in (p64, p128, p32, p16):
         assert r["launches"][0]["warps"] == 8 and r["launches"][0]["reqntid"] == 256, r["launches"]
-    for r in (p64, p128, p32):
+    for r in (p64, p128, p32, p16, p16_lockstep):
         k = r["kernels"][0]
         assert k["spill_store_bytes"] == 0 and k["registers"] <= 255, k

@@ -164,15 +164,19 @@ WS_MIN_RANK = 128
 QUARTER_MIN_RANK = 256
 
 
+def gluon_tiles_page(page_size: int, block_n: int) -> bool:
+    """Whether a Gluon kernel's block of block_n keys maps onto pages of page_size keys by
+    TMA boxes of consecutive cache rows: one box per block when the page is a multiple of
+    the block, one box per page when the page divides the block (at least 8 rows: a
+    swizzled shared-memory tile is laid out in 8-row atoms)."""
+    return page_size % block_n == 0 or (block_n % page_size == 0 and page_size >= 8)
+
+
 def page_kernel(kernel: str, page_size: int) -> str:
-    """The kernel a paged cache (page_size > 0) runs instead of `kernel`: a Gluon kernel's
-    block is one TMA box of consecutive cache rows and must not straddle pages, so the
-    warp-specialized kernel's 64-key blocks need pages of a multiple of 64 and the
-    lockstep kernel's 32-key blocks a multiple of 32; other page sizes take the tl.dot
-    kernel, which looks every key's page up."""
-    if page_size and kernel == "wgmma_ws" and page_size % 64:
-        kernel = "wgmma"
-    if page_size and kernel == "wgmma" and page_size % 32:
+    """The kernel a paged cache (page_size > 0) runs instead of `kernel`: the Gluon kernels
+    (64-key blocks) where gluon_tiles_page, else the tl.dot kernel, which looks every
+    key's page up."""
+    if page_size and kernel in ("wgmma_ws", "wgmma") and not gluon_tiles_page(page_size, 64):
         kernel = "dot"
     return kernel
 

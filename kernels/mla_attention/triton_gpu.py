@@ -20,12 +20,13 @@ Decode (few queries over a long cache) runs the absorbed form (configs.choose_fo
 
 Paged caches (the `paged_mla_attention` kernel): the same kernels with PAGE > 0 read the
 latent cache and rope keys as pages of PAGE rows through a block table, one query per
-sequence at the end of its own context length. The Gluon kernels look each block's page
-up one block ahead of its TMA (a 64-key block is one page-aligned box, so the page size
-must be a multiple of the block) and zero the rows of a sequence's last block past its
-context in shared memory before p @ kv: a page's unused rows may hold NaN. The tl.dot
-kernel looks every key's page up and masks its loads. Measured on an H100 (BENCHMARKS.md),
-64-token pages in shuffled order run as fast as the contiguous cache.
+sequence at the end of its own context length. The Gluon kernels look each block's
+page(s) up one block ahead of its TMA (a block is one box when the page is a multiple of
+it, one box per page when the page divides it: configs.gluon_tiles_page) and zero the
+rows of a sequence's last block past its context in shared memory before p @ kv: a page's
+unused rows may hold NaN. The tl.dot kernel (other page sizes) looks every key's page up
+and masks its loads. Measured on an H100 (BENCHMARKS.md), 64-token pages in shuffled
+order run as fast as the contiguous cache, and 16- or 32-token pages within 5% of them.
 
 Masks follow the XLA backend exactly: keys >= kv_len are padding (given zero weight; the
 tl.dot kernel does not even load them, the TMA of the wgmma kernel may bring some of the
@@ -66,7 +67,8 @@ from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config,
 
 from .gluon_pipeline import compile_with_gluon_pipeline
 
-from .configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, page_kernel, triton_heuristic
+from .configs import (QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, gluon_tiles_page, page_kernel,
+                      triton_heuristic)
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -322,27 +324,45 @@ def _gl_online_softmax(s, m_i, offs_n, kv_len, q_pos, qk_scale: gl.constexpr, CA
 
 @_gluon_jit
 def _gl_block_row(first, j, bt_row, pred, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
-                  KV_ROWS: gl.constexpr):
-    """The first cache row of the program's block j (first: the program's first TMA row;
-    paged, PAGE > 0 and a multiple of the block: its first key, and the page comes from
-    the block table, clamped to the cache as the XLA backend's gather). The loops look a
-    block's row up one block before its TMA, so the table read's latency stays off the
-    copy's critical path."""
+                  KV_ROWS: gl.constexpr, KV_SEQ: gl.constexpr, RL: gl.constexpr):
+    """The first cache row of the program's block j (first: the program's first TMA row).
+    Paged (PAGE > 0; first: the program's first key): a page a multiple of the block
+    gives the row from the block table, and a page that divides the block the first row
+    of each of its BLOCK_N // PAGE pages (a tensor in layout RL), each page index clamped
+    to the cache as the XLA backend's gather. The loops look a block's rows up one block
+    before its TMA, so the table read's latency stays off the copy's critical path."""
     row = first + j * BLOCK_N
-    if PAGE > 0:
+    if PAGE >= BLOCK_N:
         page = gl.load(bt_row + row // PAGE, mask=pred, other=0)
         page = gl.minimum(gl.maximum(page, 0), KV_ROWS // PAGE - 1)
         row = page * PAGE + row % PAGE
+    elif PAGE > 0:
+        blk = row // PAGE + gl.arange(0, BLOCK_N // PAGE, layout=RL)
+        page = gl.load(bt_row + blk, mask=pred & (blk < KV_SEQ // PAGE), other=0)
+        row = gl.minimum(gl.maximum(page, 0), KV_ROWS // PAGE - 1) * PAGE
     return row
 
 
 @_gluon_jit
 def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
-              HAS_ROPE: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of block j (from cache row `row`) into stage j % STAGES, when pred."""
+              HAS_ROPE: gl.constexpr, STAGES: gl.constexpr, BOXES: gl.constexpr = 1):
+    """TMA of block j (from cache row `row`) into stage j % STAGES, when pred. BOXES > 1:
+    `row` holds the first rows of the block's BOXES pages, one box each."""
     slot = j % STAGES
     bar = bars.index(slot)
-    if HAS_ROPE:
+    if BOXES > 1:
+        nbytes: gl.constexpr = kv_desc.block_type.nbytes + (bk_desc.block_type.nbytes if HAS_ROPE else 0)
+        mbarrier.expect(bar, BOXES * nbytes, pred=pred)
+        box: gl.constexpr = kv_desc.block_type.shape[0]
+        which = gl.arange(0, BOXES, layout=row.type.layout)
+        for c in gl.static_range(BOXES):
+            r = gl.sum(gl.where(which == c, row, 0), axis=0)
+            tma.async_copy_global_to_shared(kv_desc, [r, 0], bar, kv_smem.index(slot).slice(c * box, box),
+                                            pred=pred)
+            if HAS_ROPE:
+                tma.async_copy_global_to_shared(bk_desc, [r, 0], bar,
+                                                bk_smem.index(slot).slice(c * box, box), pred=pred)
+    elif HAS_ROPE:
         mbarrier.expect(bar, kv_desc.block_type.nbytes + bk_desc.block_type.nbytes, pred=pred)
         tma.async_copy_global_to_shared(kv_desc, [row, 0], bar, kv_smem.index(slot), pred=pred)
         tma.async_copy_global_to_shared(bk_desc, [row, 0], bar, bk_smem.index(slot), pred=pred)
@@ -353,17 +373,17 @@ def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
 
 @_gluon_jit
 def _gl_tma_descs(KV, BK, KV_ROWS: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
-                  HAS_ROPE: gl.constexpr, BLOCK_N: gl.constexpr, kv_sl: gl.constexpr,
+                  HAS_ROPE: gl.constexpr, BOX: gl.constexpr, kv_sl: gl.constexpr,
                   bk_sl: gl.constexpr):
     """TMA descriptors over the 2-D views [KV_ROWS, R] of the latent cache and [KV_ROWS, E]
-    of the rope keys (made on the device: rows past the end, or before the start, read as
-    zeros)."""
+    of the rope keys, boxes of BOX rows (a block, or a page smaller than one; made on the
+    device: rows past the end, or before the start, read as zeros)."""
     kv_desc = tma.make_tensor_descriptor(KV, shape=[KV_ROWS, R], strides=[R, 1],
-                                         block_shape=[BLOCK_N, R], layout=kv_sl)
+                                         block_shape=[BOX, R], layout=kv_sl)
     bk_desc = kv_desc
     if HAS_ROPE:
         bk_desc = tma.make_tensor_descriptor(BK, shape=[KV_ROWS, E], strides=[E, 1],
-                                             block_shape=[BLOCK_N, E], layout=bk_sl)
+                                             block_shape=[BOX, E], layout=bk_sl)
     return kv_desc, bk_desc
 
 
@@ -448,16 +468,18 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, BT, O, LSE,
                      HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                      HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                      BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     PAGE: gl.constexpr, KV_ROWS: gl.constexpr):
+                     PAGE: gl.constexpr, KV_ROWS: gl.constexpr, BOX: gl.constexpr):
     """Same contract as _mla_decode_kernel (8 warps, BLOCK_H == 64; paged: PAGE a multiple
-    of BLOCK_N). KV and BK are read by TMA through descriptors over the 2-D views
+    of BLOCK_N, or BOX == PAGE dividing it). KV and BK are read by TMA through descriptors over the 2-D views
     [KV_ROWS, R] and [KV_ROWS, E] (made here, on the device: rows past the end read as
     zeros)."""
     M: gl.constexpr = SEQ * HQ
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BLOCK_N, kv_sl, bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BOX, kv_sl, bk_sl)
+    BOXES: gl.constexpr = BLOCK_N // BOX
+    RL: gl.constexpr = gl.BlockedLayout([1], [32], [8], [0])     # a block's page rows
     # logits: [64 heads, BLOCK_N keys], warpgroup g owns keys [g * BLOCK_N/2, (g+1) * BLOCK_N/2)
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                   instr_shape=[16, BLOCK_N // 2, 16])
@@ -499,9 +521,10 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, BT, O, LSE,
 
     for i in gl.static_range(STAGES - 1):      # prologue: the first STAGES - 1 blocks
         _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, i,
-                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS), i < n_iter,
-                  HAS_ROPE, STAGES)
-    row_nxt = _gl_block_row(tma_row, STAGES - 1, bt_row, STAGES - 1 < n_iter, BLOCK_N, PAGE, KV_ROWS)
+                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ, RL),
+                  i < n_iter, HAS_ROPE, STAGES, BOXES)
+    row_nxt = _gl_block_row(tma_row, STAGES - 1, bt_row, STAGES - 1 < n_iter, BLOCK_N, PAGE, KV_ROWS,
+                            KV_SEQ, RL)
     for j in range(n_iter):
         slot = j % STAGES
         mbarrier.wait(bars.index(slot), (j // STAGES) & 1)
@@ -514,8 +537,10 @@ def _mla_decode_sm90(QL, BQ, KV, BK, VL, BT, O, LSE,
         gl.barrier()
         # every warpgroup is done with block j - 1: its slot takes block j + STAGES - 1
         nxt = j + (STAGES - 1)
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, nxt, row_nxt, nxt < n_iter, HAS_ROPE, STAGES)
-        row_nxt = _gl_block_row(tma_row, nxt + 1, bt_row, nxt + 1 < n_iter, BLOCK_N, PAGE, KV_ROWS)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, nxt, row_nxt, nxt < n_iter, HAS_ROPE, STAGES,
+                  BOXES)
+        row_nxt = _gl_block_row(tma_row, nxt + 1, bt_row, nxt + 1 < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ,
+                                RL)
         kv = kv_smem.index(slot)
         # the rope part first: the compiler puts a CTA barrier before the first wgmma that
         # reads a TMA-written tile and a wgmma wait between the two chained products;
@@ -660,7 +685,8 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
                          M: gl.constexpr, R: gl.constexpr, HAS_ROPE: gl.constexpr,
                          NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                          RA: gl.constexpr, OB1_L: gl.constexpr, OB2_L: gl.constexpr,
-                         PAGE: gl.constexpr, KV_ROWS: gl.constexpr):
+                         PAGE: gl.constexpr, KV_ROWS: gl.constexpr, KV_SEQ: gl.constexpr,
+                         BOXES: gl.constexpr, RL: gl.constexpr):
     """out_lat[:, RA:] in one or two power-of-two column blocks (shared-memory slices must
     start at a multiple of their width): [R/2, R) and, when the softmax warpgroup takes a
     quarter, [RA, R/2)."""
@@ -670,7 +696,7 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
     acc2 = acc1
     if RB2 > 0:
         acc2 = gl.zeros([BLOCK_H, RB2], gl.float32, OB2_L)
-    row_nxt = _gl_block_row(tma_row, 2, bt_row, 2 < n_iter, BLOCK_N, PAGE, KV_ROWS)
+    row_nxt = _gl_block_row(tma_row, 2, bt_row, 2 < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ, RL)
     for j in range(n_iter):
         slot = j % 2
         mbarrier.wait(p_ready, j & 1)
@@ -685,8 +711,9 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
         mbarrier.arrive(p_free)
         # both warpgroups are done with this stage: it takes block j + 2
         mbarrier.wait(kv_free.index(slot), (j // 2) & 1)
-        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, j + 2, row_nxt, j + 2 < n_iter, HAS_ROPE, 2)
-        row_nxt = _gl_block_row(tma_row, j + 3, bt_row, j + 3 < n_iter, BLOCK_N, PAGE, KV_ROWS)
+        _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, j + 2, row_nxt, j + 2 < n_iter, HAS_ROPE, 2,
+                  BOXES)
+        row_nxt = _gl_block_row(tma_row, j + 3, bt_row, j + 3 < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ, RL)
     mbarrier.wait(fin, 0)
     l_safe = l_smem.load(gl.SliceLayout(1, OB1_L))
     _gl_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
@@ -701,8 +728,8 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
                         HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                         HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                        PAGE: gl.constexpr, KV_ROWS: gl.constexpr, RA: gl.constexpr,
-                        RB2_N: gl.constexpr):
+                        PAGE: gl.constexpr, KV_ROWS: gl.constexpr, BOX: gl.constexpr,
+                        RA: gl.constexpr, RB2_N: gl.constexpr):
     """Same contract as _mla_decode_sm90 (compiled with num_warps=4, the softmax warpgroup;
     the output warpgroup is a 4-warp worker partition, and the launch runs all 8 warps:
     gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax warpgroup
@@ -711,7 +738,9 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
     dtype: gl.constexpr = KV.dtype.element_ty
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
     bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BLOCK_N, kv_sl, bk_sl)
+    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BOX, kv_sl, bk_sl)
+    BOXES: gl.constexpr = BLOCK_N // BOX
+    RL: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])     # a block's page rows
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     OA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -752,8 +781,8 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
                                         BLOCK_H, BLOCK_N, PAGE)
     for i in gl.static_range(2):
         _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, kv_ready, i,
-                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS), i < n_iter,
-                  HAS_ROPE, 2)
+                  _gl_block_row(tma_row, i, bt_row, i < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ, RL),
+                  i < n_iter, HAS_ROPE, 2, BOXES)
 
     gl.warp_specialize([
         (_ws_softmax_partition, (q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
@@ -763,7 +792,7 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
         (_ws_output_partition, (kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free,
                                 p_ready, p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row,
                                 n_iter, bt_row, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L,
-                                OB2_L, PAGE, KV_ROWS)),
+                                OB2_L, PAGE, KV_ROWS, KV_SEQ, BOXES, RL)),
     ], [4])
 
 
@@ -817,7 +846,9 @@ def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
     elif kernel == "wgmma":
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
-        bn = 32 if int(cfg.get("block_n", 64)) <= 32 or page_size % 64 else 64
+        bn = 32 if int(cfg.get("block_n", 64)) <= 32 else 64
+        if page_size and not gluon_tiles_page(page_size, bn):
+            bn = 64
         stages = max(2, min(int(cfg.get("num_stages", 2)), 2 if bn == 64 else 4))
     else:
         m = dims["seq"] * dims["q_heads"]
@@ -881,17 +912,18 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
                   CAUSAL=bool(causal), NUM_SPLITS=st.num_splits, BLOCK_H=st.block_h,
                   BLOCK_N=st.block_n, STAGES=st.num_stages, PAGE=page, KV_ROWS=kv_rows)
     name = ("mla_decode" if st.num_splits == 1 else "mla_decode_split") + ("_paged" if page else "")
+    box = page if 0 < page < st.block_n else st.block_n     # Gluon TMA box rows: a block, or a page
     if st.kernel == "wgmma":
         res = jt.triton_call(
             ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
             num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
-            E=max(e, 16), **common)
+            E=max(e, 16), BOX=box, **common)
     elif st.kernel == "wgmma_ws":
         compile_with_gluon_pipeline()
         res = jt.triton_call(
             ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
             num_warps=4, num_stages=1, compute_capability=st.cc, name=name + "_sm90_ws",
-            E=max(e, 16), RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
+            E=max(e, 16), BOX=box, RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
             **common)
     else:
         rp = max(16, next_pow2(r))

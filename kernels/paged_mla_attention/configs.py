@@ -5,8 +5,8 @@ The Triton backend runs mla_attention's decode kernels (one query per sequence, 
 absorbed form) with the latent cache read page by page, so its configs are
 mla_attention's for the same decode shape: batch = num_seqs, one query, kv_seq =
 max_blocks * page_size (the longest context a block table addresses), with the kernel
-that tiles the page size (fit_page: pages of a multiple of 64 keys take the default
-warp-specialized kernel)."""
+that tiles the page size (fit_page: pages of a multiple of 64 keys, or of 8, 16 or 32
+keys, take the default warp-specialized kernel)."""
 from __future__ import annotations
 
 from ejaot_kernels.mla_attention import configs as mla_configs
@@ -26,16 +26,14 @@ def decode_dims(dims) -> dict:
 
 def fit_page(config, page_size) -> dict:
     """The config as the kernel that runs it sees it: the kernel that tiles this page size
-    (mla_attention.configs.page_kernel, which triton_gpu.make_static applies too) and, for
-    the lockstep kernel on pages of 32, 32-key blocks. So an entry's config names the
-    kernel it runs, and candidates that would run the same kernel are timed once."""
+    (mla_attention.configs.page_kernel, which triton_gpu.make_static applies too). So an
+    entry's config names the kernel it runs, and candidates that would run the same
+    kernel are timed once."""
     cfg = dict(config)
     kernel = mla_configs.page_kernel(cfg.get("kernel") or "dot", page_size)
     if kernel != cfg.get("kernel"):
         cfg["kernel"] = kernel
         cfg["softmax_share"] = 2          # a warp-specialized kernel's knob only
-    if kernel == "wgmma" and page_size % 64:
-        cfg["block_n"] = 32
     return cfg
 
 

@@ -5,10 +5,10 @@ page through the block table, between the same two XLA projections:
   1. XLA: q_lat[s, h] = q[s, h] @ w_kc[:, g(h)]^T
   2. Triton: for each (sequence, block of 64 heads, kv split) one program streams the
      sequence's pages once for all its heads. On Hopper the warp-specialized Gluon kernel
-     TMA-loads one 64-key block per page lookup (pages of a multiple of 64 keys; 32-key
-     multiples take the lockstep kernel's 32-key blocks); the tl.dot kernel (other page
-     sizes, other GPUs, float32) looks every key's page up. Rows of the last block past
-     the context are zeroed in shared memory before p @ kv (they may hold NaN).
+     TMA-loads each 64-key block as one box (pages of a multiple of 64 keys) or one box
+     per page (pages of 8, 16 or 32 keys); the tl.dot kernel (other page sizes, other
+     GPUs, float32) looks every key's page up. Rows of the last block past the context
+     are zeroed in shared memory before p @ kv (they may hold NaN).
   3. XLA: out[s, h] = out_lat[s, h] @ w_vc[:, g(h)].
 
 Only importable where triton is installed; jax and jax_triton are imported on first call.
