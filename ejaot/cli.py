@@ -144,8 +144,10 @@ def inspect(store_dir, entry, hlo):
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--numerics/--no-numerics", default=True, show_default=True,
               help="Run each entry on fresh random inputs against the reference where this device can.")
-@click.option("--max-elements", type=int, default=1 << 26, show_default=True,
-              help="Skip numerics for entries whose score matrix exceeds this many elements.")
+@click.option("--max-elements", type=int, default=None,
+              help="Skip numerics for entries whose largest reference intermediate exceeds this many "
+                   "elements [default: 2^26 on a CPU; on a GPU or TPU, a sixteenth of its memory in "
+                   "4-byte elements].")
 @click.option("--kernel", "kernels", multiple=True, help="Only entries of this kernel (repeatable).")
 def verify(store_dir, numerics, max_elements, kernels):
     """Check every payload's sha256, this host's compatibility with each tier, and

@@ -44,14 +44,35 @@ def reference_outputs(spec, record, inputs: dict):
         return jitted(spec, "xla", present, static)(*arrays)
 
 
-def verify_store(root, numerics=True, max_elements=1 << 26, echo=print, seed=None, kernels=None) -> bool:
-    """kernels: only entries of these kernels (None: all)."""
+CPU_MAX_ELEMENTS = 1 << 26
+
+
+def default_max_elements(device) -> int:
+    """The largest reference intermediate (kernel footprint, elements) numerics run for by
+    default: 2^26 on a CPU (a few float32 copies of it stay around a gigabyte), a
+    sixteenth of an accelerator's memory in 4-byte elements (the reference keeps a few
+    float32 intermediates of that size; one that still does not fit is reported as
+    skipped, not failed)."""
+    limit = None
+    if getattr(device, "platform", "cpu") != "cpu":
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 - a backend without memory stats keeps the CPU default
+            limit = None
+    return max(CPU_MAX_ELEMENTS, int(limit) // 16) if limit else CPU_MAX_ELEMENTS
+
+
+def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, kernels=None) -> bool:
+    """kernels: only entries of these kernels (None: all). max_elements: None for the
+    device's default (default_max_elements)."""
     import jax
     store = FileStore(root)
     device = jax.local_devices()[0]
     platform = compat.local_platform(device)
+    if max_elements is None:
+        max_elements = default_max_elements(device)
     echo(f"host: jax {tc.version_of('jax')}, jaxlib {tc.version_of('jaxlib')}, platform {platform}, "
-         f"device {device.device_kind}")
+         f"device {device.device_kind}; numerics up to {max_elements:.3g}-element intermediates")
     try:
         index = store.read_index()
     except FileNotFoundError:

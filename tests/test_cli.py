@@ -103,6 +103,25 @@ def test_verify_reports_a_failing_reference_and_goes_on(store_copy, monkeypatch)
     assert "7 entries numerically verified" in text
 
 
+def test_verify_size_limit_follows_the_device(store_copy, monkeypatch):
+    """numerics run up to 2^26-element intermediates on a CPU, and up to a sixteenth of an
+    accelerator's memory (in 4-byte elements) there; an explicit limit wins."""
+    from types import SimpleNamespace
+    import ejaot.verify as verify
+    cpu = SimpleNamespace(platform="cpu", memory_stats=lambda: None)
+    gpu = SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": 80 << 30})
+    no_stats = SimpleNamespace(platform="gpu", memory_stats=lambda: None)
+    assert verify.default_max_elements(cpu) == 1 << 26
+    assert verify.default_max_elements(gpu) == 5 << 30
+    assert verify.default_max_elements(no_stats) == 1 << 26
+    lines = []
+    assert verify.verify_store(store_copy, echo=lines.append)
+    assert "numerics up to 6.71e+07-element intermediates" in lines[0]
+    lines = []
+    assert verify.verify_store(store_copy, echo=lines.append, max_elements=1)
+    assert "numerics up to 1-element" in lines[0] and "0 entries numerically verified" in lines[-1]
+
+
 def test_finalize_and_verify_take_only_the_named_kernels(store_copy):
     code, text = run("verify", store_copy, "--no-numerics", "--kernel", "page_attention")
     assert code == 0 and "store: target cpu, 8 entries" in text

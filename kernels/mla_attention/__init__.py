@@ -23,8 +23,8 @@ The XLA backend computes either the naive form (decompress K/V) or the absorbed 
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels.attention.statics import norm_bool, norm_scale
-from .configs import (check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic,
-                      xla_heuristic)
+from .configs import (check_dims, choose_form, tpu_candidates, tpu_heuristic, triton_candidates,
+                      triton_heuristic, xla_heuristic)
 from .statics import prepare_call
 
 SPEC = KernelSpec(
@@ -60,9 +60,11 @@ SPEC = KernelSpec(
     check=check_dims,
     prepare_call=prepare_call,
     example_inputs="ejaot_kernels.mla_attention.examples:make_inputs",
-    # the naive form's logits, or the decompressed K and V, whichever is larger
-    footprint=lambda d: max(d["batch"] * d["q_heads"] * d["seq"] * d["kv_seq"],
-                            2 * d["batch"] * d["kv_seq"] * d["kv_heads"] * d["head_dim"]),
+    # the logits, or what the XLA form holds per key (it is the reference): the latent
+    # cache (absorbed) or the decompressed K and V (naive), whichever is larger
+    footprint=lambda d: d["batch"] * max(
+        d["q_heads"] * d["seq"] * d["kv_seq"],
+        d["kv_seq"] * (d["kv_lora_rank"] if choose_form(d) == "absorbed" else 2 * d["kv_heads"] * d["head_dim"])),
 )
 
 
