@@ -21,13 +21,12 @@ from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.triton_support import resolve_config
 
 from .configs import decode_dims, triton_heuristic
+from .xla import unpack
 
 
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     import jax.numpy as jnp
-    q, cache, w_kc, w_vc = inputs["query"], inputs["latent_cache"], inputs["w_kc"], inputs["w_vc"]
-    tables, ctx = inputs["block_tables"], inputs["context_lens"]
-    b_q, rope_cache = inputs.get("b_q"), inputs.get("rope_cache")
+    q, cache, w_kc, w_vc, tables, ctx, b_q, rope_cache = unpack(inputs)
     s, hq, d = q.shape
     pages, ps, r = cache.shape
     dims = dict(num_seqs=s, q_heads=hq, kv_heads=w_kc.shape[1], head_dim=d, kv_lora_rank=r,

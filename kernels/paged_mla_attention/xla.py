@@ -26,10 +26,15 @@ def gather_pages(cache, tables, ctx):
     return jnp.where(keep[:, :, None], rows, 0), keep
 
 
+def unpack(inputs):
+    """(query, latent_cache, w_kc, w_vc, block_tables, context_lens, b_q, rope_cache); the
+    last two None when absent. Both backends take their inputs this way."""
+    return (inputs["query"], inputs["latent_cache"], inputs["w_kc"], inputs["w_vc"], inputs["block_tables"],
+            inputs["context_lens"], inputs.get("b_q"), inputs.get("rope_cache"))
+
+
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
-    q, cache, w_kc, w_vc = inputs["query"], inputs["latent_cache"], inputs["w_kc"], inputs["w_vc"]
-    tables, ctx = inputs["block_tables"], inputs["context_lens"]
-    b_q, rope_cache = inputs.get("b_q"), inputs.get("rope_cache")
+    q, cache, w_kc, w_vc, tables, ctx, b_q, rope_cache = unpack(inputs)
     s, hq, d = q.shape
     _, ps, r = cache.shape
     mb = tables.shape[1]
