@@ -22,7 +22,7 @@ N(0, 1/rank), so logits are O(1) under the default scale), in float32 (the exact
 dot kernel) and bfloat16 (the Hopper wgmma kernel at decode shapes); the reference is
 the XLA backend on the same inputs upcast to float32 at the highest matmul precision.
 Relative L2 error of the whole output, rows past q_len excluded. Paged cases: random
-context lengths (one 0, partial last pages) and distinct pages; block-table entries past
+context lengths (one 0 when there are several sequences, partial last pages) and distinct pages; block-table entries past
 each context name a page of NaN and the rows of each last page past its context are NaN,
 so any read of them shows (the reference drops them).
 
@@ -72,7 +72,8 @@ PAGED_NUMERIC_CASES = [
 ]
 QUICK_NUMERIC = ["ds3_decode_rope_causal", "ds3_decode_padded_kv", "paged_ds3_p64"]
 
-# name, B, page size (0: contiguous)  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64, causal)
+# name, B, page size (0: contiguous)  (S=1, T=4096, Hq=Hk=128, D=128, R=512, rope=64; causal
+# for the contiguous cache, which for one query at the end sees every key as the paged one)
 TIMING_CASES = [("ds3_decode_B64_T4096", 64, 0), ("ds3_decode_B128_T4096", 128, 0),
                 ("paged_ds3_B64_T4096_p64", 64, 64), ("paged_ds3_B128_T4096_p64", 128, 64),
                 ("paged_ds3_B64_T4096_p32", 64, 32), ("paged_ds3_B64_T4096_p16", 64, 16)]
@@ -83,7 +84,7 @@ TOL = {"float32": 2e-3, "bfloat16": 2.5e-2}
 
 def parse_args():
     p = base_parser(__doc__.split("\n\n")[0], "mla_check.json",
-                    "one timing shape, two numerics cases, few iters",
+                    "two timing shapes, three numerics cases, few iters",
                     "JSON dict merged into the kernel config")
     p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
     return p.parse_args()

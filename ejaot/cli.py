@@ -146,8 +146,8 @@ def inspect(store_dir, entry, hlo):
               help="Run each entry on fresh random inputs against the reference where this device can.")
 @click.option("--max-elements", type=int, default=None,
               help="Skip numerics for entries whose largest reference intermediate exceeds this many "
-                   "elements [default: 2^26 on a CPU; on a GPU or TPU, a sixteenth of its memory in "
-                   "4-byte elements].")
+                   "elements [default: 2^26 on a CPU; on a GPU or TPU, its memory limit / 16 bytes, "
+                   "at least 2^26].")
 @click.option("--kernel", "kernels", multiple=True, help="Only entries of this kernel (repeatable).")
 def verify(store_dir, numerics, max_elements, kernels):
     """Check every payload's sha256, this host's compatibility with each tier, and

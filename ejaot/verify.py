@@ -49,10 +49,10 @@ CPU_MAX_ELEMENTS = 1 << 26
 
 def default_max_elements(device) -> int:
     """The largest reference intermediate (kernel footprint, elements) numerics run for by
-    default: 2^26 on a CPU (a few float32 copies of it stay around a gigabyte), a
-    sixteenth of an accelerator's memory in 4-byte elements (the reference keeps a few
-    float32 intermediates of that size; one that still does not fit is reported as
-    skipped, not failed)."""
+    default: 2^26 on a CPU (a few float32 copies of it stay around a gigabyte); on an
+    accelerator, its memory limit over 16 bytes (room for about four float32
+    intermediates of that size; a reference that still does not fit is reported as
+    skipped, not failed), and never less than the CPU's."""
     limit = None
     if getattr(device, "platform", "cpu") != "cpu":
         try:

@@ -67,8 +67,7 @@ from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config,
 
 from .gluon_pipeline import compile_with_gluon_pipeline
 
-from .configs import (QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, gluon_tiles_page, page_kernel,
-                      triton_heuristic)
+from .configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, page_kernel, triton_heuristic
 
 try:  # Gluon (Triton's explicit-layout dialect): the Hopper kernel
     from triton.experimental import gluon
@@ -444,7 +443,7 @@ def _gl_key_range(pid_h, split, b, kv_len, off, M: gl.constexpr, HQ: gl.constexp
                   BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr):
     """This program's slice of the key blocks any of its rows may see: its first key, its
     number of blocks (whole blocks; the last may be short) and its first TMA row (paged:
-    its first key; _gl_issue looks the row up)."""
+    its first key; _gl_block_row looks the rows up)."""
     last_q = gl.minimum(pid_h * BLOCK_H + (BLOCK_H - 1), M - 1) // HQ
     hi = kv_len
     if CAUSAL:
@@ -847,8 +846,6 @@ def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
         bn = 32 if int(cfg.get("block_n", 64)) <= 32 else 64
-        if page_size and not gluon_tiles_page(page_size, bn):
-            bn = 64
         stages = max(2, min(int(cfg.get("num_stages", 2)), 2 if bn == 64 else 4))
     else:
         m = dims["seq"] * dims["q_heads"]

@@ -16,7 +16,8 @@ Layout:
 Semantics: mla_attention's (absorbed form) for one query per sequence at the last
 position of its context: with g(h) = h // (q_heads // kv_heads),
   logits_h = (query_h @ w_kc[:, g(h)]^T · kv_t + b_q · b_k_t) * softmax_scale, in float32,
-      over the tokens t < context_len (softmax_scale default 1/sqrt(head_dim + rope_dim))
+      over the tokens t < context_len (softmax_scale default 1/sqrt(head_dim + rope_dim),
+      rope_dim 0 without b_q)
   output_h = softmax(logits_h) @ (kv_t @ w_vc[:, g(h)])
 A context length must lie in [0, max_blocks * page_size] (as in page_attention: longer
 ones have no defined result); a sequence with context 0 (a padded row) outputs zeros. Block-table entries past a context are never read for values
@@ -55,7 +56,7 @@ SPEC = KernelSpec(
     ),
     outputs=(ArrayArg("output", ("num_seqs", "q_heads", "head_dim")),),
     statics=(
-        StaticArg("softmax_scale", None, norm_scale, "logit scale; none: 1/sqrt(head_dim + rope_dim)"),
+        StaticArg("softmax_scale", None, norm_scale, "logit scale; none: 1/sqrt(head_dim + rope_dim), rope_dim 0 without b_q"),
     ),
     paddable=frozenset({"num_seqs", "max_blocks"}),
     valid_length_dims=(),

@@ -11,7 +11,7 @@ from ejaot_kernels.mla_attention.xla import default_scale, masked_softmax
 F32 = jnp.float32
 
 # Largest gathered latent-cache copy per step, in elements: above it the sequences are
-# processed in chunks (256 sequences x 32k tokens x rank 512 would gather 17 GB in bf16).
+# processed in chunks (256 sequences x 32k tokens x rank 512 would gather 8.6 GB in bf16).
 _MAX_GATHER_ELEMENTS = 1 << 27
 
 
