@@ -178,9 +178,11 @@ def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
 # by ":" (which names an implementation for lazy import: Backend("pkg.module:fn")),
 # "from .module import", and "from ejaot_kernels.pkg import a, b" / "from . import a, b"
 # (a name that is no module file is ignored).
-_ABSOLUTE = re.compile(rb"\bejaot_kernels\.(\w+)(?:\.(\w+))?(?![\w.:])")
-_FROM_RELATIVE = re.compile(rb"^\s*from\s+\.(\w+)\s+import\b", re.M)
-_FROM_PACKAGE = re.compile(rb"^\s*from\s+(?:ejaot_kernels\.(\w+)|(\.))\s+import\s+(\([^)]*\)|[^\n#]*)", re.M)
+# Each pattern starts with a literal, which the regex engine searches for quickly: these
+# run on the first call of every kernel at serving start-up.
+_ABSOLUTE = re.compile(rb"ejaot_kernels\.(\w+)(?:\.(\w+))?(?![\w.:])")
+_FROM_RELATIVE = re.compile(rb"from[ \t]+\.(\w+)[ \t]+import\b")
+_FROM_PACKAGE = re.compile(rb"from[ \t]+(?:ejaot_kernels\.(\w+)|(\.))[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*)")
 
 
 def _module_refs(text: bytes, pkg: str) -> list[tuple[str, str | None]]:
