@@ -50,6 +50,21 @@ def built_store(tmp_path_factory, small_manifest):
     return out
 
 
+def build_cpu_store(tmp_path, manifest_text: str, entries: int):
+    """Builds `manifest_text` for the cpu target into tmp_path/"store" and loads it; every
+    one of `entries` entries must build and be accepted. Returns (store dir, bundle)."""
+    import ejaot
+    from ejaot.build import build
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(manifest_text)
+    out = tmp_path / "store"
+    report = build(manifest, "cpu", out, jobs=1)
+    assert report.ok and len(report.built) == entries, report.summary()
+    bundle = ejaot.load(out)
+    assert bundle.stats()["rejected"] == []
+    return out, bundle
+
+
 @pytest.fixture
 def store_copy(built_store, tmp_path):
     import shutil

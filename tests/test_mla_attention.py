@@ -8,6 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 import ejaot
+from conftest import build_cpu_store
 from ejaot.errors import CallError
 from ejaot_kernels.flash_mla_attention import SPEC as FLASH_SPEC, flash_mla_attention
 from ejaot_kernels.flash_mla_attention.xla import flash_mla_attention_impl
@@ -334,15 +335,7 @@ causal = true
 
 
 def test_store_serves_mla_exact_padded_and_fallback(tmp_path, rng):
-    from ejaot.build import build
-    manifest = tmp_path / "mla_tiny.toml"
-    manifest.write_text(TINY_MANIFEST)
-    out = tmp_path / "cpu"
-    report = build(manifest, "cpu", out, jobs=1)
-    assert report.ok and len(report.built) == 2, report.summary()
-
-    bundle = ejaot.load(out)
-    assert bundle.stats()["rejected"] == []
+    out, bundle = build_cpu_store(tmp_path, TINY_MANIFEST, entries=2)
     for s, t in ((16, 16), (5, 13), (20, 20)):        # exact, padded, no covering bucket
         x = mla_inputs(rng, b=1, s=s, t=t, hq=4, hk=2, d=16, r=32, e=8)
         got = bundle.call("mla_attention", *args(x)[:6], causal=True)

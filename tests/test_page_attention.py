@@ -8,7 +8,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
-import ejaot
+from conftest import build_cpu_store
 from ejaot.errors import CallError
 from ejaot.targets import get_target
 from ejaot_kernels.page_attention import SPEC, page_attention
@@ -233,13 +233,7 @@ attn_logits_soft_cap = 20.0
 
 
 def test_engine_exact_padded_and_fallback(tmp_path, rng):
-    from ejaot.build import build
-    manifest = tmp_path / "pa.toml"
-    manifest.write_text(ENGINE_MANIFEST)
-    report = build(manifest, "cpu", tmp_path / "store", jobs=1)
-    assert report.ok and len(report.built) == 2, report.summary()
-    bundle = ejaot.load(tmp_path / "store")
-    assert bundle.stats()["rejected"] == []
+    _, bundle = build_cpu_store(tmp_path, ENGINE_MANIFEST, entries=2)
     static = dict(attn_logits_soft_cap=20.0)
     shape = dict(hq=4, hk=2, d=16, ps=8)
 

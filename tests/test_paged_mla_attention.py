@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jax.numpy as jnp
-import ejaot
+from conftest import build_cpu_store
 from ejaot.errors import CallError
 from ejaot.targets import get_target
 from ejaot_kernels.mla_attention.xla import mla_attention_impl as mla_xla
@@ -222,13 +222,7 @@ total_pages = 17
 
 
 def test_engine_exact_padded_and_fallback(tmp_path, rng):
-    from ejaot.build import build
-    manifest = tmp_path / "pmla.toml"
-    manifest.write_text(ENGINE_MANIFEST)
-    report = build(manifest, "cpu", tmp_path / "store", jobs=1)
-    assert report.ok and len(report.built) == 2, report.summary()
-    bundle = ejaot.load(tmp_path / "store")
-    assert bundle.stats()["rejected"] == []
+    store, bundle = build_cpu_store(tmp_path, ENGINE_MANIFEST, entries=2)
 
     def call(x):    # total_pages must match the bucket: the cache is not paddable
         pad = 17 - x["latent_cache"].shape[0]
@@ -243,5 +237,5 @@ def test_engine_exact_padded_and_fallback(tmp_path, rng):
     # `ejaot verify`: the kernel's example inputs through both tiers, against the reference
     from ejaot.verify import verify_store
     lines = []
-    assert verify_store(tmp_path / "store", echo=lines.append, seed=0)
+    assert verify_store(store, echo=lines.append, seed=0)
     assert "2 entries numerically verified, 0 not run here, 0 failures" in lines[-1], lines

@@ -10,6 +10,7 @@ compiled tier go first, as PJRT deserializes them without holding the GIL.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from typing import Callable
@@ -61,9 +62,10 @@ class WarmUp:
         return self
 
     def join(self, timeout: float | None = None) -> bool:
-        """True once every worker has finished."""
+        """True once every worker has finished; waits `timeout` seconds in all, not per worker."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
     def _take(self):
