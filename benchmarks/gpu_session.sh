@@ -3,7 +3,8 @@
 # the CPU host, time start-up, run the kernel checks/benchmarks, measure tuning candidates.
 # Usage: [KERNELS="k1 k2"] bash benchmarks/gpu_session.sh [full|quick|verify|store|product]
 #   (results under $OUT) verify: finalize, verify; store: + tune measure; product: finalize, verify,
-#   tune measure, start-up. VERIFY=0 skips verify.
+#   tune measure, start-up. VERIFY=0 skips verify; MAX_ELEMENTS overrides verify's numerics
+#   limit (default: sized to the device).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -19,7 +20,7 @@ MODE=${1:-full}
 rm -rf /tmp/store && cp -r .gpu/store /tmp/store
 KSEL=""; for k in ${KERNELS:-}; do KSEL="$KSEL --kernel $k"; done   # KERNELS: finalize/verify only these
 ( time $E finalize /tmp/store $KSEL ) > "$OUT/finalize.txt" 2>&1; tail -3 "$OUT/finalize.txt"
-[ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL --max-elements 20000000000 > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
+[ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL ${MAX_ELEMENTS:+--max-elements $MAX_ELEMENTS} > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
 Q=""; [ "$MODE" = quick ] && Q="--quick"
 [ "$MODE" = verify ] && exit 0
 if [ "$MODE" = store ]; then     # finalize + verify (above), then measure the tuning candidates
