@@ -264,7 +264,7 @@ def test_pallas_tpu_splits_block_tables_larger_than_smem(monkeypatch):
     calls = []
     real = tpu._call
     monkeypatch.setattr(tpu, "_call", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(tpu, "_SMEM_TABLE_ENTRIES", 2 * dims["max_blocks"])
+    monkeypatch.setattr(tpu, "SMEM_TABLE_ENTRIES", 2 * dims["max_blocks"])
     chunked = tpu.page_attention_impl(dict(inputs), None, config=cfg, **static)[0]
     assert len(calls) == 3
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)

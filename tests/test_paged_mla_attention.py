@@ -1,7 +1,8 @@
-"""paged_mla_attention: the XLA backend against an independent float64 reference (cache
-rows decompressed per head, token by token through the block table), NaN-poisoned pages
-and rows past every context, agreement with mla_attention on a contiguous cache, the
-call checks, the configs the Triton backend gets, and the engine end to end on CPU."""
+"""paged_mla_attention: the XLA and Pallas TPU (interpret mode) backends against an
+independent float64 reference (cache rows decompressed per head, token by token through
+the block table), NaN-poisoned pages and rows past every context, agreement with
+mla_attention on a contiguous cache, the call checks, the configs the Triton and TPU
+backends get, TPU lowering, and the engine end to end on CPU."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from ejaot.errors import CallError
 from ejaot.targets import get_target
 from ejaot_kernels.mla_attention.xla import mla_attention_impl as mla_xla
 from ejaot_kernels.paged_mla_attention import SPEC, paged_mla_attention
-from ejaot_kernels.paged_mla_attention.configs import triton_candidates, triton_heuristic
+from ejaot_kernels.paged_mla_attention.configs import (tpu_candidates, tpu_heuristic, triton_candidates,
+                                                        triton_heuristic)
+from ejaot_kernels.paged_mla_attention.pallas_tpu import paged_mla_attention_impl as tpu_impl
 from ejaot_kernels.paged_mla_attention.xla import paged_mla_attention_impl as xla_impl
 
 NAMES = ("query", "latent_cache", "w_kc", "w_vc", "context_lens", "block_tables", "b_q", "rope_cache")
@@ -76,8 +79,12 @@ def args(x):
 
 
 def run_xla(x, softmax_scale=None):
+    return run_impl(xla_impl, x, {}, softmax_scale)
+
+
+def run_impl(impl, x, config, softmax_scale=None):
     inputs = {n: None if x[n] is None else jnp.asarray(x[n]) for n in NAMES}
-    (out,) = xla_impl(inputs, jnp.zeros((0,), jnp.int32), config={}, softmax_scale=softmax_scale)
+    (out,) = impl(inputs, jnp.zeros((0,), jnp.int32), config=config, softmax_scale=softmax_scale)
     return out
 
 
@@ -140,6 +147,87 @@ def test_contiguous_pages_agree_with_mla_attention(rng):
                       jnp.asarray([1, n], jnp.int32), config={"form": "absorbed"}, causal=True,
                       softmax_scale=None)
     np.testing.assert_allclose(np.asarray(run_xla(x)), np.asarray(want[:, 0]), atol=1e-5, rtol=1e-5)
+
+
+PALLAS_CASES = [
+    pytest.param(CASES[0].values[0], dict(pages_per_compute_block=2, block_h=8), id="gqa-rope-ppcb2"),
+    pytest.param(CASES[1].values[0], dict(pages_per_compute_block=1, block_h=4), id="mqa-no-rope-ppcb1"),
+    pytest.param(CASES[2].values[0], dict(pages_per_compute_block=3, block_h=8), id="deepseek-like-2-head-blocks"),
+    pytest.param(CASES[3].values[0], {}, id="bf16-heuristic"),
+]
+
+
+@pytest.mark.parametrize("case,config", PALLAS_CASES)
+def test_pallas_tpu_interpret_matches_reference(case, config, rng):
+    """TPU interpret mode fills VMEM with NaN and lands a DMA only at its wait, so a page
+    used before it arrives, or a row past a context that reaches p @ kv, fails here."""
+    x = make_case(rng, **case)
+    check(run_impl(tpu_impl, x, {**config, "interpret": True}), x)
+
+
+def test_pallas_tpu_scale_garbage_tables_and_table_chunks(rng, monkeypatch):
+    """Out-of-range table entries past a context are never read; a block table too large
+    for one call's SMEM runs as several calls with the same result."""
+    from ejaot_kernels.paged_mla_attention import pallas_tpu
+    x = make_case(rng, lens=[9, 30, 0, 17, 25])
+    tables = x["block_tables"].copy()
+    for s, n in enumerate(x["context_lens"]):
+        tables[s, -(-n // 8):] = [-7, 10 ** 9, 3, 2 ** 31 - 1][: 4 - -(-n // 8)]
+    x["block_tables"] = tables
+    want = reference(*args(x), softmax_scale=0.3)
+    cfg = {"interpret": True, "pages_per_compute_block": 2, "block_h": 8}
+    np.testing.assert_allclose(np.asarray(run_impl(tpu_impl, x, cfg, 0.3), np.float64), want, atol=2e-5, rtol=2e-5)
+    calls = []
+    real = pallas_tpu._call
+    monkeypatch.setattr(pallas_tpu, "_call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(pallas_tpu, "SMEM_TABLE_ENTRIES", 2 * 4)       # 2 sequences per call
+    np.testing.assert_allclose(np.asarray(run_impl(tpu_impl, x, cfg, 0.3), np.float64), want, atol=2e-5, rtol=2e-5)
+    assert len(calls) == 3
+
+
+def test_pallas_tpu_rejects_a_head_block_that_does_not_divide_the_heads(rng):
+    x = make_case(rng, lens=[3, 4])
+    with pytest.raises(ValueError, match="block_h=3 does not divide q_heads=8"):
+        run_impl(tpu_impl, x, {"interpret": True, "block_h": 3})
+
+
+@pytest.mark.parametrize("dtype,rope", [("bfloat16", True), ("float32", False)])
+def test_pallas_tpu_lowers_for_tpu(dtype, rope):
+    """DeepSeek-V3 decode at the default manifest's largest bucket."""
+    import jax
+    s, hq, d, r, e, pages, ps, mb = 128, 128, 128, 512, 64, 8192, 64, 64
+    dims = dict(num_seqs=s, q_heads=hq, kv_heads=hq, head_dim=d, kv_lora_rank=r, rope_dim=e if rope else 0,
+                total_pages=pages, page_size=ps, max_blocks=mb)
+
+    def fn(*arrays):
+        x = dict(zip(NAMES, arrays + ((None, None) if not rope else ())))
+        return tpu_impl(x, None, config=tpu_heuristic(dims, {}), softmax_scale=None)
+    shapes = [((s, hq, d), dtype), ((pages, ps, r), dtype), ((r, hq, d), dtype), ((r, hq, d), dtype),
+              ((s,), jnp.int32), ((s, mb), jnp.int32)]
+    if rope:
+        shapes += [((s, e), dtype), ((pages, ps, e), dtype)]
+    exported = jax.export.export(jax.jit(fn), platforms=("tpu",))(*[jax.ShapeDtypeStruct(*a) for a in shapes])
+    assert "tpu_custom_call" in exported.mlir_module() and exported.platforms == ("tpu",)
+    assert exported.out_avals[0].shape == (s, hq, d)
+
+
+@pytest.mark.parametrize("target", ["tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e"])
+@pytest.mark.parametrize("q_heads,kv_heads,page_size,max_blocks", [(128, 128, 64, 64), (16, 16, 64, 16),
+                                                                   (24, 8, 16, 12), (256, 1, 8, 1000)])
+def test_tpu_configs_are_valid(target, q_heads, kv_heads, page_size, max_blocks):
+    """Blocks never straddle the end of a table row, head blocks are Mosaic-tileable
+    divisors of q_heads, and the heuristic comes first among distinct candidates."""
+    t = get_target(target)
+    dims = dict(num_seqs=8, q_heads=q_heads, kv_heads=kv_heads, head_dim=128, kv_lora_rank=512, rope_dim=64,
+                total_pages=8192, page_size=page_size, max_blocks=max_blocks)
+    base = tpu_heuristic(dims, {}, t)
+    cands = tpu_candidates(dims, {}, t)
+    assert cands[0] == base and len(cands) == len({tuple(sorted(c.items())) for c in cands})
+    for c in cands:
+        assert max_blocks % c["pages_per_compute_block"] == 0
+        assert q_heads % c["block_h"] == 0 and (c["block_h"] % 8 == 0 or c["block_h"] == q_heads)
+        assert c["block_h"] <= 128 or c["block_h"] == q_heads
+    assert base["block_h"] == min(q_heads, 128)
 
 
 def test_public_function_checks_arguments(rng):

@@ -132,7 +132,7 @@ def _kernel(ctx_ref, tables_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems,
         pl.when(j == num_blocks - 1)(finish)
 
 
-def _interpret(flag):
+def interpret_params(flag):
     """config "interpret": True (or a dict of pltpu.InterpretParams fields) runs the
     kernel in TPU interpret mode on CPU, which simulates VMEM/HBM, DMAs (performed at
     the wait) and semaphores, fills uninitialized memory with NaN and raises on
@@ -169,7 +169,7 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
     # Scalar prefetch puts the whole block table in SMEM (1 MiB on current chips, shared
     # with everything else prefetched): large batches of long contexts run as several
     # calls over sequence chunks whose tables fit.
-    chunk = max(1, min(s, _SMEM_TABLE_ENTRIES // mb))
+    chunk = max(1, min(s, SMEM_TABLE_ENTRIES // mb))
     outs = []
     for lo in range(0, s, chunk):
         hi = min(s, lo + chunk)
@@ -180,7 +180,7 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
     return (out.reshape(s, hq, d),)
 
 
-_SMEM_TABLE_ENTRIES = 64 * 1024        # 256 KiB of int32 block-table entries per call
+SMEM_TABLE_ENTRIES = 64 * 1024        # 256 KiB of int32 block-table entries per call
 
 
 def _call(ctx, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, scale, soft_cap,
@@ -220,7 +220,7 @@ def _call(ctx, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, 
                 pltpu.VMEM((g, d), jnp.float32),
             ]),
         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
-        interpret=_interpret(cfg.get("interpret")),
+        interpret=interpret_params(cfg.get("interpret")),
         name="page_attention",
     )(ctx, flat_tables, qg, kc, vc)
     return out

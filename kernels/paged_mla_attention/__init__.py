@@ -29,13 +29,14 @@ Padding: num_seqs and max_blocks may be padded to a bucket (padded sequences get
 0, padded block-table columns lie past every context), so no valid_lens are needed.
 
 Backends: `triton` (NVIDIA GPUs: the mla_attention decode kernels reading pages through
-the block table; kernels/mla_attention/triton_gpu.py) and `xla` (every platform; the
-reference and the fallback).
+the block table; kernels/mla_attention/triton_gpu.py), `pallas_tpu` (TPUs: a Mosaic
+kernel that DMAs only the pages each context needs; pallas_tpu.py) and `xla` (every
+platform; the reference and the fallback).
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels.attention.statics import norm_scale
-from .configs import check_dims, triton_candidates, triton_heuristic
+from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic
 from .statics import prepare_call
 
 SPEC = KernelSpec(
@@ -63,6 +64,8 @@ SPEC = KernelSpec(
     dtypes=("float32", "bfloat16", "float16"),
     backends={
         "xla": Backend("ejaot_kernels.paged_mla_attention.xla:paged_mla_attention_impl"),
+        "pallas_tpu": Backend("ejaot_kernels.paged_mla_attention.pallas_tpu:paged_mla_attention_impl",
+                              tpu_heuristic, tpu_candidates),
         "triton": Backend("ejaot_kernels.paged_mla_attention.triton_gpu:paged_mla_attention_impl",
                           triton_heuristic, triton_candidates),
     },

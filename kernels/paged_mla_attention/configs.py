@@ -1,5 +1,5 @@
-"""Shape checks and Triton configs for `paged_mla_attention`. Pure Python: the planner reads
-these without importing jax.
+"""Shape checks and configs (Triton GPU, Pallas TPU) for `paged_mla_attention`. Pure Python:
+the planner reads these without importing jax.
 
 The Triton backend runs mla_attention's decode kernels (one query per sequence, the
 absorbed form) with the latent cache read page by page, so its configs are
@@ -49,4 +49,68 @@ def triton_candidates(dims, static, target):
         if key not in seen:
             seen.add(key)
             out.append(c)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Pallas TPU
+#
+# Config keys of the `pallas_tpu` backend:
+#   pages_per_compute_block  pages DMA'd and processed per online-softmax step
+#   block_h                  q heads per kernel instance (all of them share each page read)
+#   interpret                True: run the kernel in the Pallas interpreter (CPU tests)
+
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _tpu_block_h(q_heads, most=128):
+    """The most heads per instance up to `most` that Mosaic tiles: all of them, or a
+    multiple of 8 that divides q_heads."""
+    if q_heads <= most:
+        return q_heads
+    return max([h for h in _divisors(q_heads) if h <= most and h % 8 == 0] or [q_heads])
+
+
+def _tpu_vmem_fits(tokens, block_h, dims, budget):
+    """Two slots of latent + rope rows, the q_lat block (double-buffered), the f32
+    accumulator and the logits tile (f32 worst case), within budget."""
+    width = dims["kv_lora_rank"] + (dims.get("rope_dim", 64) or 0)
+    need = 4 * (2 * tokens * width + 2 * block_h * dims["kv_lora_rank"] + block_h * dims["kv_lora_rank"]
+                + block_h * tokens)
+    return need <= budget
+
+
+def tpu_heuristic(dims, static, target=None):
+    """Compute blocks of about 256 tokens (512 on chips with >= 64 MiB VMEM), as
+    page_attention's, within a quarter of VMEM; up to 128 heads per instance."""
+    facts = (getattr(target, "facts", None) or {}) if target is not None else {}
+    vmem = facts.get("vmem_bytes", 16 << 20)
+    block_h = _tpu_block_h(dims["q_heads"])
+    ps, mb = dims["page_size"], dims["max_blocks"]
+    want = max(512 if vmem >= (64 << 20) else 256, facts.get("mxu", 128))
+    fits = [p for p in _divisors(mb) if p * ps <= want and _tpu_vmem_fits(p * ps, block_h, dims, vmem // 4)]
+    return {"pages_per_compute_block": max(fits or [1]), "block_h": block_h}
+
+
+def tpu_candidates(dims, static, target):
+    """Blocks of 64 to 2048 tokens within a quarter of VMEM, with the heuristic's heads per
+    instance and with half as many (more instances for small batches)."""
+    base = tpu_heuristic(dims, static, target)
+    vmem = ((getattr(target, "facts", None) or {}) if target is not None else {}).get("vmem_bytes", 16 << 20)
+    ps, mb = dims["page_size"], dims["max_blocks"]
+    heads = [base["block_h"]]
+    half = base["block_h"] // 2
+    if half % 8 == 0 and dims["q_heads"] % half == 0:
+        heads.append(half)
+    out = [base]
+    for block_h in heads:
+        for ppcb in _divisors(mb):
+            tokens = ppcb * ps
+            if tokens > 2048 or (tokens < 64 and ppcb != mb) or not _tpu_vmem_fits(tokens, block_h, dims, vmem // 4):
+                continue
+            c = {"pages_per_compute_block": ppcb, "block_h": block_h}
+            if c not in out:
+                out.append(c)
     return out
