@@ -38,10 +38,6 @@ class StoredEntry:
                     self._compiled = self._load_compiled()
         return self._compiled
 
-    def compiled_pending(self) -> bool:
-        """True until the compiled tier has been tried (loaded or rejected)."""
-        return self._compiled is _UNSET
-
     def portable(self):
         """jax.jit(exported.call), or None. Compiles on first call; also works under tracing."""
         if self._portable is _UNSET:
