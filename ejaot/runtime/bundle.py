@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -85,6 +86,9 @@ class Bundle:
         self.device = device or jax.local_devices()[0]
         self._tracer_type = jax.core.Tracer
         self.platform = compat.local_platform(self.device)
+        self.jit_hazard = compat.command_buffer_hazard(self.platform, os.environ.get("XLA_FLAGS", ""))
+        if self.jit_hazard:
+            warnings.warn("ejaot: " + self.jit_hazard, RuntimeWarning, stacklevel=3)
         self.store = FileStore(root)
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
@@ -348,6 +352,7 @@ class Bundle:
             "miss_log_error": self.misses.error,
             "store_problem": self.store_problem,
             "warmup_errors": [run.error for run in self._warm_runs if run.error],
+            "jit_hazard": self.jit_hazard,
         }
 
     def warmup(self, threads: int | None = None, kernels=None) -> dict:

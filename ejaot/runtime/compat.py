@@ -18,6 +18,32 @@ def local_platform(device) -> str:
     return {"gpu": "cuda"}.get(device.platform, device.platform)
 
 
+# XLA:GPU runs sequences of ops as CUDA graphs ("command buffers"), custom calls included
+# by default. On the H100 image (jax 0.11.2) a jax.jit program that inlines a Triton
+# kernel's custom call (the portable tier under jit) among a few other ops fails at run
+# time ("Failed to create a child graph node ... CUDA_ERROR_NOT_SUPPORTED"); with
+# CUSTOM_CALL left out of the command buffer types it runs (BENCHMARKS.md). Eager calls
+# (the compiled tier, a few ops per dispatch) are not affected.
+COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN"
+
+
+def command_buffer_hazard(platform: str, xla_flags: str) -> str | None:
+    """Why jitted programs that inline this store's GPU kernels may fail here, or None:
+    on CUDA unless XLA_FLAGS sets command buffer types without CUSTOM_CALL."""
+    if platform != "cuda":
+        return None
+    types = None
+    for flag in xla_flags.split():
+        name, eq, value = flag.partition("=")
+        if name == "--xla_gpu_enable_command_buffer" and eq:
+            types = value                       # the last setting wins, as in XLA
+    if types is not None and "CUSTOM_CALL" not in types.upper().split(","):
+        return None
+    return ("XLA command buffers include custom calls: a jax.jit program that inlines ejaot's "
+            "Triton kernels may fail at run time with CUDA_ERROR_NOT_SUPPORTED (eager calls are "
+            f"not affected); start the process with XLA_FLAGS={COMMAND_BUFFER_FLAG}")
+
+
 def record_problem(key: str, record) -> str | None:
     """A structural problem with a record, or None."""
     if not isinstance(record, dict):
