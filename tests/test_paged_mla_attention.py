@@ -185,10 +185,11 @@ def test_pallas_tpu_scale_garbage_tables_and_table_chunks(rng, monkeypatch):
     assert len(calls) == 3
 
 
-def test_pallas_tpu_rejects_a_head_block_that_does_not_divide_the_heads(rng):
-    x = make_case(rng, lens=[3, 4])
-    with pytest.raises(ValueError, match="block_h=3 does not divide q_heads=8"):
-        run_impl(tpu_impl, x, {"interpret": True, "block_h": 3})
+@pytest.mark.parametrize("block_h", [3, 4])
+def test_pallas_tpu_rejects_head_blocks_mosaic_cannot_tile(rng, block_h):
+    x = make_case(rng, lens=[3, 4])           # 8 heads: 3 does not divide them, 4 is not 8-aligned
+    with pytest.raises(ValueError, match=f"block_h={block_h} must divide q_heads=8"):
+        run_impl(tpu_impl, x, {"interpret": True, "block_h": block_h})
 
 
 @pytest.mark.parametrize("dtype,rope", [("bfloat16", True), ("float32", False)])

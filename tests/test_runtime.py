@@ -84,6 +84,11 @@ def test_inside_jit_uses_portable_tier(store_copy, rng):
     ("cuda", "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN", False),
     ("cuda", "--xla_gpu_enable_command_buffer=", False),                       # all off
     ("cuda", "--xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=custom_call", True),
+    ("cuda", "--xla_gpu_enable_command_buffer=+WHILE", True),                  # edits keep the default
+    ("cuda", "--xla_gpu_enable_command_buffer=-FUSION", True),
+    ("cuda", "--xla_gpu_enable_command_buffer=-CUSTOM_CALL", False),
+    ("cuda", "--xla_gpu_enable_command_buffer=-CUSTOM_CALL,+WHILE", False),
+    ("cuda", "--xla_gpu_enable_command_buffer=FUSION --xla_gpu_enable_command_buffer=+CUSTOM_CALL", True),
 ])
 def test_command_buffer_hazard_follows_xla_flags(platform, flags, hazard):
     """On CUDA, jitted programs that inline the Triton kernels fail under XLA's default
@@ -108,9 +113,12 @@ def test_load_warns_of_command_buffers_on_cuda(store_copy, monkeypatch):
     from ejaot.runtime import compat
     monkeypatch.setattr(compat, "local_platform", lambda device: "cuda")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert ejaot.load(store_copy).jit_hazard is None          # a cpu store: no Triton kernels
+    monkeypatch.setattr(compat, "target_platform", lambda target: "cuda")
     with pytest.warns(RuntimeWarning, match="XLA command buffers include custom calls") as caught:
         bundle = ejaot.load(store_copy)
-    assert len([w for w in caught if "command buffers" in str(w.message)]) == 1
+    mine = [w for w in caught if "command buffers" in str(w.message)]
+    assert len(mine) == 1 and mine[0].filename == __file__     # points at the caller of load
     assert compat.COMMAND_BUFFER_FLAG in bundle.stats()["jit_hazard"]
     monkeypatch.setenv("XLA_FLAGS", compat.COMMAND_BUFFER_FLAG)
     assert ejaot.load(store_copy).jit_hazard is None

@@ -24,6 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+# warnings name the first caller outside the package
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
 from ..errors import BucketMissError, CallError, StoreError
 from ..kernel_spec import KernelSpec
 from ..registry import all_kernels, find_kernel
@@ -86,9 +89,6 @@ class Bundle:
         self.device = device or jax.local_devices()[0]
         self._tracer_type = jax.core.Tracer
         self.platform = compat.local_platform(self.device)
-        self.jit_hazard = compat.command_buffer_hazard(self.platform, os.environ.get("XLA_FLAGS", ""))
-        if self.jit_hazard:
-            warnings.warn("ejaot: " + self.jit_hazard, RuntimeWarning, stacklevel=3)
         self.store = FileStore(root)
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
@@ -113,6 +113,14 @@ class Bundle:
         if isinstance(eager, str) and eager != "background":
             raise ValueError(f"eager must be False, True or 'background', not {eager!r}")
         self._open()
+        # a GPU store on a CUDA device: its Triton kernels under jax.jit (compat says why).
+        # XLA_FLAGS as of now; XLA read it when the backend started.
+        self.jit_hazard = None
+        if self.platform == "cuda" and compat.target_platform(getattr(self, "target", None)) == "cuda":
+            self.jit_hazard = compat.command_buffer_hazard(self.platform, os.environ.get("XLA_FLAGS", ""))
+            if self.jit_hazard:
+                warnings.warn("ejaot: " + self.jit_hazard, RuntimeWarning,
+                              skip_file_prefixes=(_PACKAGE_DIR,))
         if eager == "background":
             self._warm = self._start_warmup(None, None)
         elif eager:

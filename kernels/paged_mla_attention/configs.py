@@ -74,31 +74,38 @@ def _tpu_block_h(q_heads, most=128):
 
 
 def _tpu_vmem_fits(tokens, block_h, dims, budget):
-    """Two slots of latent + rope rows, the q_lat block (double-buffered), the f32
-    accumulator and the logits tile (f32 worst case), within budget."""
-    width = dims["kv_lora_rank"] + (dims.get("rope_dim", 64) or 0)
-    need = 4 * (2 * tokens * width + 2 * block_h * dims["kv_lora_rank"] + block_h * dims["kv_lora_rank"]
-                + block_h * tokens)
+    """Within budget, counted in f32 (the worst case): two slots of latent + rope rows and
+    the masked copies of one, the q_lat and out_lat blocks (double-buffered), the
+    accumulator, and three [heads, tokens] temporaries (logits, p, exp)."""
+    r = dims["kv_lora_rank"]
+    width = r + (dims.get("rope_dim", 64) or 0)
+    need = 4 * (3 * tokens * width + 4 * block_h * r + block_h * r + 3 * block_h * tokens)
     return need <= budget
+
+
+# Mosaic's default scoped VMEM limit on the smallest current chip (v5e); the kernel sets
+# no larger one, so every config stays within half of it.
+_TPU_SCOPED_VMEM = 16 << 20
 
 
 def tpu_heuristic(dims, static, target=None):
     """Compute blocks of about 256 tokens (512 on chips with >= 64 MiB VMEM), as
-    page_attention's, within a quarter of VMEM; up to 128 heads per instance."""
+    page_attention's, within half of the default scoped VMEM; up to 128 heads per
+    instance."""
     facts = (getattr(target, "facts", None) or {}) if target is not None else {}
     vmem = facts.get("vmem_bytes", 16 << 20)
     block_h = _tpu_block_h(dims["q_heads"])
     ps, mb = dims["page_size"], dims["max_blocks"]
     want = max(512 if vmem >= (64 << 20) else 256, facts.get("mxu", 128))
-    fits = [p for p in _divisors(mb) if p * ps <= want and _tpu_vmem_fits(p * ps, block_h, dims, vmem // 4)]
+    fits = [p for p in _divisors(mb) if p * ps <= want and _tpu_vmem_fits(p * ps, block_h, dims, _TPU_SCOPED_VMEM // 2)]
     return {"pages_per_compute_block": max(fits or [1]), "block_h": block_h}
 
 
 def tpu_candidates(dims, static, target):
-    """Blocks of 64 to 2048 tokens within a quarter of VMEM, with the heuristic's heads per
-    instance and with half as many (more instances for small batches)."""
+    """Blocks of 64 to 2048 tokens within half of the default scoped VMEM, with the
+    heuristic's heads per instance and with half as many (more instances for small
+    batches)."""
     base = tpu_heuristic(dims, static, target)
-    vmem = ((getattr(target, "facts", None) or {}) if target is not None else {}).get("vmem_bytes", 16 << 20)
     ps, mb = dims["page_size"], dims["max_blocks"]
     heads = [base["block_h"]]
     half = base["block_h"] // 2
@@ -108,7 +115,8 @@ def tpu_candidates(dims, static, target):
     for block_h in heads:
         for ppcb in _divisors(mb):
             tokens = ppcb * ps
-            if tokens > 2048 or (tokens < 64 and ppcb != mb) or not _tpu_vmem_fits(tokens, block_h, dims, vmem // 4):
+            if tokens > 2048 or (tokens < 64 and ppcb != mb) or \
+                    not _tpu_vmem_fits(tokens, block_h, dims, _TPU_SCOPED_VMEM // 2):
                 continue
             c = {"pages_per_compute_block": ppcb, "block_h": block_h}
             if c not in out:

@@ -159,9 +159,10 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     cfg = {**tpu_heuristic(dims, {}), **(config or {})}
     ppcb = max(1, min(int(cfg["pages_per_compute_block"]), mb))
     block_h = int(cfg["block_h"])
-    if hq % block_h:
-        raise ValueError(f"paged_mla_attention (pallas_tpu): block_h={block_h} does not divide "
-                         f"q_heads={hq}")
+    if hq % block_h or (block_h % 8 and block_h != hq):
+        # Mosaic tiles a block's second-to-last dim by 8 unless the block spans it
+        raise ValueError(f"paged_mla_attention (pallas_tpu): block_h={block_h} must divide "
+                         f"q_heads={hq} and be a multiple of 8 or all of them")
     cdt = q.dtype                 # matmul inputs in the caller's dtype; f32 accumulation
     q_lat = jnp.einsum("skgd,rkd->skgr", q.reshape(s, hk, hq // hk, d), w_kc.astype(cdt),
                        preferred_element_type=F32).astype(cdt).reshape(s, hq, r)
