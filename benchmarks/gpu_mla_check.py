@@ -34,7 +34,11 @@ latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are
 counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
 @ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
 bytes (cache + rope keys + q_lat + out_lat). Median of timed batches after warm-up,
-alternating two input sets. Every row catches its own failure; tables come last.
+alternating two input sets, one host dispatch per call. "sustained" (--sustained N,
+default 10): N calls with distinct queries inside one jitted program, so the GPU never
+idles between them and runs at its power cap (BENCHMARKS.md); such a program needs XLA's
+command buffers to leave custom calls out, so the run sets that XLA flag (README,
+Serving). Every row catches its own failure; tables come last.
 """
 from __future__ import annotations
 
@@ -87,6 +91,8 @@ def parse_args():
                     "two timing shapes, three numerics cases, few iters",
                     "JSON dict merged into the kernel config")
     p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
+    p.add_argument("--sustained", type=int, default=10, metavar="N",
+                   help="also time N calls in one jitted program (0: off)")
     return p.parse_args()
 
 
@@ -410,7 +416,23 @@ def bench(fn, arg_sets, iters, reps):
     return statistics.median(times)
 
 
-def run_timing(kernel, cases, rng, iters, results):
+def bench_in_one_program(fn, first_inputs, rest, reps):
+    """Median seconds per call of len(first_inputs) calls fn(x, *rest), one per x, inside
+    one jitted program: no host dispatch or idle time between them. rest travels as
+    arguments (closed-over arrays would be baked into the program as constants)."""
+    import jax
+    many = jax.jit(lambda xs, rest: [fn(x, *rest) for x in xs])
+    for _ in range(2):
+        jax.block_until_ready(many(first_inputs, rest))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(many(first_inputs, rest))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / len(first_inputs)
+
+
+def run_timing(kernel, cases, rng, iters, results, sustained=0):
     import jax
     import jax.numpy as jnp
     for c in cases:
@@ -438,9 +460,16 @@ def run_timing(kernel, cases, rng, iters, results):
                 ("kernel", lambda: kernel.fn(c, "bfloat16", "kernel"), ksets, kernel_bytes),
                 ("xla", lambda: jax.jit(make_fn(c, impl_of(c, "xla"), {} if c["PS"] else {"form": "absorbed"})),
                  sets, nbytes)]
+        if sustained:
+            def packed(get, arg_sets):
+                first = arg_sets[0][0]      # the query (whole path) or q_lat (kernel alone)
+                xs = [jnp.asarray(rng.standard_normal(first.shape) * 0.5, first.dtype) for _ in range(sustained)]
+                return lambda: bench_in_one_program(get(), xs, tuple(arg_sets[0][1:]), iters)
+            runs += [(key + "_sustained", packed(get, arg_sets), None, nb)
+                     for key, get, arg_sets, nb in runs if key in ("triton", "kernel")]
         for key, get, arg_sets, nb in runs:
             try:
-                sec = bench(get(), arg_sets, iters, reps)
+                sec = get() if arg_sets is None else bench(get(), arg_sets, iters, reps)
                 rec["us"][key] = sec * 1e6
                 rec["gbps"][key] = nb / sec / 1e9
                 print(f"  timing {c['name']} {key}: {sec * 1e6:.1f} us, {nb / sec / 1e9:.0f} GB/s "
@@ -474,8 +503,9 @@ def print_tables(numerics, timing):
     if timing:
         print("\n## speed: MLA decode, bf16, 128 heads, d 128, rank 512, rope 64 (GB/s counts latent cache"
               "\n## + rope keys + q + out; weights excluded; % of 3.0 TB/s; us per call in parentheses)\n")
-        print("| shape | triton (whole path) | xla absorbed | triton / xla | kernel alone* | config |")
-        print("|---|---|---|---|---|---|")
+        print("| shape | triton (whole path) | sustained | xla absorbed | triton / xla | kernel alone* "
+              "| sustained | config |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in timing:
             def cell(k):
                 if k in r["gbps"]:
@@ -485,9 +515,10 @@ def print_tables(numerics, timing):
                      if "triton" in r["gbps"] and "xla" in r["gbps"] else "-")
             cfg = r.get("config") or {}
             cfg_s = ", ".join(f"{k}={cfg[k]}" for k in ("kernel", "num_splits") if k in cfg)
-            print(f"| {r['case']} | {cell('triton')} | {cell('xla')} | {ratio} | {cell('kernel')} | {cfg_s} |")
+            print(f"| {r['case']} | {cell('triton')} | {cell('triton_sustained')} | {cell('xla')} | {ratio} "
+                  f"| {cell('kernel')} | {cell('kernel_sustained')} | {cfg_s} |")
         print("\n*kernel alone: the Triton attention on a given q_lat, its own bytes (cache + rope keys"
-              " + q_lat + out_lat).")
+              " + q_lat + out_lat). sustained: --sustained calls in one program (no idle time).")
 
 
 def main():
@@ -496,6 +527,9 @@ def main():
     if args.export:
         do_export(args)
         return 0
+    if args.sustained:   # before jax starts: packed Triton calls fail in XLA's default CUDA graphs
+        from ejaot.runtime.compat import COMMAND_BUFFER_FLAG
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COMMAND_BUFFER_FLAG}".strip()
     import jax
     import numpy as np
     t_start = time.perf_counter()
@@ -519,7 +553,7 @@ def main():
         run_numerics(kernel, num, dtypes, rng, numerics)
     if kernel is not None and not args.skip_timing:
         iters = args.iters or (5 if args.quick else 9)
-        run_timing(kernel, tim, rng, iters, timing)
+        run_timing(kernel, tim, rng, iters, timing, sustained=args.sustained)
     n_fail = sum(not r.get("passed") for r in numerics)
     info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     verdict = "PASS" if numerics and not n_fail else ("FAIL" if numerics else "NO NUMERICS")
