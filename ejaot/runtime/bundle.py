@@ -24,9 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-# warnings name the first caller outside the package
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
 from ..errors import BucketMissError, CallError, StoreError
 from ..kernel_spec import KernelSpec
 from ..registry import all_kernels, find_kernel
@@ -38,6 +35,9 @@ from .entry import StoredEntry
 from .jit import fallback_backend, jitted
 from .misslog import MissLog
 from .warmup import CallsFirst, WarmUp
+
+# warnings name the first caller outside the package
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,

@@ -18,22 +18,23 @@ from .mlir_text import custom_call_strings
 TRITON_CALL = "triton_kernel_call_ffi"
 
 
-def require_toolchain(target) -> None:
+def require_toolchain(target):
     """Raises TargetUnavailableError, saying how to install it, when the CUDA plugin is
-    missing (no side effects: the build checks this before it starts worker processes)."""
+    missing (no side effects: the build checks this before it starts worker processes);
+    returns the extras folder that holds it."""
     extras = tc.extras_dir("cuda")
     if not (extras / "jax_plugins").is_dir():
         raise TargetUnavailableError(
             f"{target.name} needs jax-cuda13-plugin to lower Triton kernels; install it with "
             f"`make artifacts TARGET={target.name}` or "
             f"`pip install --no-deps --target {extras} -r requirements/cuda-extras.txt`")
+    return extras
 
 
 def prepare_process(target) -> None:
     """Put the CUDA plugin on the path (jax-triton builds its kernel proto with it) and
     keep jax on the CPU; must run before jax is imported."""
-    require_toolchain(target)
-    extras = tc.extras_dir("cuda")
+    extras = require_toolchain(target)
     if str(extras) not in sys.path:
         sys.path.insert(0, str(extras))
     os.environ["JAX_PLATFORMS"] = "cpu"

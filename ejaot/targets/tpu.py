@@ -13,21 +13,22 @@ from ..errors import TargetUnavailableError
 from .mlir_text import custom_call_strings
 
 
-def require_toolchain(target) -> None:
+def require_toolchain(target):
     """Raises TargetUnavailableError, saying how to install it, when libtpu is missing
-    (no side effects: the build checks this before it starts worker processes)."""
+    (no side effects: the build checks this before it starts worker processes); returns
+    the extras folder that holds it."""
     extras = tc.extras_dir("tpu")
     if not (extras / "libtpu").is_dir():
         raise TargetUnavailableError(
             f"{target.name} needs libtpu for cross-compiling; install it with "
             f"`make artifacts TARGET={target.name}` or "
             f"`pip install --no-deps --target {extras} -r requirements/tpu-extras.txt`")
+    return extras
 
 
 def prepare_process(target) -> None:
     """Put libtpu on the path and quiet it; must run before jax is imported."""
-    require_toolchain(target)
-    extras = tc.extras_dir("tpu")
+    extras = require_toolchain(target)
     if str(extras) not in sys.path:
         sys.path.insert(0, str(extras))
     # Compile-only: never try to open a TPU here, and keep libtpu's start-up logging quiet.

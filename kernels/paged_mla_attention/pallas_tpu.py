@@ -29,7 +29,7 @@ from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.page_attention.pallas_tpu import SMEM_TABLE_ENTRIES, interpret_params
 
 from .configs import tpu_heuristic
-from .xla import unpack
+from .xla import absorb_query, call_dims, expand_output, unpack
 
 F32 = jnp.float32
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -150,12 +150,8 @@ def _call(ctx, flat_tables, q_lat, b_q, cache, rope_cache, *, ppcb, block_h, sca
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     q, cache, w_kc, w_vc, tables, ctx, b_q, rope_cache = unpack(inputs)
     s, hq, d = q.shape
-    pages, ps, r = cache.shape
-    hk = w_kc.shape[1]
-    mb = tables.shape[1]
-    dims = dict(num_seqs=s, q_heads=hq, kv_heads=hk, head_dim=d, kv_lora_rank=r,
-                rope_dim=b_q.shape[-1] if b_q is not None else 0, total_pages=pages, page_size=ps,
-                max_blocks=mb)
+    ps, mb = cache.shape[1], tables.shape[1]
+    dims = call_dims(q, cache, w_kc, tables, b_q)
     cfg = {**tpu_heuristic(dims, {}), **(config or {})}
     ppcb = max(1, min(int(cfg["pages_per_compute_block"]), mb))
     block_h = int(cfg["block_h"])
@@ -164,8 +160,7 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
         raise ValueError(f"paged_mla_attention (pallas_tpu): block_h={block_h} must divide "
                          f"q_heads={hq} and be a multiple of 8 or all of them")
     cdt = q.dtype                 # matmul inputs in the caller's dtype; f32 accumulation
-    q_lat = jnp.einsum("skgd,rkd->skgr", q.reshape(s, hk, hq // hk, d), w_kc.astype(cdt),
-                       preferred_element_type=F32).astype(cdt).reshape(s, hq, r)
+    q_lat = absorb_query(q, w_kc)
     cache = cache.astype(cdt)
     if b_q is not None:
         b_q, rope_cache = b_q.astype(cdt), rope_cache.astype(cdt)
@@ -180,6 +175,4 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
                           None if b_q is None else b_q[lo:hi], cache, rope_cache, ppcb=ppcb,
                           block_h=block_h, scale=scale, interpret=interpret_params(cfg.get("interpret"))))
     out_lat = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
-    out = jnp.einsum("skgr,rkd->skgd", out_lat.reshape(s, hk, hq // hk, r), w_vc.astype(F32),
-                     preferred_element_type=F32)
-    return (out.reshape(s, hq, d).astype(q.dtype),)
+    return (expand_output(out_lat, w_vc, q.dtype),)

@@ -21,17 +21,14 @@ from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.triton_support import resolve_config
 
 from .configs import decode_dims, triton_heuristic
-from .xla import unpack
+from .xla import call_dims, unpack
 
 
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     import jax.numpy as jnp
     q, cache, w_kc, w_vc, tables, ctx, b_q, rope_cache = unpack(inputs)
-    s, hq, d = q.shape
-    pages, ps, r = cache.shape
-    dims = dict(num_seqs=s, q_heads=hq, kv_heads=w_kc.shape[1], head_dim=d, kv_lora_rank=r,
-                rope_dim=b_q.shape[-1] if b_q is not None else 0, total_pages=pages, page_size=ps,
-                max_blocks=tables.shape[1])
+    d, ps = q.shape[-1], cache.shape[1]
+    dims = call_dims(q, cache, w_kc, tables, b_q)
     cfg = resolve_config("paged_mla_attention", config, triton_heuristic, dims,
                          {"softmax_scale": softmax_scale})
     st = make_static(cfg, decode_dims(dims), jnp.dtype(q.dtype).itemsize, page_size=ps)

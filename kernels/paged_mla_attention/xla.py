@@ -28,9 +28,38 @@ def gather_pages(cache, tables, ctx):
 
 def unpack(inputs):
     """(query, latent_cache, w_kc, w_vc, block_tables, context_lens, b_q, rope_cache); the
-    last two None when absent. Both backends take their inputs this way."""
+    last two None when absent. Every backend takes its inputs this way."""
     return (inputs["query"], inputs["latent_cache"], inputs["w_kc"], inputs["w_vc"], inputs["block_tables"],
             inputs["context_lens"], inputs.get("b_q"), inputs.get("rope_cache"))
+
+
+def call_dims(q, cache, w_kc, tables, b_q) -> dict:
+    """The kernel's dims for these arrays (what its configs are chosen from)."""
+    s, hq, d = q.shape
+    pages, ps, r = cache.shape
+    return dict(num_seqs=s, q_heads=hq, kv_heads=w_kc.shape[1], head_dim=d, kv_lora_rank=r,
+                rope_dim=b_q.shape[-1] if b_q is not None else 0, total_pages=pages, page_size=ps,
+                max_blocks=tables.shape[1])
+
+
+def absorb_query(q, w_kc):
+    """q_lat[s, h] = q[s, h] @ w_kc[:, g(h)]^T, [num_seqs, q_heads, rank], in q's dtype
+    (accumulated in f32)."""
+    s, hq, d = q.shape
+    r, hk = w_kc.shape[:2]
+    q_lat = jnp.einsum("skgd,rkd->skgr", q.reshape(s, hk, hq // hk, d), w_kc.astype(q.dtype),
+                       preferred_element_type=F32)
+    return q_lat.astype(q.dtype).reshape(s, hq, r)
+
+
+def expand_output(out_lat, w_vc, dtype):
+    """out[s, h] = out_lat[s, h] @ w_vc[:, g(h)]; out_lat stays f32 into this (small)
+    up-projection: it is a sum over all the keys."""
+    s, hq, r = out_lat.shape
+    hk, d = w_vc.shape[1:]
+    out = jnp.einsum("skgr,rkd->skgd", out_lat.reshape(s, hk, hq // hk, r), w_vc.astype(F32),
+                     preferred_element_type=F32)
+    return out.reshape(s, hq, d).astype(dtype)
 
 
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
@@ -61,12 +90,11 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
 
 
 def _attend(q, tables, ctx, b_q, cache, rope_cache, w_kc, w_vc, scale):
-    s, hq, d = q.shape
+    s, hq, _ = q.shape
     hk = w_kc.shape[1]
     cdt = q.dtype                 # matmul inputs stay in the caller's dtype; accumulate in f32
     kv, keep = gather_pages(cache.astype(cdt), tables, ctx)                      # [s, t, r]
-    q_lat = jnp.einsum("skgd,rkd->skgr", q.reshape(s, hk, hq // hk, d), w_kc.astype(cdt),
-                       preferred_element_type=F32).astype(cdt)
+    q_lat = absorb_query(q, w_kc).reshape(s, hk, hq // hk, -1)
     logits = jnp.einsum("skgr,str->skgt", q_lat, kv, preferred_element_type=F32)
     if b_q is not None:
         # the rope part is shared by every head: one [s, t] term broadcast over heads
@@ -74,6 +102,4 @@ def _attend(q, tables, ctx, b_q, cache, rope_cache, w_kc, w_vc, scale):
         logits = logits + jnp.einsum("se,ste->st", b_q.astype(cdt), bk, preferred_element_type=F32)[:, None, None]
     probs = masked_softmax(logits * jnp.asarray(scale, F32), keep[:, None, None, :])
     out_lat = jnp.einsum("skgt,str->skgr", probs.astype(cdt), kv, preferred_element_type=F32)
-    # out_lat stays f32 into the (small) up-projection: it is a sum over t keys
-    out = jnp.einsum("skgr,rkd->skgd", out_lat, w_vc.astype(F32), preferred_element_type=F32)
-    return out.reshape(s, hq, d).astype(q.dtype)
+    return expand_output(out_lat.reshape(s, hq, -1), w_vc, q.dtype)
