@@ -61,3 +61,40 @@ def rel_err(a, b):
         return float("inf"), float("inf")
     denom = max(float(np.linalg.norm(b)), 1e-30)
     return float(np.linalg.norm(a - b) / denom), (float(np.max(np.abs(a - b))) if a.size else 0.0)
+
+
+def gpu_ops(run):
+    """[(name, start_ns, duration_ns)] of the GPU ops that run() executed, in start order,
+    from a jax.profiler trace (CUPTI's per-stream kernel records); [] without CUPTI."""
+    import glob
+    import tempfile
+    import jax
+    from jax.profiler import ProfileData
+    folder = tempfile.mkdtemp()
+    with jax.profiler.trace(folder):
+        jax.block_until_ready(run())
+    events = []
+    for f in glob.glob(f"{folder}/**/*.xplane.pb", recursive=True):
+        for plane in ProfileData.from_file(f).planes:
+            if plane.name.startswith("/device:GPU"):
+                for line in plane.lines:
+                    if "stream" in line.name.lower():   # op lines, not the launch/API ones
+                        events += [(e.name, e.start_ns, e.duration_ns) for e in line.events]
+    return sorted(events, key=lambda e: e[1])
+
+
+def steady_period_s(events, calls):
+    """The GPU's seconds per call in a traced batch of `calls` back-to-back dispatches: the
+    median start-to-start interval of the longest op that ran once per call. The host's
+    dispatch latency before the first op and its wait after the last are left out, and so is
+    the slow start of the batch; idle gaps between calls stay in. None if no op ran once
+    per call."""
+    import statistics
+    by_name = {}
+    for name, start, dur in events:
+        by_name.setdefault(name, []).append((start, dur))
+    once = [v for v in by_name.values() if len(v) == calls]
+    if not once or calls < 2:
+        return None
+    starts = [s for s, _ in max(once, key=lambda v: statistics.median(d for _, d in v))]
+    return statistics.median(b - a for a, b in zip(starts, starts[1:])) / 1e9

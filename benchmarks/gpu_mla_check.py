@@ -33,12 +33,14 @@ pages: one TMA box per page). Bytes counted per call: the
 latent cache + the rope keys + q + out (the w_kc / w_vc weights, 2 x 16 MiB, are NOT
 counted). "triton" and "xla" are the whole absorbed path (q @ w_kc^T, attention,
 @ w_vc); "kernel" is the Triton attention alone on a given q_lat, counted as its own
-bytes (cache + rope keys + q_lat + out_lat). Median of timed batches after warm-up,
-alternating two input sets, one host dispatch per call. "sustained" (--sustained N,
-default 10): N calls with distinct queries inside one jitted program, so the GPU never
-idles between them and runs at its power cap (BENCHMARKS.md); such a program needs XLA's
-command buffers to leave custom calls out, so the run sets that XLA flag (README,
-Serving). Every row catches its own failure; tables come last.
+bytes (cache + rope keys + q_lat + out_lat). One host dispatch per call, alternating two
+input sets, three measures per row:
+  host       median of timed ~25 ms batches of back-to-back dispatches after warm-up;
+  GPU        the GPU's own time per call: the steady start-to-start period of the row's
+             longest op in a jax.profiler (CUPTI) trace of 30 dispatches;
+  sustained  (--sustained S seconds, default 3; 0: off) host-timed over S seconds of
+             uninterrupted dispatches, by when the board runs at its power limit.
+Every row catches its own failure; tables come last.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ import time
 import traceback
 from pathlib import Path
 
-from gpu_check_common import base_parser, load_exported, rel_err, setup_paths  # noqa: E402
+from gpu_check_common import base_parser, gpu_ops, load_exported, rel_err, setup_paths, steady_period_s  # noqa: E402
 PEAK_BYTES_PER_S = 3.0e12          # H100 SXM device-to-device copy, as measured here
 
 # name, B, S, T, Hq, Hk, D, R, rope (0: none), causal, valid (q_len, kv_len) or None
@@ -91,8 +93,8 @@ def parse_args():
                     "two timing shapes, three numerics cases, few iters",
                     "JSON dict merged into the kernel config")
     p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
-    p.add_argument("--sustained", type=int, default=10, metavar="N",
-                   help="also time N calls in one jitted program (0: off)")
+    p.add_argument("--sustained", type=float, default=3.0, metavar="S",
+                   help="also time S seconds of uninterrupted calls (0: off)")
     return p.parse_args()
 
 
@@ -399,13 +401,20 @@ def run_numerics(kernel, cases, dtypes, rng, results):
 # timing
 # ---------------------------------------------------------------------------------------
 
-def bench(fn, arg_sets, iters, reps):
-    """Median seconds per call: `reps` back-to-back calls per timed batch (alternating the
-    input sets), `iters` batches."""
+def bench(fn, arg_sets, iters):
+    """Host-timed median seconds per call: `iters` batches of back-to-back dispatches
+    (alternating the input sets), each batch sized to ~25 ms so the fixed cost of a batch
+    (the first dispatch's latency and the final wait, ~0.3 ms on the H100 host) stays
+    within ~1% of it."""
     import jax
     for a in arg_sets:
         jax.block_until_ready(fn(*a))
         jax.block_until_ready(fn(*a))
+    t0 = time.perf_counter()
+    for i in range(20):
+        out = fn(*arg_sets[i % len(arg_sets)])
+    jax.block_until_ready(out)
+    reps = max(20, min(1000, int(0.025 / ((time.perf_counter() - t0) / 20))))
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -416,20 +425,28 @@ def bench(fn, arg_sets, iters, reps):
     return statistics.median(times)
 
 
-def bench_in_one_program(fn, first_inputs, rest, reps):
-    """Median seconds per call of len(first_inputs) calls fn(x, *rest), one per x, inside
-    one jitted program: no host dispatch or idle time between them. rest travels as
-    arguments (closed-over arrays would be baked into the program as constants)."""
+def gpu_time(fn, arg_sets, calls=30):
+    """The GPU's own seconds per call (CUPTI trace of `calls` back-to-back dispatches;
+    gpu_check_common.steady_period_s), or None where the profiler records no GPU ops."""
+    def run():
+        out = None
+        for i in range(calls):
+            out = fn(*arg_sets[i % len(arg_sets)])
+        return out
+    return steady_period_s(gpu_ops(run), calls)
+
+
+def sustained_time(fn, arg_sets, seconds):
+    """Host-timed seconds per call over `seconds` of uninterrupted back-to-back dispatches:
+    long enough for the board to settle at its power limit (BENCHMARKS.md)."""
     import jax
-    many = jax.jit(lambda xs, rest: [fn(x, *rest) for x in xs])
-    for _ in range(2):
-        jax.block_until_ready(many(first_inputs, rest))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(many(first_inputs, rest))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / len(first_inputs)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for i in range(50):
+            out = fn(*arg_sets[i % len(arg_sets)])
+        n += 50
+        jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / n
 
 
 def run_timing(kernel, cases, rng, iters, results, sustained=0):
@@ -455,29 +472,28 @@ def run_timing(kernel, cases, rng, iters, results, sustained=0):
             results.append(rec)
             print(f"  timing {c['name']}: inputs failed: {ex}", flush=True)
             continue
-        reps = 20
         runs = [("triton", lambda: kernel.fn(c, "bfloat16"), sets, nbytes),
                 ("kernel", lambda: kernel.fn(c, "bfloat16", "kernel"), ksets, kernel_bytes),
                 ("xla", lambda: jax.jit(make_fn(c, impl_of(c, "xla"), {} if c["PS"] else {"form": "absorbed"})),
                  sets, nbytes)]
-        if sustained:
-            def packed(get, arg_sets):
-                first = arg_sets[0][0]      # the query (whole path) or q_lat (kernel alone)
-                xs = [jnp.asarray(rng.standard_normal(first.shape) * 0.5, first.dtype) for _ in range(sustained)]
-                return lambda: bench_in_one_program(get(), xs, tuple(arg_sets[0][1:]), iters)
-            runs += [(key + "_sustained", packed(get, arg_sets), None, nb)
-                     for key, get, arg_sets, nb in runs if key in ("triton", "kernel")]
         for key, get, arg_sets, nb in runs:
             try:
-                sec = get() if arg_sets is None else bench(get(), arg_sets, iters, reps)
-                rec["us"][key] = sec * 1e6
-                rec["gbps"][key] = nb / sec / 1e9
-                print(f"  timing {c['name']} {key}: {sec * 1e6:.1f} us, {nb / sec / 1e9:.0f} GB/s "
-                      f"({100 * nb / sec / PEAK_BYTES_PER_S:.0f}% of 3.0 TB/s)", flush=True)
+                fn = get()
+                times = {key: bench(fn, arg_sets, iters), key + "_gpu": gpu_time(fn, arg_sets)}
+                if sustained and key != "xla":
+                    times[key + "_sustained"] = sustained_time(fn, arg_sets, sustained)
             except Exception as ex:  # noqa: BLE001
                 msg = f"{type(ex).__name__}: {str(ex).splitlines()[0][:300] if str(ex) else ''}"
                 rec["errors"][key] = msg
                 print(f"  timing {c['name']} {key}: failed: {msg}", flush=True)
+                continue
+            for k, sec in times.items():
+                if sec is None:
+                    continue
+                rec["us"][k] = sec * 1e6
+                rec["gbps"][k] = nb / sec / 1e9
+                print(f"  timing {c['name']} {k}: {sec * 1e6:.1f} us, {nb / sec / 1e9:.0f} GB/s "
+                      f"({100 * nb / sec / PEAK_BYTES_PER_S:.0f}% of 3.0 TB/s)", flush=True)
         results.append(rec)
         del sets, ksets
 
@@ -503,22 +519,24 @@ def print_tables(numerics, timing):
     if timing:
         print("\n## speed: MLA decode, bf16, 128 heads, d 128, rank 512, rope 64 (GB/s counts latent cache"
               "\n## + rope keys + q + out; weights excluded; % of 3.0 TB/s; us per call in parentheses)\n")
-        print("| shape | triton (whole path) | sustained | xla absorbed | triton / xla | kernel alone* "
-              "| sustained | config |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| shape | whole path: host | GPU | sustained | xla absorbed: host | GPU | triton / xla (GPU) "
+              "| kernel alone*: host | GPU | sustained | config |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in timing:
             def cell(k):
                 if k in r["gbps"]:
                     return f"{r['gbps'][k]:.0f} GB/s, {100 * r['gbps'][k] * 1e9 / PEAK_BYTES_PER_S:.0f}% ({r['us'][k]:.1f})"
                 return "err" if k in r["errors"] else "-"
-            ratio = (f"{r['gbps']['triton'] / r['gbps']['xla']:.2f}x"
-                     if "triton" in r["gbps"] and "xla" in r["gbps"] else "-")
+            ratio = (f"{r['gbps']['triton_gpu'] / r['gbps']['xla_gpu']:.2f}x"
+                     if "triton_gpu" in r["gbps"] and "xla_gpu" in r["gbps"] else "-")
             cfg = r.get("config") or {}
             cfg_s = ", ".join(f"{k}={cfg[k]}" for k in ("kernel", "num_splits") if k in cfg)
-            print(f"| {r['case']} | {cell('triton')} | {cell('triton_sustained')} | {cell('xla')} | {ratio} "
-                  f"| {cell('kernel')} | {cell('kernel_sustained')} | {cfg_s} |")
+            print(f"| {r['case']} | {cell('triton')} | {cell('triton_gpu')} | {cell('triton_sustained')} "
+                  f"| {cell('xla')} | {cell('xla_gpu')} | {ratio} | {cell('kernel')} | {cell('kernel_gpu')} "
+                  f"| {cell('kernel_sustained')} | {cfg_s} |")
         print("\n*kernel alone: the Triton attention on a given q_lat, its own bytes (cache + rope keys"
-              " + q_lat + out_lat). sustained: --sustained calls in one program (no idle time).")
+              " + q_lat + out_lat). host: timed ~25 ms batches; GPU: the trace's period per call;"
+              " sustained: --sustained seconds of uninterrupted calls (power limit).")
 
 
 def main():
@@ -527,9 +545,6 @@ def main():
     if args.export:
         do_export(args)
         return 0
-    if args.sustained:   # before jax starts: packed Triton calls fail in XLA's default CUDA graphs
-        from ejaot.runtime.compat import COMMAND_BUFFER_FLAG
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COMMAND_BUFFER_FLAG}".strip()
     import jax
     import numpy as np
     t_start = time.perf_counter()

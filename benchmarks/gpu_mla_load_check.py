@@ -6,23 +6,29 @@ BENCHMARKS.md, MLA section, sixth session):
            `nvidia-smi` sampling the SM clock and power every ~50 ms and one
            `nvidia-smi -q -d PERFORMANCE` snapshot (clock event reasons) mid-run; a 1 GiB
            elementwise copy the same way, for comparison.
+  timeline per-call time of the batch-64 kernel alone and whole path: host-timed batches
+           of 20 and 200 back-to-back dispatches, and the GPU's own timeline from
+           `jax.profiler` traces (CUPTI) of 20 dispatches and of one program of 10 calls:
+           every GPU op's duration, the idle time between ops, the steady-state period.
   graphs   whether one jitted program holding k calls (k = 4, 5, 8) of the kernel alone
            and of the whole path runs; XLA's command buffers (CUDA graphs) decide it, so
            run it with and without XLA_FLAGS=--xla_gpu_enable_command_buffer=... set.
 
     python3 benchmarks/gpu_mla_load_check.py power  --artifacts DIR [--out F.json]
     python3 benchmarks/gpu_mla_load_check.py graphs --artifacts DIR
+    python3 benchmarks/gpu_mla_load_check.py timeline --artifacts DIR [--out F.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from gpu_check_common import load_exported, setup_paths
+from gpu_check_common import gpu_ops, load_exported, setup_paths, steady_period_s
 
 CASE = ("ds3_decode_B64_T4096", 64, 0)
 
@@ -79,6 +85,80 @@ def power(art, out):
         Path(out).write_text(json.dumps(res, indent=1))
 
 
+def traced_ops(run, calls):
+    """The GPU ops of run() (`calls` calls), summarized: per op name the count, median
+    duration and median idle time after it; the busy time; the span; and the steady
+    period per call (gpu_check_common.steady_period_s)."""
+    import statistics
+    ev = gpu_ops(run)
+    if not ev:
+        return {"error": "no GPU events in the trace (CUPTI unavailable?)"}
+    per_op = {}
+    for (name, start, dur), nxt in zip(ev, ev[1:] + [None]):
+        rec = per_op.setdefault(name[:90], {"d": [], "gap": []})
+        rec["d"].append(dur / 1e3)
+        if nxt:
+            rec["gap"].append((nxt[1] - start - dur) / 1e3)
+    period = steady_period_s(ev, calls)
+    return {"ops": {n: {"count": len(r["d"]), "median_us": round(statistics.median(r["d"]), 2),
+                        "median_idle_after_us": round(statistics.median(r["gap"]), 2) if r["gap"] else None}
+                    for n, r in per_op.items()},
+            "busy_us": round(sum(e[2] for e in ev) / 1e3, 1),
+            "span_us": round((ev[-1][1] + ev[-1][2] - ev[0][1]) / 1e3, 1),
+            "steady_period_us": round(period * 1e6, 2) if period else None}
+
+
+def timeline(art, out):
+    """Per-call time of the batch-64 kernel alone and whole path, three ways: host-timed
+    batches of back-to-back dispatches (20 calls, as gpu_mla_check.py timed before the
+    seventh session, and 200), the
+    GPU's own timeline of a traced batch (steady-state period and busy time per call), and
+    a traced program of 10 calls."""
+    import statistics
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    rng = np.random.default_rng(0)
+    full, kernel_args = case_inputs(rng)
+    res = {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+    for kind, args in (("kernel", kernel_args), ("full", full)):
+        call = load_exported(art, f"{CASE[0]}__bfloat16__{kind}.bin").call
+        fn = jax.jit(call)
+        qs = [args[0]] + [jnp.asarray(rng.standard_normal(args[0].shape) * 0.5, args[0].dtype) for _ in range(9)]
+        rest = tuple(args[1:])
+        for q in qs[:2]:
+            jax.block_until_ready(fn(q, *rest))
+        r = {}
+        for reps in (20, 200):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for i in range(reps):
+                    o = fn(qs[i % 2], *rest)
+                t_enq = time.perf_counter()
+                jax.block_until_ready(o)
+                times.append(((time.perf_counter() - t0) / reps, (t_enq - t0) / reps))
+            r[f"host_us_per_call_{reps}"] = round(statistics.median(t for t, _ in times) * 1e6, 1)
+            r[f"enqueue_us_per_call_{reps}"] = round(statistics.median(e for _, e in times) * 1e6, 1)
+
+        def batch(n=20):
+            o = None
+            for i in range(n):
+                o = fn(qs[i % 2], *rest)
+            return o
+        r["trace_20_dispatches"] = traced_ops(batch, 20)
+        many = jax.jit(lambda xs, rest: [call(x, *rest) for x in xs])
+        try:
+            jax.block_until_ready(many(qs, rest))
+            r["trace_10_in_one_program"] = traced_ops(lambda: many(qs, rest), 10)
+        except Exception as e:  # noqa: BLE001 - e.g. command buffers on (README, Serving)
+            r["trace_10_in_one_program"] = {"error": str(e).splitlines()[0][:200]}
+        res[kind] = r
+        print(kind, json.dumps(r, indent=1), flush=True)
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+
+
 def graphs(art):
     import jax
     import jax.numpy as jnp
@@ -101,13 +181,18 @@ def graphs(art):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("power", "graphs"))
+    p.add_argument("check", choices=("power", "timeline", "graphs"))
     p.add_argument("--artifacts", required=True, help="a gpu_mla_check.py --export folder")
-    p.add_argument("--out", default="", help="(power) JSON results path")
+    p.add_argument("--out", default="", help="(power, timeline) JSON results path")
     args = p.parse_args()
     setup_paths(export=False)
     art = Path(args.artifacts)
-    power(art, args.out) if args.check == "power" else graphs(art)
+    if args.check == "power":
+        power(art, args.out)
+    elif args.check == "timeline":
+        timeline(art, args.out)
+    else:
+        graphs(art)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # Usage: [KERNELS="k1 k2"] bash benchmarks/gpu_session.sh [full|quick|verify|store|product]
 #   (results under $OUT) verify: finalize, verify; store: + tune measure; product: finalize, verify,
 #   tune measure, start-up. VERIFY=0 skips verify; MAX_ELEMENTS overrides verify's numerics
-#   limit (default: sized to the device).
+#   limit (default: sized to the device); STORE names the store folder (default .gpu/store).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -17,7 +17,7 @@ E="$PY -m ejaot.cli"
 MODE=${1:-full}
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv;
   $PY -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$OUT/env.txt"
-rm -rf /tmp/store && cp -r .gpu/store /tmp/store
+rm -rf /tmp/store && cp -r "${STORE:-.gpu/store}" /tmp/store
 KSEL=""; for k in ${KERNELS:-}; do KSEL="$KSEL --kernel $k"; done   # KERNELS: finalize/verify only these
 ( time $E finalize /tmp/store $KSEL ) > "$OUT/finalize.txt" 2>&1; tail -3 "$OUT/finalize.txt"
 [ "${VERIFY:-1}" = 0 ] || timeout "${VERIFY_TIMEOUT:-270}" $E verify /tmp/store $KSEL ${MAX_ELEMENTS:+--max-elements $MAX_ELEMENTS} > "$OUT/verify.txt" 2>&1; echo "verify rc=$?"; grep -E "FAIL|summary" "$OUT/verify.txt" | tail -8
