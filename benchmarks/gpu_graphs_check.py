@@ -2,14 +2,16 @@
 """Whether jitted programs that inline k calls of a store's portable tier run on this GPU,
 for every kernel of a store (jax only; the GPU host).
 
-XLA runs sequences of ops as command buffers (CUDA graphs), custom calls included; on the
-H100 image a program with a few Triton MLA calls fails at run time (README, Serving). This
-takes one entry per kernel (its smallest bucket), builds a program of k calls with distinct
-first inputs, runs it, and checks every call's output against a program of that call
-alone (one custom call). Needs only the portable tier (no finalize). Run it once with the default XLA_FLAGS and once with
-XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN.
+XLA runs sequences of ops as command buffers (CUDA graphs), custom calls included. On the
+H100 image (jax 0.11.2) a Triton kernel that needed a global scratch buffer (device-made
+TMA descriptors) failed there, as jaxlib allocates that buffer on the stream at each
+launch (README, Serving). This takes one entry per kernel (its smallest bucket, or
+--largest), builds a program of k calls with distinct first inputs, runs it, and checks
+every call's output against a program of that call alone (one custom call). Needs only
+the portable tier (no finalize). XLA_FLAGS (e.g. --xla_gpu_enable_command_buffer=...)
+apply as set.
 
-    python3 benchmarks/gpu_graphs_check.py --store DIR [--calls 4,5,8] [--kernel K ...]
+    python3 benchmarks/gpu_graphs_check.py --store DIR [--calls 4,5,8] [--kernel K ...] [--largest]
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import os
 from gpu_check_common import setup_paths
 
 
-def smallest_entries(index, kernels):
-    """key of the entry with the fewest elements per kernel (among `kernels`, or all)."""
+def picked_entries(index, kernels, largest=False):
+    """key of the entry with the fewest (largest: most) elements per kernel (among
+    `kernels`, or all)."""
     import math
     best = {}
     for key, rec in index["entries"].items():
@@ -28,6 +31,7 @@ def smallest_entries(index, kernels):
         if kernels and k not in kernels:
             continue
         size = math.prod(v for v in rec["dims"].values() if isinstance(v, int) and v > 0)
+        size = -size if largest else size
         if k not in best or size < best[k][0]:
             best[k] = (size, key)
     return {k: key for k, (_, key) in sorted(best.items())}
@@ -73,6 +77,7 @@ def main():
     p.add_argument("--store", required=True, help="a store with the portable tier (finalized or not)")
     p.add_argument("--calls", default="4,5,8", help="comma-separated call counts per program")
     p.add_argument("--kernel", action="append", default=[], help="only these kernels (repeatable)")
+    p.add_argument("--largest", action="store_true", help="each kernel's largest bucket (default: smallest)")
     args = p.parse_args()
     setup_paths(export=False)
     import numpy as np
@@ -83,7 +88,7 @@ def main():
     bundle = ejaot.load(args.store, miss_log=False)
     calls = [int(c) for c in args.calls.split(",")]
     rng = np.random.default_rng(0)
-    for kernel, key in smallest_entries(index, set(args.kernel)).items():
+    for kernel, key in picked_entries(index, set(args.kernel), args.largest).items():
         try:
             print(check_kernel(bundle, index, key, calls, rng), flush=True)
         except Exception as e:  # noqa: BLE001

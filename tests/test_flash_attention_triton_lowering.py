@@ -61,7 +61,7 @@ _SCRIPT = textwrap.dedent(r'''
         dims = dict(batch=b, seq=s, kv_seq=t, q_heads=hq, kv_heads=hk, head_dim=d)
         static = dict(causal=case["causal"], sliding_window=case.get("window"),
                       logits_soft_cap=case.get("cap"), softmax_scale=case.get("scale"))
-        config = triton_heuristic(dims, static, Target(cc))
+        config = {**triton_heuristic(dims, static, Target(cc)), **case.get("config", {})}
         assert config["compute_capability"] == cc, config
         has_bias, has_seg = case.get("bias", False), case.get("seg", False)
 
@@ -96,7 +96,10 @@ _SCRIPT = textwrap.dedent(r'''
                 "in_serialized": TARGET.encode() in bytes(exp.serialize()),
                 "out_avals": [[list(a.shape), str(a.dtype)] for a in exp.out_avals],
                 "smem": list(SMEM),
-                "ptx_targets": ptx_targets(text)}), flush=True)
+                "ptx_targets": ptx_targets(text),
+                "tma_loads": any(b"cp.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
+                "device_made_descriptors": any(b"tensormap.replace" in blob for blob in opaque_blobs(text))}),
+                flush=True)
 
     for case in CASES:
         run(case)
@@ -140,6 +143,19 @@ def test_lowers_fwd_and_bwd_for_head_dims_causal_and_gqa(cc):
     cases = [dict(cc=cc, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal)
              for d in (64, 128, 256) for causal in (True, False)]
     _check(_lower(cases), cases)
+
+
+def test_tma_forward_reads_through_host_made_descriptors():
+    """With tma, the forward's K/V loads are TMA copies through descriptors jaxlib encodes
+    on the host: no descriptor is made on the device, and (lower_cases) no kernel needs
+    the global scratch buffer that would take, which XLA's command buffers cannot hold."""
+    cases = [dict(cc=90, b=2, s=512, t=512, hq=4, hk=2, d=128, causal=causal,
+                  config=dict(tma=True, block_m=128, block_n=64, num_warps=4, num_stages=2))
+             for causal in (False, True)]
+    results = _lower(cases)
+    _check(results, cases)
+    fwd = [r for r in results if r["kind"] == "fwd"]
+    assert len(fwd) == 2 and all(r["tma_loads"] and not r["device_made_descriptors"] for r in fwd), fwd
 
 
 def test_lowers_optional_features():

@@ -76,54 +76,6 @@ def test_inside_jit_uses_portable_tier(store_copy, rng):
     assert s["tiers"]["portable"] == 1 and s["calls"]["padded"] == 1
 
 
-@pytest.mark.parametrize("platform,flags,hazard", [
-    ("cpu", "", False),
-    ("cuda", "", True),
-    ("cuda", "--xla_gpu_autotune_level=0", True),
-    ("cuda", "--xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL", True),
-    ("cuda", "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN", False),
-    ("cuda", "--xla_gpu_enable_command_buffer=", False),                       # all off
-    ("cuda", "--xla_gpu_enable_command_buffer= --xla_gpu_enable_command_buffer=custom_call", True),
-    ("cuda", "--xla_gpu_enable_command_buffer=+WHILE", True),                  # edits keep the default
-    ("cuda", "--xla_gpu_enable_command_buffer=-FUSION", True),
-    ("cuda", "--xla_gpu_enable_command_buffer=-CUSTOM_CALL", False),
-    ("cuda", "--xla_gpu_enable_command_buffer=-CUSTOM_CALL,+WHILE", False),
-    ("cuda", "--xla_gpu_enable_command_buffer=FUSION --xla_gpu_enable_command_buffer=+CUSTOM_CALL", True),
-])
-def test_command_buffer_hazard_follows_xla_flags(platform, flags, hazard):
-    """On CUDA, jitted programs that inline the Triton kernels fail under XLA's default
-    command buffers (measured on the H100: BENCHMARKS.md); the load warns unless
-    XLA_FLAGS leaves custom calls out of them."""
-    from ejaot.runtime.compat import COMMAND_BUFFER_FLAG, command_buffer_hazard
-    msg = command_buffer_hazard(platform, flags)
-    assert (msg is not None) == hazard
-    if hazard:
-        assert COMMAND_BUFFER_FLAG in msg and "CUDA_ERROR_NOT_SUPPORTED" in msg
-
-
-def test_no_command_buffer_warning_on_cpu(store_copy, recwarn):
-    bundle = ejaot.load(store_copy)
-    assert bundle.stats()["jit_hazard"] is None
-    assert not [w for w in recwarn if "command buffers" in str(w.message)]
-
-
-def test_load_warns_of_command_buffers_on_cuda(store_copy, monkeypatch):
-    """The load itself (its device taken for a CUDA one) warns, once, and stats() keeps
-    the reason; with the flag set it stays quiet."""
-    from ejaot.runtime import compat
-    monkeypatch.setattr(compat, "local_platform", lambda device: "cuda")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert ejaot.load(store_copy).jit_hazard is None          # a cpu store: no Triton kernels
-    monkeypatch.setattr(compat, "target_platform", lambda target: "cuda")
-    with pytest.warns(RuntimeWarning, match="XLA command buffers include custom calls") as caught:
-        bundle = ejaot.load(store_copy)
-    mine = [w for w in caught if "command buffers" in str(w.message)]
-    assert len(mine) == 1 and mine[0].filename == __file__     # points at the caller of load
-    assert compat.COMMAND_BUFFER_FLAG in bundle.stats()["jit_hazard"]
-    monkeypatch.setenv("XLA_FLAGS", compat.COMMAND_BUFFER_FLAG)
-    assert ejaot.load(store_copy).jit_hazard is None
-
-
 def test_strict_mode_raises_naming_nearest_buckets(store_copy, rng):
     bundle = ejaot.load(store_copy, strict=True)
     q, k, v = qkv(rng, 1, 16)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,9 +34,6 @@ from .entry import StoredEntry
 from .jit import fallback_backend, jitted
 from .misslog import MissLog
 from .warmup import CallsFirst, WarmUp
-
-# warnings name the first caller outside the package
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
@@ -113,14 +109,6 @@ class Bundle:
         if isinstance(eager, str) and eager != "background":
             raise ValueError(f"eager must be False, True or 'background', not {eager!r}")
         self._open()
-        # a GPU store on a CUDA device: its Triton kernels under jax.jit (compat says why).
-        # XLA_FLAGS as of now; XLA read it when the backend started.
-        self.jit_hazard = None
-        if self.platform == "cuda" and compat.target_platform(getattr(self, "target", None)) == "cuda":
-            self.jit_hazard = compat.command_buffer_hazard(self.platform, os.environ.get("XLA_FLAGS", ""))
-            if self.jit_hazard:
-                warnings.warn("ejaot: " + self.jit_hazard, RuntimeWarning,
-                              skip_file_prefixes=(_PACKAGE_DIR,))
         if eager == "background":
             self._warm = self._start_warmup(None, None)
         elif eager:
@@ -360,7 +348,6 @@ class Bundle:
             "miss_log_error": self.misses.error,
             "store_problem": self.store_problem,
             "warmup_errors": [run.error for run in self._warm_runs if run.error],
-            "jit_hazard": self.jit_hazard,
         }
 
     def warmup(self, threads: int | None = None, kernels=None) -> dict:

@@ -18,51 +18,6 @@ def local_platform(device) -> str:
     return {"gpu": "cuda"}.get(device.platform, device.platform)
 
 
-def target_platform(target_name) -> str | None:
-    """The platform a store's target builds for, or None for an unknown target."""
-    from ..targets import get_target
-    try:
-        return get_target(str(target_name)).platform
-    except Exception:  # noqa: BLE001 - an unknown or missing target: no platform
-        return None
-
-
-# XLA:GPU runs sequences of ops as CUDA graphs ("command buffers"), custom calls included
-# by default. On the H100 image (jax 0.11.2) a jax.jit program that inlines a Triton
-# kernel's custom call (the portable tier under jit) among a few other ops fails at run
-# time ("Failed to create a child graph node ... CUDA_ERROR_NOT_SUPPORTED"); with
-# CUSTOM_CALL left out of the command buffer types it runs (BENCHMARKS.md). Eager calls
-# (the compiled tier, a few ops per dispatch) are not affected.
-COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN"
-
-
-def command_buffer_hazard(platform: str, xla_flags: str) -> str | None:
-    """Why jitted programs that inline this store's GPU kernels may fail here, or None: on
-    CUDA unless XLA_FLAGS leaves CUSTOM_CALL out of the command buffer types. XLA starts
-    from a default set that includes it; a flag whose items all start with + or - edits
-    the set, any other value replaces it (empty: command buffers off); flags apply in
-    order."""
-    if platform != "cuda":
-        return None
-    custom_call = True
-    for flag in xla_flags.split():
-        name, eq, value = flag.partition("=")
-        if name != "--xla_gpu_enable_command_buffer" or not eq:
-            continue
-        items = [v.strip().upper() for v in value.split(",") if v.strip()]
-        if items and all(v[0] in "+-" for v in items):
-            for v in items:
-                if v[1:] == "CUSTOM_CALL":
-                    custom_call = v[0] == "+"
-        else:
-            custom_call = "CUSTOM_CALL" in (v.lstrip("+-") for v in items)
-    if not custom_call:
-        return None
-    return ("XLA command buffers include custom calls: a jax.jit program that inlines ejaot's "
-            "Triton kernels may fail at run time with CUDA_ERROR_NOT_SUPPORTED (eager calls are "
-            f"not affected); start the process with XLA_FLAGS={COMMAND_BUFFER_FLAG}")
-
-
 def record_problem(key: str, record) -> str | None:
     """A structural problem with a record, or None."""
     if not isinstance(record, dict):

@@ -21,7 +21,7 @@ Everything else (shapes, strides, flags, scale, window) is a compile-time consta
 Config keys (configs.triton_heuristic fills the missing ones; {} means: the heuristic for
 this host's GPU): compute_capability; block_m, block_n, num_warps, num_stages (forward);
 bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ); tma
-(sm90: the forward's unmasked K/V loads go through device-side TMA descriptors) and
+(sm90: the forward's unmasked K/V loads go through host-made TMA descriptors) and
 warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
@@ -170,14 +170,14 @@ def _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base, 
 
 
 @_jit
-def _fwd_kernel(Q, K, V, Bias, QSeg, KSeg, VL, Out, Lse,
+def _fwd_kernel(Q, K, V, DescK, DescV, Bias, QSeg, KSeg, VL, Out, Lse,
                 sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
                 SEQ: tl.constexpr, KV_SEQ: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr,
                 D: tl.constexpr, WL: tl.constexpr, WR: tl.constexpr,
                 CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr, FAST: tl.constexpr,
                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                USE_TMA: tl.constexpr, WS: tl.constexpr, BATCH: tl.constexpr):
+                USE_TMA: tl.constexpr, WS: tl.constexpr):
     NUM_M: tl.constexpr = (SEQ + BLOCK_M - 1) // BLOCK_M
     EVEN_M: tl.constexpr = SEQ % BLOCK_M == 0
     Q_ROW: tl.constexpr = HQ * D
@@ -212,13 +212,8 @@ def _fwd_kernel(Q, K, V, Bias, QSeg, KSeg, VL, Out, Lse,
         qseg = tl.load(QSeg + b64 * SEQ + offs_m, mask=offs_m < SEQ, other=-1)
     q_pos = offs_m + off
     tma_row = b * KV_SEQ
-    desc_k = K
-    desc_v = V
-    if USE_TMA:   # 2-D views [batch * kv_seq, kv_heads * head_dim]; a block is one head's slice
-        desc_k = tl.make_tensor_descriptor(K, shape=[BATCH * KV_SEQ, KV_ROW], strides=[KV_ROW, 1],
-                                           block_shape=[BLOCK_N, D])
-        desc_v = tl.make_tensor_descriptor(V, shape=[BATCH * KV_SEQ, KV_ROW], strides=[KV_ROW, 1],
-                                           block_shape=[BLOCK_N, D])
+    desc_k = DescK   # USE_TMA: host-made descriptors (_kv_descriptors); else K and V, unread
+    desc_v = DescV
 
     lo, full_lo, full_hi, hi = _kv_bounds(pid_m * BLOCK_M + off, kv_len, CAUSAL, WINDOW, WL, WR,
                                           BLOCK_M, BLOCK_N)
@@ -708,6 +703,20 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+def _kv_descriptors(k, v, block_n: int):
+    """Host-made TMA descriptors over the 2-D views [batch * kv_seq, kv_heads * head_dim] of
+    k and v; a box is one head's [block_n, head_dim] slice. jaxlib encodes them at launch.
+    Made on the device instead (tl.make_tensor_descriptor), they need a global scratch
+    buffer that jaxlib allocates and frees on the stream at every launch, which breaks the
+    kernel inside XLA's command buffers (CUDA graphs; README, Serving)."""
+    import jax_triton as jt
+    from ejaot_kernels.mla_attention.gluon_pipeline import compile_with_gluon_pipeline
+    compile_with_gluon_pipeline()       # completes the descriptors' metadata for jax-triton
+    b, t, hk, d = k.shape
+    return tuple(jt.TensorDescriptor.from_array(x.reshape(b * t, hk * d), block_shape=[block_n, d])
+                 for x in (k, v))
+
+
 def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     import jax
     import jax.numpy as jnp
@@ -716,13 +725,14 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
     ce = _constexprs(st, q, k, bias is not None, has_seg)
     bm, bn, warps, stages = st.fwd
+    desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
-        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens,
+        q, k, v, desc_k, desc_v, bias_arg, qseg_arg, kseg_arg, valid_lens,
         kernel=_fwd_kernel,
         out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, s), jnp.float32)),
         grid=(_cdiv(s, bm), b * hq), num_warps=warps, num_stages=stages,
         compute_capability=st.cc, name="flash_attention_fwd",
-        BLOCK_M=bm, BLOCK_N=bn, USE_TMA=st.tma, WS=st.ws, BATCH=b, **ce)
+        BLOCK_M=bm, BLOCK_N=bn, USE_TMA=st.tma, WS=st.ws, **ce)
     return out, lse
 
 

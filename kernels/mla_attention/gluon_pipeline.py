@@ -8,8 +8,12 @@ jax-triton's), so it keeps jax-triton's pipeline. The warp-specialized kernel ca
 passes add layout conversions whose shared-memory scratch the allocator cannot overlap
 across concurrently running partitions (262,732 bytes, over the 232,448 a block may use;
 230,156 under the Gluon pipeline). Triton compiles Gluon with `gluon_to_ttgir`; the kernels
-named here are routed there, and launched with all their warps. Idempotent; a no-op
-without jax-triton."""
+named here are routed there, and launched with all their warps.
+
+Every kernel compiled through the hook also gets its host-side TMA descriptors' metadata
+completed: jax-triton 0.4.1 requires an `is_im2col` key in each entry that Triton 3.7.1
+does not write (its own launcher reads it with a default of False, as jax-triton does
+where it uses it). Idempotent; a no-op without jax-triton."""
 from __future__ import annotations
 
 GLUON_PIPELINE_KERNELS = frozenset({"_mla_decode_sm90_ws"})
@@ -27,7 +31,7 @@ def compile_with_gluon_pipeline() -> None:
     def compile_ptx_routed(module, backend, options, capability):
         name = module.get_entry_func_name()
         if name not in GLUON_PIPELINE_KERNELS:
-            return compile_ptx(module, backend, options, capability)
+            return compile_ptx(module, _DescMetaCompleted(backend), options, capability)
         result = compile_ptx(module, _GluonStages(backend), options, capability)
         # a warp-specialized kernel runs more warps than it was launched with: its worker
         # partitions'. Triton's launcher reads the total from the compiled module;
@@ -59,18 +63,28 @@ class _LaunchWithTotalWarps:
         return getattr(self._module, name)
 
 
-class _GluonStages:
-    """A view of a Triton CUDA backend whose TTIR -> TTGIR stages are Gluon's: no TTIR
-    passes, then `gluon_to_ttgir`. Everything after TTGIR is the backend's own."""
+class _DescMetaCompleted:
+    """A view of a Triton CUDA backend whose PTX stage first completes the TMA descriptor
+    metadata (no im2col descriptors here). Everything else is the backend's own."""
 
     def __init__(self, backend):
         self._backend = backend
+
+    def make_ptx(self, src, metadata, options, capability):
+        for meta in metadata.get("tensordesc_meta") or ():
+            meta.setdefault("is_im2col", False)
+        return self._backend.make_ptx(src, metadata, options, capability)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+class _GluonStages(_DescMetaCompleted):
+    """A view of a Triton CUDA backend whose TTIR -> TTGIR stages are Gluon's: no TTIR
+    passes, then `gluon_to_ttgir`. Everything after TTGIR is the backend's own."""
 
     def make_ttir(self, module, metadata, options, capability):
         return module
 
     def make_ttgir(self, module, metadata, options, capability):
         return self._backend.gluon_to_ttgir(module, metadata, options, capability)
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)

@@ -371,22 +371,6 @@ def _gl_issue(kv_desc, bk_desc, kv_smem, bk_smem, bars, j, row, pred,
 
 
 @_gluon_jit
-def _gl_tma_descs(KV, BK, KV_ROWS: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
-                  HAS_ROPE: gl.constexpr, BOX: gl.constexpr, kv_sl: gl.constexpr,
-                  bk_sl: gl.constexpr):
-    """TMA descriptors over the 2-D views [KV_ROWS, R] of the latent cache and [KV_ROWS, E]
-    of the rope keys, boxes of BOX rows (a block, or a page smaller than one; made on the
-    device: rows past the end, or before the start, read as zeros)."""
-    kv_desc = tma.make_tensor_descriptor(KV, shape=[KV_ROWS, R], strides=[R, 1],
-                                         block_shape=[BOX, R], layout=kv_sl)
-    bk_desc = kv_desc
-    if HAS_ROPE:
-        bk_desc = tma.make_tensor_descriptor(BK, shape=[KV_ROWS, E], strides=[E, 1],
-                                             block_shape=[BOX, E], layout=bk_sl)
-    return kv_desc, bk_desc
-
-
-@_gluon_jit
 def _gl_zero_tail(kv, n_valid, BLOCK_N: gl.constexpr, R: gl.constexpr, L: gl.constexpr):
     """Zeroes rows n_valid.. of a landed kv tile. A paged cache's rows past a context hold
     whatever the page held (stale or never written): they get zero weight, but 0 * NaN in
@@ -462,21 +446,20 @@ def _gl_key_range(pid_h, split, b, kv_len, off, M: gl.constexpr, HQ: gl.constexp
 
 
 @_gluon_jit
-def _mla_decode_sm90(QL, BQ, KV, BK, VL, BT, O, LSE,
+def _mla_decode_sm90(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
                      qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
                      HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                      HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                      BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                      PAGE: gl.constexpr, KV_ROWS: gl.constexpr, BOX: gl.constexpr):
     """Same contract as _mla_decode_kernel (8 warps, BLOCK_H == 64; paged: PAGE a multiple
-    of BLOCK_N, or BOX == PAGE dividing it). KV and BK are read by TMA through descriptors over the 2-D views
-    [KV_ROWS, R] and [KV_ROWS, E] (made here, on the device: rows past the end read as
-    zeros)."""
+    of BLOCK_N, or BOX == PAGE dividing it). The latent cache and the rope keys are read by
+    TMA through host-made descriptors (tma_descriptors) over their 2-D views [KV_ROWS, R]
+    and [KV_ROWS, E], boxes of BOX rows; rows past the end read as zeros."""
     M: gl.constexpr = SEQ * HQ
-    dtype: gl.constexpr = KV.dtype.element_ty
-    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
-    bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BOX, kv_sl, bk_sl)
+    dtype: gl.constexpr = kv_desc.block_type.element_ty
+    kv_sl: gl.constexpr = kv_desc.layout
+    bk_sl: gl.constexpr = bk_desc.layout
     BOXES: gl.constexpr = BLOCK_N // BOX
     RL: gl.constexpr = gl.BlockedLayout([1], [32], [8], [0])     # a block's page rows
     # logits: [64 heads, BLOCK_N keys], warpgroup g owns keys [g * BLOCK_N/2, (g+1) * BLOCK_N/2)
@@ -722,7 +705,7 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
 
 
 @_gluon_jit
-def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
+def _mla_decode_sm90_ws(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
                         qk_scale: gl.constexpr, SEQ: gl.constexpr, KV_SEQ: gl.constexpr,
                         HQ: gl.constexpr, R: gl.constexpr, E: gl.constexpr,
                         HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
@@ -734,10 +717,9 @@ def _mla_decode_sm90_ws(QL, BQ, KV, BK, VL, BT, O, LSE,
     gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax warpgroup
     accumulates out_lat[:, :RA], the output warpgroup the rest."""
     M: gl.constexpr = SEQ * HQ
-    dtype: gl.constexpr = KV.dtype.element_ty
-    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype)
-    bk_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, E], dtype)
-    kv_desc, bk_desc = _gl_tma_descs(KV, BK, KV_ROWS, R, E, HAS_ROPE, BOX, kv_sl, bk_sl)
+    dtype: gl.constexpr = kv_desc.block_type.element_ty
+    kv_sl: gl.constexpr = kv_desc.layout
+    bk_sl: gl.constexpr = bk_desc.layout
     BOXES: gl.constexpr = BLOCK_N // BOX
     RL: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])     # a block's page rows
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -869,6 +851,26 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+def tma_descriptors(kv, b_k, box: int, block_n: int):
+    """Host-made TMA descriptors for the Gluon kernels: the latent cache kv [rows, R] and
+    the rope keys b_k [rows, E] (None: kv's stands in, unread), boxes of `box` rows, in the
+    shared layouts of the kernels' [block_n, width] stages. jaxlib encodes them at launch and
+    passes them by value. Descriptors made on the device instead (tma.make_tensor_descriptor)
+    need a global scratch buffer, which jaxlib allocates and frees on the stream at every
+    launch: inside an XLA command buffer (CUDA graph) those allocation nodes make the
+    custom call's child graph fail (CUDA_ERROR_NOT_SUPPORTED; README, Serving)."""
+    import jax.numpy as jnp
+    import jax_triton as jt
+    elem = gl.bfloat16 if kv.dtype == jnp.bfloat16 else gl.float16
+
+    def desc(x):
+        width = x.shape[1]
+        layout = gl.NVMMASharedLayout.get_default_for([block_n, width], elem)
+        return jt.TensorDescriptor.from_array(x, block_shape=[box, width], layout=layout)
+    kv_desc = desc(kv)
+    return kv_desc, (desc(b_k) if b_k is not None else kv_desc)
+
+
 def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype,
                      block_tables=None):
     """The Triton part: q_lat [B, S, HQ, R] against the latent cache kv [B, T, R] (and the
@@ -910,15 +912,17 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
                   BLOCK_N=st.block_n, STAGES=st.num_stages, PAGE=page, KV_ROWS=kv_rows)
     name = ("mla_decode" if st.num_splits == 1 else "mla_decode_split") + ("_paged" if page else "")
     box = page if 0 < page < st.block_n else st.block_n     # Gluon TMA box rows: a block, or a page
+    if st.kernel in ("wgmma", "wgmma_ws"):
+        compile_with_gluon_pipeline()       # also completes the descriptors' metadata
+        kv_desc, bk_desc = tma_descriptors(kv, bk_arg if has_rope else None, box, st.block_n)
     if st.kernel == "wgmma":
         res = jt.triton_call(
-            ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
+            ql, bq_arg, kv_desc, bk_desc, vl, bt, kernel=_mla_decode_sm90, out_type=out_type, grid=grid,
             num_warps=8, num_stages=1, compute_capability=st.cc, name=name + "_sm90",
             E=max(e, 16), BOX=box, **common)
     elif st.kernel == "wgmma_ws":
-        compile_with_gluon_pipeline()
         res = jt.triton_call(
-            ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
+            ql, bq_arg, kv_desc, bk_desc, vl, bt, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
             num_warps=4, num_stages=1, compute_capability=st.cc, name=name + "_sm90_ws",
             E=max(e, 16), BOX=box, RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
             **common)
