@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Two GPU-host checks on `gpu_mla_check.py --export` artifacts (jax only; H100 figures in
-BENCHMARKS.md, MLA section, sixth session):
+BENCHMARKS.md, MLA section, sixth and seventh sessions):
 
   power    the batch-64 MLA decode kernel alone, looped back to back for 6 s, with
            `nvidia-smi` sampling the SM clock and power every ~50 ms and one
@@ -10,12 +10,11 @@ BENCHMARKS.md, MLA section, sixth session):
            of 20 and 200 back-to-back dispatches, and the GPU's own timeline from
            `jax.profiler` traces (CUPTI) of 20 dispatches and of one program of 10 calls:
            every GPU op's duration, the idle time between ops, the steady-state period.
-  graphs   whether one jitted program holding k calls (k = 4, 5, 8) of the kernel alone
-           and of the whole path runs; XLA's command buffers (CUDA graphs) decide it, so
-           run it with and without XLA_FLAGS=--xla_gpu_enable_command_buffer=... set.
+
+(Whether jitted programs of several calls run under XLA's command buffers, for every kernel
+of a store: gpu_graphs_check.py.)
 
     python3 benchmarks/gpu_mla_load_check.py power  --artifacts DIR [--out F.json]
-    python3 benchmarks/gpu_mla_load_check.py graphs --artifacts DIR
     python3 benchmarks/gpu_mla_load_check.py timeline --artifacts DIR [--out F.json]
 """
 from __future__ import annotations
@@ -111,9 +110,8 @@ def traced_ops(run, calls):
 def timeline(art, out):
     """Per-call time of the batch-64 kernel alone and whole path, three ways: host-timed
     batches of back-to-back dispatches (20 calls, as gpu_mla_check.py timed before the
-    seventh session, and 200), the
-    GPU's own timeline of a traced batch (steady-state period and busy time per call), and
-    a traced program of 10 calls."""
+    seventh session, and 200), the GPU's own timeline of a traced batch (steady-state
+    period and busy time per call), and a traced program of 10 calls."""
     import statistics
     import jax
     import jax.numpy as jnp
@@ -151,7 +149,7 @@ def timeline(art, out):
         try:
             jax.block_until_ready(many(qs, rest))
             r["trace_10_in_one_program"] = traced_ops(lambda: many(qs, rest), 10)
-        except Exception as e:  # noqa: BLE001 - e.g. command buffers on (README, Serving)
+        except Exception as e:  # noqa: BLE001 - the outcome is the measurement
             r["trace_10_in_one_program"] = {"error": str(e).splitlines()[0][:200]}
         res[kind] = r
         print(kind, json.dumps(r, indent=1), flush=True)
@@ -159,40 +157,15 @@ def timeline(art, out):
         Path(out).write_text(json.dumps(res, indent=1))
 
 
-def graphs(art):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    rng = np.random.default_rng(0)
-    full, kernel_args = case_inputs(rng)
-    for kind, args in (("kernel", kernel_args), ("full", full)):
-        call = load_exported(art, f"{CASE[0]}__bfloat16__{kind}.bin").call
-        rest = tuple(args[1:])
-        many = jax.jit(lambda xs, rest: [call(x, *rest) for x in xs])
-        for k in (4, 5, 8):
-            xs = [jnp.asarray(rng.standard_normal(args[0].shape), args[0].dtype) for _ in range(k)]
-            try:
-                for _ in range(3):
-                    jax.block_until_ready(many(xs, rest))
-                print(f"{k} {kind} calls in one program: ok", flush=True)
-            except Exception as e:  # noqa: BLE001 - the outcome is the measurement
-                print(f"{k} {kind} calls in one program: FAILED {str(e).splitlines()[0][:200]}", flush=True)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("power", "timeline", "graphs"))
+    p.add_argument("check", choices=("power", "timeline"))
     p.add_argument("--artifacts", required=True, help="a gpu_mla_check.py --export folder")
     p.add_argument("--out", default="", help="(power, timeline) JSON results path")
     args = p.parse_args()
     setup_paths(export=False)
     art = Path(args.artifacts)
-    if args.check == "power":
-        power(art, args.out)
-    elif args.check == "timeline":
-        timeline(art, args.out)
-    else:
-        graphs(art)
+    (power if args.check == "power" else timeline)(art, args.out)
 
 
 if __name__ == "__main__":
