@@ -39,7 +39,8 @@ input sets, three measures per row:
   GPU        the GPU's own time per call: the steady start-to-start period of the row's
              longest op in a jax.profiler (CUPTI) trace of 30 dispatches;
   sustained  (--sustained S seconds, default 3; 0: off) host-timed over S seconds of
-             uninterrupted dispatches, by when the board runs at its power limit.
+             back-to-back dispatches (a wait every 50 calls), by when the board runs at
+             its power limit.
 Every row catches its own failure; tables come last.
 """
 from __future__ import annotations
@@ -94,7 +95,7 @@ def parse_args():
                     "JSON dict merged into the kernel config")
     p.add_argument("--dtypes", default="float32,bfloat16", help="numerics dtypes (comma-separated)")
     p.add_argument("--sustained", type=float, default=3.0, metavar="S",
-                   help="also time S seconds of uninterrupted calls (0: off)")
+                   help="also time S seconds of back-to-back calls (0: off)")
     return p.parse_args()
 
 
@@ -437,8 +438,9 @@ def gpu_time(fn, arg_sets, calls=30):
 
 
 def sustained_time(fn, arg_sets, seconds):
-    """Host-timed seconds per call over `seconds` of uninterrupted back-to-back dispatches:
-    long enough for the board to settle at its power limit (BENCHMARKS.md)."""
+    """Host-timed seconds per call over `seconds` of back-to-back dispatches (a wait every
+    50 calls, ~8 ms): long enough for the board to settle at its power limit
+    (BENCHMARKS.md)."""
     import jax
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -536,7 +538,7 @@ def print_tables(numerics, timing):
                   f"| {cell('kernel_sustained')} | {cfg_s} |")
         print("\n*kernel alone: the Triton attention on a given q_lat, its own bytes (cache + rope keys"
               " + q_lat + out_lat). host: timed ~25 ms batches; GPU: the trace's period per call;"
-              " sustained: --sustained seconds of uninterrupted calls (power limit).")
+              " sustained: --sustained seconds of back-to-back calls (power limit).")
 
 
 def main():
