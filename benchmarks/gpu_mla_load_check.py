@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two GPU-host checks on `gpu_mla_check.py --export` artifacts (jax only; H100 figures in
+"""Three GPU-host checks on `gpu_mla_check.py --export` artifacts (jax only; H100 figures in
 BENCHMARKS.md, MLA section, sixth and seventh sessions):
 
   power    the batch-64 MLA decode kernel alone, looped back to back for 6 s, with
@@ -10,12 +10,20 @@ BENCHMARKS.md, MLA section, sixth and seventh sessions):
            of 20 and 200 back-to-back dispatches, and the GPU's own timeline from
            `jax.profiler` traces (CUPTI) of 20 dispatches and of one program of 10 calls:
            every GPU op's duration, the idle time between ops, the steady-state period.
+  layers   a decode step of 10 layers in one jitted program: 10 whole-path calls, each
+           with its own query, latent cache, rope keys and weights (as a model's layers
+           have), timed by the host over back-to-back steps (20 at a time, and for 3 s
+           with a wait every 5 steps) and on the GPU's own timeline; each layer's output
+           checked against a program of that call alone.
+           Run it with XLA's default command buffers and with them off
+           (XLA_FLAGS=--xla_gpu_enable_command_buffer=) to see what the graphs save.
 
 (Whether jitted programs of several calls run under XLA's command buffers, for every kernel
 of a store: gpu_graphs_check.py.)
 
     python3 benchmarks/gpu_mla_load_check.py power  --artifacts DIR [--out F.json]
     python3 benchmarks/gpu_mla_load_check.py timeline --artifacts DIR [--out F.json]
+    python3 benchmarks/gpu_mla_load_check.py layers --artifacts DIR [--out F.json]
 """
 from __future__ import annotations
 
@@ -157,15 +165,65 @@ def timeline(art, out):
         Path(out).write_text(json.dumps(res, indent=1))
 
 
+def layers(art, out, n=10):
+    import statistics
+    import jax
+    import numpy as np
+    import gpu_mla_check as g
+    from ejaot.verify import all_close
+    rng = np.random.default_rng(0)
+    c = g.timing_case(CASE)
+    sets = [g.make_args(c, "bfloat16", rng) for _ in range(n)]
+    nbytes = c["B"] * c["T"] * (c["R"] + c["E"]) * 2 + 2 * c["B"] * c["HQ"] * c["D"] * 2
+    call = load_exported(art, f"{CASE[0]}__bfloat16__full.bin").call
+    step = jax.jit(lambda sets: [call(*a) for a in sets])
+    got = jax.block_until_ready(step(sets))
+    one = jax.jit(call)
+    bad = [i for i in range(n) if not all_close(got[i], one(*sets[i]), "bfloat16")[0]]
+    steps = 20
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            o = step(sets)
+        jax.block_until_ready(o)
+        times.append((time.perf_counter() - t0) / (steps * n))
+    host = statistics.median(times)
+    k, t0 = 0, time.perf_counter()           # 3 s of steps: the board at its power limit
+    while time.perf_counter() - t0 < 3:
+        for _ in range(5):
+            o = step(sets)
+        k += 5
+        jax.block_until_ready(o)
+    sustained = (time.perf_counter() - t0) / (k * n)
+    trace = traced_ops(lambda: step(sets), n)
+    gpu = trace.get("steady_period_us")
+    res = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "layers": n, "outputs_differ_at": bad,
+           "host_us_per_layer": round(host * 1e6, 1), "gpu_period_us_per_layer": gpu,
+           "sustained_us_per_layer": round(sustained * 1e6, 1),
+           "bytes_per_layer": nbytes, "trace": trace}
+    print(f"{n} layers, XLA_FLAGS={res['xla_flags']!r}: outputs "
+          f"{'match' if not bad else f'differ at {bad}'}; host {host * 1e6:.1f} us/layer "
+          f"({nbytes / host / 1e9:.0f} GB/s, {100 * nbytes / host / g.PEAK_BYTES_PER_S:.0f}%); "
+          f"sustained 3 s {sustained * 1e6:.1f} us/layer ({100 * nbytes / sustained / g.PEAK_BYTES_PER_S:.0f}%); GPU "
+          + (f"{gpu:.1f} us/layer ({100 * nbytes / (gpu * 1e-6) / g.PEAK_BYTES_PER_S:.0f}%)" if gpu else "n/a"),
+          flush=True)
+    for name, op in trace.get("ops", {}).items():
+        print(f"   {op['count']:3d} x {op['median_us']:8.2f} us, idle after {op['median_idle_after_us']}: {name}",
+              flush=True)
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("power", "timeline"))
+    p.add_argument("check", choices=("power", "timeline", "layers"))
     p.add_argument("--artifacts", required=True, help="a gpu_mla_check.py --export folder")
-    p.add_argument("--out", default="", help="(power, timeline) JSON results path")
+    p.add_argument("--out", default="", help="JSON results path")
     args = p.parse_args()
     setup_paths(export=False)
     art = Path(args.artifacts)
-    (power if args.check == "power" else timeline)(art, args.out)
+    {"power": power, "timeline": timeline, "layers": layers}[args.check](art, args.out)
 
 
 if __name__ == "__main__":
