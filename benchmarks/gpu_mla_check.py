@@ -37,7 +37,8 @@ bytes (cache + rope keys + q_lat + out_lat). One host dispatch per call, alterna
 input sets, three measures per row:
   host       median of timed ~25 ms batches of back-to-back dispatches after warm-up;
   GPU        the GPU's own time per call: the steady start-to-start period of the row's
-             longest op in a jax.profiler (CUPTI) trace of 30 dispatches;
+             longest op in a jax.profiler (CUPTI) trace of 30 dispatches (an error, not a
+             figure, when it comes out over 5% longer than the host-timed call);
   sustained  (--sustained S seconds, default 3; 0: off) host-timed over S seconds of
              back-to-back dispatches (a wait every 50 calls), by when the board runs at
              its power limit.
