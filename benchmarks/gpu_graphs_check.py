@@ -39,24 +39,19 @@ def picked_entries(index, kernels, largest=False):
 
 def check_kernel(bundle, index, key, calls, rng):
     import jax
-    import numpy as np
     from ejaot.registry import all_kernels
-    from ejaot.verify import all_close
+    from ejaot.verify import all_close, entry_arguments
     rec = index["entries"][key]
     spec = all_kernels()[rec["kernel"]]
     entry = bundle.entries.get(key)
     if entry is None:
         why = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == key]
         return f"{rec['kernel']}: entry not loaded ({'; '.join(why) or 'not in the bundle'})"
-    names = [a.name for a in spec.inputs if not a.optional or a.name in rec["present"]]
-    valid = np.array([rec["dims"][d] for d in spec.valid_length_dims], np.int32)
-    sets = [spec.make_inputs(rec["dims"], rec["dtype"], tuple(rec["present"]), rec["static"], rng)
-            for _ in range(max(calls))]
-    firsts = [jax.device_put(s[names[0]]) for s in sets]
-    rest = tuple(jax.device_put(sets[0][n]) for n in names[1:])
-    portable = entry.portable()
-    single = jax.jit(portable)
-    wants = [jax.block_until_ready(single(x, *rest, valid)) for x in firsts]
+    sets = [entry_arguments(spec, rec, rng)[1] for _ in range(max(calls))]
+    firsts = [jax.device_put(args[0]) for args in sets]
+    rest, valid = tuple(jax.device_put(a) for a in sets[0][1:-1]), sets[0][-1]
+    portable = entry.portable()             # jax.jit of the exported call: a one-call program
+    wants = [jax.block_until_ready(portable(x, *rest, valid)) for x in firsts]
     lines = []
     for k in calls:
         many = jax.jit(lambda xs, rest, v: [portable(x, *rest, v) for x in xs])

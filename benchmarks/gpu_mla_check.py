@@ -438,16 +438,16 @@ def gpu_time(fn, arg_sets, calls=30):
     return steady_period_s(gpu_ops(run), calls)
 
 
-def sustained_time(fn, arg_sets, seconds):
+def sustained_time(fn, arg_sets, seconds, wait_every=50):
     """Host-timed seconds per call over `seconds` of back-to-back dispatches (a wait every
-    50 calls, ~8 ms): long enough for the board to settle at its power limit
-    (BENCHMARKS.md)."""
+    `wait_every` calls, ~8 ms for 50 decode calls): long enough for the board to settle at
+    its power limit (BENCHMARKS.md)."""
     import jax
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for i in range(50):
+        for i in range(wait_every):
             out = fn(*arg_sets[i % len(arg_sets)])
-        n += 50
+        n += wait_every
         jax.block_until_ready(out)
     return (time.perf_counter() - t0) / n
 

@@ -166,7 +166,6 @@ def timeline(art, out):
 
 
 def layers(art, out, n=10):
-    import statistics
     import jax
     import numpy as np
     import gpu_mla_check as g
@@ -180,22 +179,8 @@ def layers(art, out, n=10):
     got = jax.block_until_ready(step(sets))
     one = jax.jit(call)
     bad = [i for i in range(n) if not all_close(got[i], one(*sets[i]), "bfloat16")[0]]
-    steps = 20
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            o = step(sets)
-        jax.block_until_ready(o)
-        times.append((time.perf_counter() - t0) / (steps * n))
-    host = statistics.median(times)
-    k, t0 = 0, time.perf_counter()           # 3 s of steps: the board at its power limit
-    while time.perf_counter() - t0 < 3:
-        for _ in range(5):
-            o = step(sets)
-        k += 5
-        jax.block_until_ready(o)
-    sustained = (time.perf_counter() - t0) / (k * n)
+    host = g.bench(step, [[sets]], 5) / n                  # ~1.7 ms steps: 20 a batch
+    sustained = g.sustained_time(step, [[sets]], 3, wait_every=5) / n   # the board at its power limit
     trace = traced_ops(lambda: step(sets), n)
     gpu = trace.get("steady_period_us")
     res = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "layers": n, "outputs_differ_at": bad,

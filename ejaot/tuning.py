@@ -81,7 +81,7 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     import numpy as np
     import ejaot
     from .registry import get_kernel
-    from .verify import all_close, reference_outputs
+    from .verify import all_close, entry_arguments, reference_outputs
 
     bundle = ejaot.load(root, miss_log=False)
     groups: dict = {}
@@ -93,11 +93,9 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     for (kernel, bkey), entries in sorted(groups.items()):
         spec = get_kernel(kernel)
         r0 = entries[0].record
-        inputs = spec.make_inputs(r0["dims"], r0["dtype"], tuple(r0["present"]), r0["static"], rng)
+        inputs, host_args = entry_arguments(spec, r0, rng)
         want = reference_outputs(spec, r0, inputs)
-        names = [a.name for a in spec.inputs if not a.optional or a.name in r0["present"]]
-        args = [jax.device_put(inputs[n]) for n in names]
-        args.append(jax.device_put(np.array([r0["dims"][d] for d in spec.valid_length_dims], np.int32)))
+        args = [jax.device_put(a) for a in host_args]
         ready = []          # (entry, fn, calls per sample) of the candidates that run right
         for entry in entries:
             fn = entry.compiled() or entry.portable()

@@ -22,6 +22,17 @@ def compare(got, want, dtype: str) -> tuple[bool, float]:
     return bool(np.all(np.isfinite(got)) and err <= 1.0), err
 
 
+def entry_arguments(spec, record, rng) -> tuple[dict, list]:
+    """Fresh random inputs for a stored entry (the kernel's example generator), and the
+    arguments its artifacts take, in order: the present arrays, then the valid lengths
+    (the bucket's own dims)."""
+    inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
+                              record["static"], rng)
+    names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
+    valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
+    return inputs, [inputs[n] for n in names] + [valid]
+
+
 def reference_outputs(spec, record, inputs: dict):
     """The kernel's XLA implementation in float32 on the same inputs."""
     import jax.numpy as jnp
@@ -128,8 +139,7 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
             echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers) + f"; numerics skipped (over --max-elements)")
             counts["numerics_skipped"] += 1
             continue
-        inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
-                                  record["static"], rng)
+        inputs, args = entry_arguments(spec, record, rng)
         try:
             want = jax.block_until_ready(reference_outputs(spec, record, inputs))
         except Exception as e:  # e.g. the XLA reference does not fit the device's memory
@@ -137,15 +147,13 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
                  + f"; numerics skipped: the reference failed ({type(e).__name__}: {str(e)[:120]})")
             counts["numerics_skipped"] += 1
             continue
-        names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
-        valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
         results = []
         for tier, fn in (("compiled", entry.compiled() if not c else None),
                          ("portable", entry.portable() if not p else None)):
             if fn is None:
                 continue
             try:
-                got = jax.block_until_ready(fn(*[inputs[n] for n in names], valid))
+                got = jax.block_until_ready(fn(*args))
             except Exception as e:  # a tier that cannot run here is a failure of that entry
                 results.append(f"{tier} FAILED to run ({type(e).__name__}: {str(e)[:120]})")
                 ok = False
