@@ -1,5 +1,6 @@
 """The Triton `flash_attention` lowers on a CPU-only host for sm90 and sm80: forward and
-backward (jax.vjp), several head dims, causal or not, GQA, and the optional features.
+backward (jax.vjp), several head dims, causal or not, GQA, and the optional features; on
+sm90 the plain-scores forward is the Gluon ping-pong kernel (gluon_sm90.py).
 
 Lowering Triton for CUDA here needs the CUDA plugin from the extras folder at the front of
 sys.path with JAX_PLATFORMS=cpu set before jax is imported, so each check runs in a fresh
@@ -8,6 +9,7 @@ the exported StableHLO, the jax-triton custom calls in it, and the PTX inside th
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -36,6 +38,7 @@ _SCRIPT = textwrap.dedent(r'''
         return result
     jt_lib.compile_ttir_inplace = _recording_compile
     from ejaot_kernels.flash_attention.configs import triton_heuristic
+    from ejaot_kernels.mla_attention import gluon_pipeline
 
     TARGET = "triton_kernel_call_ffi"
     CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TARGET)]
@@ -98,7 +101,8 @@ _SCRIPT = textwrap.dedent(r'''
                 "smem": list(SMEM),
                 "ptx_targets": ptx_targets(text),
                 "tma_loads": any(b"cp.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
-                "device_made_descriptors": any(b"tensormap.replace" in blob for blob in opaque_blobs(text))}),
+                "device_made_descriptors": any(b"tensormap.replace" in blob for blob in opaque_blobs(text)),
+                "launch_warps": dict(gluon_pipeline._TOTAL_WARPS)}),
                 flush=True)
 
     for case in CASES:
@@ -158,6 +162,32 @@ def test_tma_forward_reads_through_host_made_descriptors():
     assert len(fwd) == 2 and all(r["tma_loads"] and not r["device_made_descriptors"] for r in fwd), fwd
 
 
+def test_hopper_plain_forward_is_the_gluon_pingpong_kernel():
+    """On sm90 the heuristic's forward for plain scores (causal or not, GQA/MQA, head_dim 64
+    or 128, lengths that are no multiple of a block) is the Gluon kernel: TMA loads through
+    host-made descriptors, launched with its 12 warps (4 producer + 2 x 4 consumer), its
+    shared memory within the H100's. Segment ids, a soft cap, head_dim 256 or sm80 keep
+    the Triton forward. The backward is the Triton one in every case."""
+    gluon = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=128, causal=True),
+             dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=False),
+             dict(cc=90, b=1, s=328, t=200, hq=4, hk=4, d=128, causal=True, dtype="float16")]
+    triton = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True),
+              dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, cap=30.0),
+              dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=False),
+              dict(cc=80, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False)]
+    results = _lower(gluon + triton)
+    _check(results, gluon + triton)
+    fwd = {json.dumps(r["case"], sort_keys=True): r for r in results if r["kind"] == "fwd"}
+    for case in gluon:
+        r = fwd[json.dumps(case, sort_keys=True)]
+        assert [name for name, _ in r["smem"]] == ["_fwd_sm90"], r
+        assert r["tma_loads"] and not r["device_made_descriptors"], r
+        assert r["launch_warps"].get("_fwd_sm90") == 12, r
+    for case in triton:
+        r = fwd[json.dumps(case, sort_keys=True)]
+        assert [name for name, _ in r["smem"]] == ["_fwd_kernel"], r
+
+
 def test_lowers_optional_features():
     """Sliding window, soft cap, bias (with its gradient), segment ids, unequal and
     non-multiple-of-block lengths, MQA, float16, and float32 (whose tiles are shrunk to fit
@@ -189,6 +219,28 @@ def test_heuristic_carries_compute_capability():
         assert cands and all(c["compute_capability"] == cc for c in cands)
     small = triton_heuristic(dict(dims, seq=16, kv_seq=24), static, get_target("gpu-sm90"))
     assert small["block_m"] == 16 and small["block_n"] == 32
+
+
+def test_candidates_name_their_forward_kernel():
+    """A config's missing keys come from the heuristic (resolve_config), whose sm90 forward
+    is the Gluon one: every Triton candidate must say gluon=False, or tuning would time the
+    Gluon kernel under a Triton candidate's name. Where the Gluon forward does not apply,
+    no config carries the key."""
+    from ejaot.targets import get_target
+    from ejaot_kernels.flash_attention.configs import triton_candidates, triton_heuristic
+    from ejaot_kernels.triton_support import resolve_config
+    dims = dict(batch=2, seq=8192, kv_seq=8192, q_heads=16, kv_heads=16, head_dim=128)
+    static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
+    cands = triton_candidates(dims, static, get_target("gpu-sm90"))
+    resolved = [resolve_config("flash_attention", c, triton_heuristic, dims, static) for c in cands]
+    assert [r["gluon"] for r in resolved] == [c["gluon"] for c in cands]
+    assert sum(c["gluon"] for c in cands) == 3 and sum(not c["gluon"] for c in cands) >= 30
+    assert triton_heuristic(dims, static, get_target("gpu-sm90"))["gluon"] is True
+    for target, extra in (("gpu-sm80", {}), ("gpu-sm90", {"logits_soft_cap": 30.0}),
+                          ("gpu-sm90", {"sliding_window": (128, 0)})):
+        st = dict(static, **extra)
+        assert all("gluon" not in c for c in triton_candidates(dims, st, get_target(target)))
+        assert "gluon" not in triton_heuristic(dims, st, get_target(target))
 
 
 def test_module_imports_without_gpu():

@@ -55,7 +55,26 @@ def _triton_config(dims, cc, fwd, dkdv, dq):
             "dq_num_warps": dq[2], "dq_num_stages": dq[3]}
 
 
+def _gluon_ok(dims, static, cc) -> bool:
+    """Where the Gluon forward applies (gluon_sm90.py): Hopper, head_dim 64 or 128, plain
+    scores (no soft cap, no window; a bias or segment ids at call time fall back to the
+    Triton forward), and 128-row query blocks."""
+    return (cc >= 90 and dims["head_dim"] in (64, 128) and static.get("logits_soft_cap") is None
+            and static.get("sliding_window") is None and dims["seq"] > 64)
+
+
 def triton_heuristic(dims, static, target):
+    cfg = _triton_kernel_heuristic(dims, static, target)
+    if _gluon_ok(dims, static, cfg["compute_capability"]):
+        # the Gluon ping-pong forward: 1.2-1.3x the Triton one at S=8192 on an H100
+        # (BENCHMARKS.md); 128 x 128 tiles in a ring of 3 K/V slots
+        cfg.update(block_m=128, block_n=_shrink(128, dims["kv_seq"]), num_warps=8, num_stages=3,
+                   gluon=True)
+    return cfg
+
+
+def _triton_kernel_heuristic(dims, static, target):
+    """The Triton forward's config (and the backward's, which every config shares)."""
     cc = _compute_capability(target)
     table = _TRITON_TABLE[90 if cc >= 90 else 80]
     d = dims["head_dim"]
@@ -72,7 +91,11 @@ def triton_candidates(dims, static, target):
     """Forward tiles to time (the backward keeps the heuristic's): large tiles first."""
     cc = _compute_capability(target)
     d = dims["head_dim"]
-    base = triton_heuristic(dims, static, target)
+    base = _triton_kernel_heuristic(dims, static, target)
+    gluon_ok = _gluon_ok(dims, static, cc)
+    if gluon_ok:
+        # explicit: a config's missing keys come from the heuristic, whose forward is Gluon here
+        base["gluon"] = False
     smem = (227 if cc >= 90 else 163) * 1024
     out, seen = [], set()
     for bm in (128, 64):
@@ -103,6 +126,18 @@ def triton_candidates(dims, static, target):
                     cfg["warp_specialize"] = True
                 key = tuple(sorted(cfg.items()))
                 if key not in seen and (bm * d + stages * 2 * bn * d) * 2 <= smem:
+                    seen.add(key)
+                    out.append(cfg)
+    if gluon_ok:
+        # Hopper: the Gluon ping-pong forward (gluon_sm90.py: 128 query rows, Q and a K/V
+        # ring of at least 3 slots in shared memory)
+        for bn, stages in ((128, 3), (64, 4), (64, 6)):
+            if (128 * d + stages * 2 * bn * d) * 2 <= smem - 1024:
+                cfg = dict(base)
+                cfg.update(block_m=128, block_n=_shrink(bn, dims["kv_seq"]), num_warps=8,
+                           num_stages=stages, gluon=True)
+                key = tuple(sorted(cfg.items()))
+                if key not in seen:
                     seen.add(key)
                     out.append(cfg)
     return out

@@ -15,6 +15,10 @@ The forward saves the row logsumexp (base 2; +inf for rows that see no key, whic
 their recomputed probabilities exactly zero). The backward is a `jax.custom_vjp`:
 delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ.
 
+On Hopper the forward of plain scores (no bias, soft cap, segment ids or window; head_dim
+64 or 128; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
+ping-pong schedule; it saves the same logsumexp, so the backward is the same.
+
 The valid lengths (q_len, kv_len) are traced: the kernels read them from device memory.
 Everything else (shapes, strides, flags, scale, window) is a compile-time constant.
 
@@ -22,7 +26,9 @@ Config keys (configs.triton_heuristic fills the missing ones; {} means: the heur
 this host's GPU): compute_capability; block_m, block_n, num_warps, num_stages (forward);
 bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ); tma
 (sm90: the forward's unmasked K/V loads go through host-made TMA descriptors) and
-warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default). float32
+warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default); gluon (sm90:
+the Gluon forward where it applies, with block_n and num_stages its tile and K/V ring; the
+heuristic's choice there, so a Triton config says gluon=False). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
 Imports without triton (the kernels then cannot lower) and touches no device at import;
@@ -595,6 +601,7 @@ class _Static:
     dq: tuple[int, int, int, int]         # block_m (queries), block_n (keys), warps, stages
     tma: bool = False                     # forward's main loop loads K/V through TMA (sm90+)
     ws: bool = False                      # forward's main loop warp-specialized (sm90+)
+    gluon: bool = False                   # forward in Gluon where it can (gluon_sm90.py)
 
 
 def _pow2_block(requested: int, n: int) -> int:
@@ -664,6 +671,7 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
         dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
+        gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and d in (64, 128),
     )
 
 
@@ -703,17 +711,25 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def _kv_descriptors(k, v, block_n: int):
+def _kv_descriptors(k, v, block_n: int, gluon: bool = False):
     """Host-made TMA descriptors over the 2-D views [batch * kv_seq, kv_heads * head_dim] of
     k and v; a box is one head's [block_n, head_dim] slice. jaxlib encodes them at launch.
     Made on the device instead (tl.make_tensor_descriptor), they need a global scratch
     buffer that jaxlib allocates and frees on the stream at every launch, which breaks the
-    kernel inside XLA's command buffers (CUDA graphs; README, Serving)."""
+    kernel inside XLA's command buffers (CUDA graphs; README, Serving). gluon: the
+    descriptors carry the shared layout the Gluon kernel allocates its K/V slots with."""
     import jax_triton as jt
     from ejaot_kernels.mla_attention.gluon_pipeline import compile_with_gluon_pipeline
     compile_with_gluon_pipeline()       # completes the descriptors' metadata for jax-triton
     b, t, hk, d = k.shape
-    return tuple(jt.TensorDescriptor.from_array(x.reshape(b * t, hk * d), block_shape=[block_n, d])
+    extra = {}
+    if gluon:
+        import jax.numpy as jnp
+        from .gluon_sm90 import gl
+        elem = gl.bfloat16 if k.dtype == jnp.bfloat16 else gl.float16
+        extra["layout"] = gl.NVMMASharedLayout.get_default_for([block_n, d], elem)
+    return tuple(jt.TensorDescriptor.from_array(x.reshape(b * t, hk * d), block_shape=[block_n, d],
+                                                **extra)
                  for x in (k, v))
 
 
@@ -725,6 +741,8 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
     ce = _constexprs(st, q, k, bias is not None, has_seg)
     bm, bn, warps, stages = st.fwd
+    if st.gluon and ce["FAST"] and not has_seg and st.window is None and bm == 128:
+        return _forward_gluon(q, k, v, valid_lens, ce, bn, stages, st.cc)
     desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
         q, k, v, desc_k, desc_v, bias_arg, qseg_arg, kseg_arg, valid_lens,
@@ -734,6 +752,27 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
         compute_capability=st.cc, name="flash_attention_fwd",
         BLOCK_M=bm, BLOCK_N=bn, USE_TMA=st.tma, WS=st.ws, **ce)
     return out, lse
+
+
+def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
+    """The Gluon forward (gluon_sm90.py): BLOCK_M query rows per program, launched with the
+    producer's 4 warps (gluon_pipeline.py adds the consumers' 8)."""
+    import jax
+    import jax.numpy as jnp
+    import jax_triton as jt
+    from . import gluon_sm90
+    b, s, hq, d = q.shape
+    # Q's rows and at least 3 K/V slots in the 227 KB a Hopper block may use
+    fit = (227 * 1024 - 1024 - gluon_sm90.BLOCK_M * d * 2) // (2 * block_n * d * 2)
+    desc_k, desc_v = _kv_descriptors(k, v, block_n, gluon=True)
+    return jt.triton_call(
+        q, desc_k, desc_v, valid_lens,
+        kernel=gluon_sm90._fwd_sm90,
+        out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, s), jnp.float32)),
+        grid=(_cdiv(s, gluon_sm90.BLOCK_M), b * hq), num_warps=4, num_stages=1,
+        compute_capability=cc, name="flash_attention_fwd",
+        qk_scale=ce["qk_scale"], SEQ=s, KV_SEQ=ce["KV_SEQ"], HQ=hq, HK=ce["HK"], D=d,
+        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(3, min(stages, fit)))
 
 
 def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout):

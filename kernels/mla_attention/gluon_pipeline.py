@@ -7,8 +7,10 @@ its logits loop ran 2774 cycles per block under Triton's Gluon pipeline, 2069 un
 jax-triton's), so it keeps jax-triton's pipeline. The warp-specialized kernel cannot: the
 passes add layout conversions whose shared-memory scratch the allocator cannot overlap
 across concurrently running partitions (262,732 bytes, over the 232,448 a block may use;
-230,156 under the Gluon pipeline). Triton compiles Gluon with `gluon_to_ttgir`; the kernels
-named here are routed there, and launched with all their warps.
+230,156 under the Gluon pipeline). flash_attention's ping-pong forward cannot either: the
+passes wait for each Q K^T product as soon as it is issued. Triton compiles Gluon with
+`gluon_to_ttgir`; the kernels named here are routed there, and launched with all their
+warps.
 
 Every kernel compiled through the hook also gets its host-side TMA descriptors' metadata
 completed: jax-triton 0.4.1 requires an `is_im2col` key in each entry that Triton 3.7.1
@@ -16,7 +18,8 @@ does not write (its own launcher reads it with a default of False, as jax-triton
 where it uses it). Idempotent; a no-op without jax-triton."""
 from __future__ import annotations
 
-GLUON_PIPELINE_KERNELS = frozenset({"_mla_decode_sm90_ws"})
+# mla_attention's warp-specialized decode; flash_attention's ping-pong forward (gluon_sm90.py)
+GLUON_PIPELINE_KERNELS = frozenset({"_mla_decode_sm90_ws", "_fwd_sm90"})
 
 
 def compile_with_gluon_pipeline() -> None:
