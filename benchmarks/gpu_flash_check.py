@@ -44,9 +44,15 @@ NUMERIC_CASES = [
     ("bias_segments_causal_d64", 2, 256, 256, 4, 2, 64, True, None, None, True, True, None),
     ("bias_full_padded_d128", 1, 192, 320, 4, 2, 128, False, None, 30.0, True, False, (150, 300)),
     ("q_longer_causal_d64", 1, 384, 256, 4, 2, 64, True, None, None, False, False, None),
+    # plain scores in bfloat16: the Hopper forward is the Gluon kernel (gluon_sm90.py); its
+    # masked blocks, the producer's kv tail, padded lengths and rows that see no key
+    ("gluon_causal_padded_d128", 2, 384, 384, 8, 2, 128, True, None, None, False, False, (300, 330)),
+    ("gluon_full_padded_mqa_d64", 1, 256, 448, 4, 1, 64, False, None, None, False, False, (200, 390)),
+    ("gluon_q_longer_causal_d128", 1, 512, 256, 4, 2, 128, True, None, None, False, False, None),
 ]
 QUICK_NUMERIC = ["gqa4_causal_d64_tail", "window_softcap_d128"]
-BF16_NUMERIC = ["gqa4_causal_d64_tail", "gqa32_8_full_d128", "causal_d256_padded", "window_softcap_d128"]
+BF16_NUMERIC = ["gqa4_causal_d64_tail", "gqa32_8_full_d128", "causal_d256_padded", "window_softcap_d128",
+                "gluon_causal_padded_d128", "gluon_full_padded_mqa_d64", "gluon_q_longer_causal_d128"]
 
 # name, B, S, Hq, Hk, D, causal
 TIMING_CASES = [
