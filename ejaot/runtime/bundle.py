@@ -33,6 +33,7 @@ from .binding import bind, freeze, split_args
 from .entry import StoredEntry
 from .jit import fallback_backend, jitted
 from .misslog import MissLog
+from .traced import eager, transformable
 from .warmup import CallsFirst, WarmUp
 
 
@@ -83,7 +84,6 @@ class Bundle:
         self.root = str(root)
         self.strict = strict
         self.device = device or jax.local_devices()[0]
-        self._tracer_type = jax.core.Tracer
         self.platform = compat.local_platform(self.device)
         self.store = FileStore(root)
         self._lock = threading.Lock()
@@ -209,13 +209,14 @@ class Bundle:
 
     # -- serving --------------------------------------------------------------------------
     def call(self, kernel: str, *args, **kwargs):
-        """Runs `kernel` on the arrays, returning what the kernel's public function returns."""
-        tracing = bool(args) and isinstance(args[0], self._tracer_type)
+        """Runs `kernel` on the arrays, returning what the kernel's public function returns.
+        Eager calls run the compiled tier; under any JAX trace (jit, grad, vmap,
+        eval_shape) the portable tier is inlined into the traced program."""
+        tracing = not eager()
         try:
             sig = (kernel, tracing,
-                   tuple((a.shape, a.dtype) if hasattr(a, "shape") else a for a in args),
-                   tuple((k, (v.shape, v.dtype) if hasattr(v, "shape") else freeze(v))
-                         for k, v in kwargs.items()))
+                   tuple(_sig_part(a) for a in args),
+                   tuple((k, _sig_part(v)) for k, v in kwargs.items()))
             plan = self._plans.get(sig)
         except TypeError:        # an unhashable static argument: resolve without caching
             sig, plan = None, None
@@ -256,7 +257,7 @@ class Bundle:
                 if runner is None:
                     continue
                 path = "exact" if pdims == want else "padded"
-                return Plan(path, tier, self._make_run(spec, call, entry, runner, path), entry)
+                return Plan(path, tier, self._make_run(spec, call, entry, runner, path, tracing), entry)
         reason = ("no bucket covers this shape" if group is not None
                   else "no stored entry for this kernel, dtype, inputs and static arguments")
         if self.strict:
@@ -273,13 +274,12 @@ class Bundle:
         fn = entry.portable()
         return (fn, "portable") if fn is not None else (None, None)
 
-    def _make_run(self, spec: KernelSpec, call, entry: StoredEntry, runner, path: str):
+    def _make_run(self, spec: KernelSpec, call, entry: StoredEntry, runner, path: str, tracing: bool):
         import jax
         import jax.numpy as jnp
         names = [n for n, _, _ in _artifact_inputs(spec, call)]
         static = call.static
         valid = np.array([call.dims[d] for d in spec.valid_length_dims], np.int32)
-        valid_arg = jax.device_put(valid, self.device)
         bucket = {**call.dims, **entry.record["dims"]}
         pads = []
         for a in spec.inputs:
@@ -291,24 +291,39 @@ class Bundle:
         slices = [None if spec.shape_of(o, call.dims) == spec.shape_of(o, bucket)
                   else tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
                   for o in spec.outputs[:n_out]]
-
         arrays_of = _arrays_getter(spec, names)
 
-        if path == "exact":
-            def run(args, kwargs):
-                return spec.pack(runner(*arrays_of(args, kwargs), valid_arg), static)
-        else:
-            def run(args, kwargs):
+        def stored(*arrays, valid_arg=valid):
+            if path == "padded":
                 arrays = [x if p is None else jnp.pad(x, p[0], constant_values=p[1])
-                          for x, p in zip(arrays_of(args, kwargs), pads)]
-                outs = runner(*arrays, valid_arg)
-                return spec.pack(tuple(o if s is None else o[s] for o, s in zip(outs, slices)), static)
+                          for x, p in zip(arrays, pads)]
+            outs = runner(*arrays, valid_arg)
+            return tuple(o if s is None else o[s] for o, s in zip(outs, slices))
+
+        if tracing:
+            # A NumPy constant, not a device array: it belongs to no trace.
+            fn = transformable(stored, self._reference(spec, call), spec.name)
+
+            def run(args, kwargs):
+                return spec.pack(fn(*arrays_of(args, kwargs)), static)
+            return run
+
+        # Eager: the valid lengths live on the device once, made outside any trace.
+        valid_arg = jax.device_put(valid, self.device)
+
+        def run(args, kwargs):
+            return spec.pack(stored(*arrays_of(args, kwargs), valid_arg=valid_arg), static)
         return run
 
-    def _make_fallback(self, spec: KernelSpec, call):
+    def _reference(self, spec: KernelSpec, call):
+        """The kernel compiled by JAX on this platform: the fallback, and what grad
+        differentiates."""
         backend = fallback_backend(spec, self.platform)
-        self._fallback_backends[spec.name] = backend
-        fn = jitted(spec, backend, call.present, call.static)
+        return jitted(spec, backend, call.present, call.static)
+
+    def _make_fallback(self, spec: KernelSpec, call):
+        self._fallback_backends[spec.name] = fallback_backend(spec, self.platform)
+        fn = self._reference(spec, call)
         arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
         static = call.static
 
@@ -387,6 +402,17 @@ class Bundle:
         run = WarmUp(list_entries, self._calls_first, threads or min(4, os.cpu_count() or 1))
         self._warm_runs.append(run)
         return run.start()
+
+
+def _sig_part(v):
+    """One argument's part of a call signature: an array's shape and dtype, a static's
+    value; a callable (attention's init_bias) only as "given", so a fresh lambda per call
+    does not grow the plan cache."""
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return (tuple(v.shape), v.dtype)
+    if callable(v):
+        return ("<callable>",)
+    return freeze(v)
 
 
 def _arrays_getter(spec: KernelSpec, names: list[str]):

@@ -1,0 +1,58 @@
+"""A stored entry as a function inside JAX transformations (jit, grad, vmap, eval_shape).
+
+Under any trace the entry's portable tier is inlined into the caller's program: the bucket
+is chosen once, at trace time, and the pad and slice become part of the traced program, so
+a compiled step does no Python work per call. Nothing here holds a value made by a trace:
+the valid lengths are a NumPy constant, so one plan serves every trace of every function.
+
+The artifact itself has no batching rule and no derivative, so the function is given both:
+  * vmap maps the entry over the mapped axis (jax.lax.map: one artifact call per element,
+    in one program) instead of failing inside jax;
+  * grad differentiates the kernel's own JIT function (its custom VJP where it has one),
+    recomputing the forward there: the artifact serves the forward pass.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+
+def eager() -> bool:
+    """True when no JAX trace is active (no jit, grad, vmap or eval_shape around the call).
+    Private API, pinned by tests/test_traced_calls.py."""
+    from jax._src.core import trace_state_clean
+    return trace_state_clean()
+
+
+def transformable(stored: Callable, reference: Callable, name: str) -> Callable:
+    """stored(*arrays) -> tuple of outputs, made differentiable through `reference` (the
+    same kernel compiled by JAX, taking the same unpadded arrays) and batchable by map."""
+    import jax
+
+    @jax.custom_batching.custom_vmap
+    def batchable(*arrays):
+        return stored(*arrays)
+
+    @batchable.def_vmap
+    def _batched(axis_size, in_batched, *arrays):
+        mapped = [a for a, b in zip(arrays, in_batched) if b]
+
+        def one(xs):
+            it = iter(xs)
+            return stored(*[next(it) if b else a for a, b in zip(arrays, in_batched)])
+        outs = jax.lax.map(one, mapped)
+        return outs, tuple(True for _ in outs)
+
+    @jax.custom_vjp
+    def fn(*arrays):
+        return batchable(*arrays)
+
+    def fwd(*arrays):
+        return batchable(*arrays), arrays
+
+    def bwd(arrays, cotangents):
+        _, pullback = jax.vjp(reference, *arrays)
+        return pullback(cotangents)
+
+    fn.defvjp(fwd, bwd)
+    fn.__name__ = f"ejaot_{name}"
+    return fn
