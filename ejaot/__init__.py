@@ -15,4 +15,10 @@ def load(root, strict: bool = False, device=None, eager: bool | str = False, tru
                  miss_log=miss_log)
 
 
-__all__ = ["load", "__version__"]
+def use(store=None, **load_options):
+    """Serves `ejaot.ops` (ejkernel's functions) from a store; see ejaot.runtime.active."""
+    from .runtime.active import use as _use
+    return _use(store, **load_options)
+
+
+__all__ = ["load", "use", "__version__"]
