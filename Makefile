@@ -14,11 +14,11 @@ PIP      := $(PYTHON) -m pip install -q --disable-pip-version-check
 PY312 := $(shell for c in python3.12 "$$(pyenv root 2>/dev/null)/versions/3.12.*/bin/python3.12"; do \
 	  for p in $$c; do "$$p" -c 'import sys; assert sys.version_info[:2]==(3,12)' >/dev/null 2>&1 && { echo "$$p"; exit 0; }; done; done)
 
-.PHONY: artifacts test bench fuzz venv clean help
+.PHONY: artifacts test bench demo fuzz venv clean help
 
 help:
 	@echo "make artifacts [TARGET=cpu] [MANIFEST=manifests/default.toml] [JOBS=N]"
-	@echo "make test | make bench | make fuzz | make clean"
+	@echo "make test | make demo [DEMO_ARGS=...] | make bench | make fuzz | make clean"
 
 venv: $(VENV)/.base-installed
 
@@ -62,6 +62,11 @@ fuzz: $(VENV)/.base-installed
 bench: $(VENV)/.base-installed $(VENV)/.tpu-installed
 	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results
 	$(PYTHON) -m benchmarks.tpu_compile --manifest $(MANIFEST) --out bench-results
+
+# A decoder served from a store, start-up measured in fresh processes (examples/demo.py);
+# its last line is one JSON object.
+demo: $(VENV)/.base-installed
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PYTHON) examples/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf artifacts bench-results

@@ -1,0 +1,215 @@
+"""`make demo`: a model served from an ejaot store, end to end, with its start-up measured.
+
+    python examples/demo.py [--model llama] [--config small] [--target cpu] [--store DIR]
+
+1. Builds the model's manifest for the target if the store lacks entries (incremental).
+2. Starts one fresh process per start-up mode and measures `ready_s`, the seconds from
+   the process's start until every prefill and decode bucket of the model has run once:
+     jit         no store: JAX traces and compiles every step, kernels included;
+     warm_cache  the same with JAX's persistent compilation cache filled by an earlier
+                 process (that filling process is not timed);
+     ejaot       ejaot.use(store): the steps are traced with the stored kernels inlined.
+   Each process then serves the same requests (continuous batching) and reports its steady
+   decode tokens/s.
+3. The ejaot process checks greedy tokens and logits against the model's plain-JAX
+   reference.
+The last line printed is one JSON object: tokens_match, ready_s, tokens_per_s and the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent
+REPO = EXAMPLES.parent
+sys.path.insert(0, str(EXAMPLES))
+
+MODELS = {"llama": "llama_demo", "mla": "mla_demo"}
+# Requests of different lengths arriving over the first steps: (prompt tokens, new tokens)
+WORKLOADS = {
+    "small": ([5, 17, 40, 9, 100, 33, 64, 3, 21, 50, 12, 77],
+              [12, 20, 8, 30, 10, 16, 24, 40, 5, 18, 25, 14]),
+    "large": ([100, 1700, 400, 90, 1000, 330, 640, 30, 210, 500, 120, 770] * 2,
+              [32, 20, 48, 30, 40, 16, 24, 40, 25, 18, 25, 64] * 2),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def model_package(name: str):
+    import importlib
+    return importlib.import_module(MODELS[name])
+
+
+# -- the child: one fresh process per start-up mode -----------------------------------------
+def child(args) -> dict:
+    t0 = float(os.environ["EJAOT_DEMO_T0"])          # when the parent started this process
+    import numpy as np
+    import jax
+    import ejaot
+    from serving import Server, greedy_reference, make_requests
+
+    pkg = model_package(args.model)
+    cfg, buckets = pkg.CONFIGS[args.config], pkg.BUCKETS[args.config]
+    bundle = ejaot.use(args.store) if args.mode == "ejaot" else ejaot.use(None)
+    model = pkg.Model(cfg)
+    params = pkg.init_params(cfg)
+    jax.block_until_ready(params)
+    t_params = time.time()
+    warm_up(model, params, buckets)
+    t_ready = time.time()
+    out = {"mode": args.mode, "ready_s": round(t_ready - t0, 3),
+           "buckets_s": round(t_ready - t_params, 3), "device": jax.devices()[0].device_kind}
+
+    lengths, new = WORKLOADS[args.workload]
+    requests = make_requests(cfg.vocab, lengths, new)
+    server = Server(model, params, buckets)
+    tokens = server.run(requests)
+    out["tokens_per_s"] = round(server.decode_tokens / server.decode_seconds, 1)
+    if bundle is not None:
+        st = bundle.stats()
+        out["store_calls"] = st["calls"]
+        out["store_tiers"] = st["tiers"]
+        out["rejected"] = len(st["rejected"])
+    if args.check:
+        mismatched = [r.rid for r in requests
+                      if greedy_reference(model.forward_reference, params, r.prompt, r.max_new_tokens)
+                      != tokens[r.rid]]
+        out["tokens_match"] = not mismatched
+        out["mismatched_requests"] = mismatched
+        out["max_logit_error"] = logit_error(model, params, buckets, requests[:4])
+    return out
+
+
+def warm_up(model, params, buckets) -> None:
+    """Runs every prefill and decode bucket once (zero-length prompts and idle slots write
+    only to the scratch page): after this, no request can make the server compile."""
+    import numpy as np
+    cache = model.init_cache(buckets)
+    for b, s in buckets.prefill_shapes():
+        logits, cache = model.prefill(params, cache, np.zeros((b, s), np.int32), np.zeros(b, np.int32),
+                                      np.zeros((b, buckets.max_blocks), np.int32))
+    for n in buckets.decode_slots:
+        logits, cache = model.decode(params, cache, np.zeros(n, np.int32), np.full(n, -1, np.int32),
+                                     np.zeros((n, buckets.max_blocks), np.int32))
+    logits.block_until_ready()
+
+
+def logit_error(model, params, buckets, requests) -> float:
+    """Largest |served - reference| over the prefill logits of `requests` and the decode
+    logits of their next token, relative to the reference logits' largest magnitude."""
+    import numpy as np
+    from serving import PagePool
+    pool, cache = PagePool(buckets.total_pages), model.init_cache(buckets)
+    worst = 0.0
+    for r in requests:
+        n = len(r.prompt)
+        pages = pool.take(-(-(n + 1) // buckets.page_size))
+        table = np.zeros((1, buckets.max_blocks), np.int32)
+        table[0, :len(pages)] = pages
+        s = min(x for x in buckets.prefill_seq if x >= n)
+        tokens = np.zeros((1, s), np.int32)
+        tokens[0, :n] = r.prompt
+        logits, cache = model.prefill(params, cache, tokens, np.array([n], np.int32), table)
+        nxt = int(np.asarray(logits)[0].argmax())
+        slots = buckets.decode_slots[0]
+        d_tables = np.zeros((slots, buckets.max_blocks), np.int32)
+        d_tables[0] = table[0]
+        positions = np.full(slots, -1, np.int32)
+        positions[0] = n
+        d_tokens = np.zeros(slots, np.int32)
+        d_tokens[0] = nxt
+        d_logits, cache = model.decode(params, cache, d_tokens, positions, d_tables)
+        ref = np.asarray(model.forward_reference(params, np.array([r.prompt + [nxt]], np.int32)))[0]
+        scale = np.abs(ref).max()
+        worst = max(worst, np.abs(np.asarray(logits)[0] - ref[n - 1]).max() / scale,
+                    np.abs(np.asarray(d_logits)[0] - ref[n]).max() / scale)
+    return float(worst)
+
+
+# -- the parent ------------------------------------------------------------------------------
+def build_store(args) -> None:
+    pkg = model_package(args.model)
+    manifest = pkg.manifest_path(args.config)
+    log(f"building {manifest.relative_to(REPO)} for {args.target} into {args.store} (incremental)")
+    cmd = [sys.executable, "-m", "ejaot.cli", "build", "--manifest", str(manifest),
+           "--target", args.target, "--out", str(args.store)]
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def run_child(args, mode: str, extra_env=None, check=False) -> dict:
+    env = {**os.environ, **(extra_env or {}), "EJAOT_DEMO_T0": repr(time.time())}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--model", args.model,
+           "--config", args.config, "--store", str(args.store), "--workload", args.workload]
+    if check:
+        cmd.append("--check")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"demo: the {mode} process failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="llama", choices=sorted(MODELS))
+    ap.add_argument("--config", default="small")
+    ap.add_argument("--target", default="cpu")
+    ap.add_argument("--store", type=Path, default=None)
+    ap.add_argument("--workload", default=None, choices=sorted(WORKLOADS))
+    ap.add_argument("--no-build", action="store_true", help="use --store as it is")
+    ap.add_argument("--modes", default="jit,warm_cache,ejaot")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.workload = args.workload or ("small" if args.config == "small" else "large")
+    if args.store is None:
+        args.store = REPO / "artifacts" / "demo" / f"{args.model}-{args.config}-{args.target}"
+    if args.child:
+        args.mode = args.child
+        print(json.dumps(child(args)))
+        return 0
+
+    if not args.no_build:
+        build_store(args)
+    modes = args.modes.split(",")
+    results, ready, tps = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="ejaot-demo-jax-cache-") as cache_dir:
+        for mode in modes:
+            env = None
+            if mode == "warm_cache":
+                env = {"JAX_COMPILATION_CACHE_DIR": cache_dir,
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+                log("warm_cache: filling JAX's persistent cache (untimed process)")
+                run_child(args, "jit", env)
+            log(f"{mode}: fresh process, every bucket once, then the requests")
+            r = results[mode] = run_child(args, "ejaot" if mode == "ejaot" else "jit", env,
+                                          check=(mode == "ejaot"))
+            ready[mode], tps[mode] = r["ready_s"], r["tokens_per_s"]
+            log(f"{mode}: ready in {r['ready_s']:.2f} s (buckets {r['buckets_s']:.2f} s), "
+                f"{r['tokens_per_s']:.0f} decode tokens/s")
+    e = results.get("ejaot", {})
+    summary = {
+        "model": f"{args.model}/{args.config}", "target": args.target, "device": e.get("device"),
+        "tokens_match": e.get("tokens_match"), "max_logit_error": e.get("max_logit_error"),
+        "ready_s": ready, "buckets_s": {m: r["buckets_s"] for m, r in results.items()},
+        "tokens_per_s": tps.get("ejaot"), "tokens_per_s_by_mode": tps,
+        "store_calls": e.get("store_calls"), "store_tiers": e.get("store_tiers"),
+        "store": str(args.store),
+    }
+    print(json.dumps(summary))
+    return 0 if summary["tokens_match"] in (True, None) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

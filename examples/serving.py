@@ -1,0 +1,164 @@
+"""A small continuous-batching server over a paged KV cache, shared by the example models.
+
+A model gives two jitted steps over shape buckets:
+  prefill(params, cache, tokens [B, S], lengths [B], block_tables [B, M]) -> (logits [B, V], cache)
+      runs each prompt (right-padded to S) and writes its keys and values into its pages;
+      the logits are those at each prompt's last token.
+  decode(params, cache, tokens [N], positions [N], block_tables [N, M]) -> (logits [N, V], cache)
+      one token per slot at `positions` (its context before this token); a slot with
+      position -1 is idle (its writes go to the scratch page, its output is ignored).
+Page 0 of the cache is scratch: padded tokens and idle slots write there, and no block
+table of a live request names it.
+
+Requests arrive at given steps, are admitted into free decode slots (their prompts
+prefilled together, in the smallest prefill bucket that holds them), decode one token per
+step, and leave when they have produced their tokens, freeing their pages.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Request:
+    rid: int
+    prompt: list[int]
+    max_new_tokens: int
+    arrival_step: int = 0
+    output: list[int] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    prefill_batch: tuple[int, ...]      # B of the prefill steps
+    prefill_seq: tuple[int, ...]        # S of the prefill steps
+    decode_slots: tuple[int, ...]       # N of the decode steps
+    max_blocks: int                     # pages a sequence may hold (M)
+    page_size: int
+    total_pages: int                    # page 0 included
+
+    def prefill_shapes(self):
+        return [(b, s) for b in self.prefill_batch for s in self.prefill_seq]
+
+    @staticmethod
+    def fit(sizes, n: int) -> int:
+        """The smallest bucket size >= n."""
+        i = bisect.bisect_left(sizes, n)
+        if i == len(sizes):
+            raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
+        return sizes[i]
+
+
+class PagePool:
+    def __init__(self, total_pages: int):
+        self.free = list(range(total_pages - 1, 0, -1))   # page 0 is scratch
+
+    def take(self, n: int) -> list[int]:
+        if n > len(self.free):
+            raise RuntimeError(f"out of KV pages: need {n}, {len(self.free)} free")
+        return [self.free.pop() for _ in range(n)]
+
+    def give(self, pages: list[int]) -> None:
+        self.free.extend(reversed(pages))
+
+
+class Server:
+    """Greedy decoding of many requests through a model's prefill and decode steps."""
+
+    def __init__(self, model, params, buckets: Buckets):
+        self.model, self.params, self.b = model, params, buckets
+        self.cache = model.init_cache(buckets)
+        self.pool = PagePool(buckets.total_pages)
+        self.slots: list[Request | None] = [None] * max(buckets.decode_slots)
+        self.decode_tokens = 0
+        self.decode_seconds = 0.0
+
+    def _table(self, pages: list[int]) -> np.ndarray:
+        row = np.zeros(self.b.max_blocks, np.int32)
+        row[:len(pages)] = pages
+        return row
+
+    def _admit(self, new: list[Request]) -> None:
+        """Prefills `new` (in prefill-bucket groups) and puts each in a free slot."""
+        bp = self.b.prefill_batch
+        while new:
+            group, new = new[:bp[-1]], new[bp[-1]:]
+            B = Buckets.fit(bp, len(group))
+            S = Buckets.fit(self.b.prefill_seq, max(len(r.prompt) for r in group))
+            tokens = np.zeros((B, S), np.int32)
+            lengths = np.zeros(B, np.int32)
+            tables = np.zeros((B, self.b.max_blocks), np.int32)
+            for i, r in enumerate(group):
+                need = -(-(len(r.prompt) + r.max_new_tokens) // self.b.page_size)
+                if need > self.b.max_blocks:
+                    raise ValueError(f"request {r.rid} needs {need} pages; a sequence holds {self.b.max_blocks}")
+                r.pages = self.pool.take(need)
+                tokens[i, :len(r.prompt)] = r.prompt
+                lengths[i] = len(r.prompt)
+                tables[i] = self._table(r.pages)
+            logits, self.cache = self.model.prefill(self.params, self.cache, tokens, lengths, tables)
+            first = np.asarray(logits).argmax(-1)
+            for i, r in enumerate(group):
+                r.output.append(int(first[i]))
+                self.slots[self.slots.index(None)] = r
+
+    def _decode(self) -> None:
+        live = [i for i, r in enumerate(self.slots) if r is not None]
+        N = Buckets.fit(self.b.decode_slots, max(live) + 1)
+        tokens = np.zeros(N, np.int32)
+        positions = np.full(N, -1, np.int32)
+        tables = np.zeros((N, self.b.max_blocks), np.int32)
+        for i in live:
+            r = self.slots[i]
+            tokens[i] = r.output[-1]
+            positions[i] = len(r.prompt) + len(r.output) - 1
+            tables[i] = self._table(r.pages)
+        t0 = time.perf_counter()
+        logits, self.cache = self.model.decode(self.params, self.cache, tokens, positions, tables)
+        nxt = np.asarray(logits).argmax(-1)
+        self.decode_seconds += time.perf_counter() - t0
+        self.decode_tokens += len(live)
+        for i in live:
+            self.slots[i].output.append(int(nxt[i]))
+
+    def run(self, requests: list[Request]) -> dict[int, list[int]]:
+        """Serves every request to completion; returns each one's generated tokens."""
+        waiting = sorted(requests, key=lambda r: (r.arrival_step, r.rid))
+        done: dict[int, list[int]] = {}
+        step = 0
+        while waiting or any(self.slots):
+            free = self.slots.count(None)
+            ready = [r for r in waiting if r.arrival_step <= step][:free]
+            if ready:
+                waiting = [r for r in waiting if r not in ready]
+                self._admit(ready)
+            for i, r in enumerate(self.slots):       # finished after prefill or last decode
+                if r is not None and len(r.output) >= r.max_new_tokens:
+                    done[r.rid] = r.output
+                    self.pool.give(r.pages)
+                    self.slots[i] = None
+            if any(self.slots):
+                self._decode()
+            step += 1
+        return done
+
+
+def make_requests(vocab: int, prompt_lengths, new_tokens, seed: int = 0) -> list[Request]:
+    """Requests of different lengths arriving over the first steps (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    return [Request(i, rng.integers(1, vocab, n).tolist(), m, arrival_step=2 * i // 3)
+            for i, (n, m) in enumerate(zip(prompt_lengths, new_tokens))]
+
+
+def greedy_reference(forward, params, prompt: list[int], n_new: int) -> list[int]:
+    """Greedy tokens from a full forward pass over the whole sequence at every step."""
+    seq = list(prompt)
+    for _ in range(n_new):
+        logits = forward(params, np.asarray([seq], np.int32))
+        seq.append(int(np.asarray(logits)[0, -1].argmax()))
+    return seq[len(prompt):]
