@@ -37,6 +37,30 @@ class ArrayArg:
     dtype: str | None = None      # None: the entry's dtype; else fixed ("int32", "bool")
     optional: bool = False
     pad_value: float | int | bool = 0
+    is_tree: bool = False
+
+
+@dataclass(frozen=True)
+class TreeArg:
+    """A pytree argument or result: a model's parameters, a KV cache. Its leaves' shapes and
+    dtypes follow from the entry's dims, statics and dtype through `avals`, "module:function"
+    (dims, static, dtype) -> pytree of jax.ShapeDtypeStruct; the entry records them and a
+    call is checked against them leaf by leaf. A tree is never padded. `dims_from` reads
+    dims off the given tree at call time: ((dim, leaf path as jax.tree_util.keystr, axis),).
+    `donate`: the compiled tier may reuse this argument's buffers for its outputs."""
+    name: str
+    avals: str
+    dims_from: tuple[tuple[str, str, int], ...] = ()
+    donate: bool = False
+    optional: bool = False          # the ArrayArg fields the engine reads on every input
+    dtype: None = None
+    dims: tuple = ()
+    pad_value: int = 0
+    is_tree: bool = True
+
+    def expected(self, dims, static, dtype):
+        module, _, fn = self.avals.partition(":")
+        return getattr(importlib.import_module(module), fn)(dims, static, dtype)
 
 
 @dataclass(frozen=True)
@@ -71,8 +95,8 @@ class Backend:
 class KernelSpec:
     name: str
     package: str                          # the kernel's folder as a package, e.g. ejaot_kernels.attention
-    inputs: tuple[ArrayArg, ...]
-    outputs: tuple[ArrayArg, ...]
+    inputs: tuple[ArrayArg | TreeArg, ...]
+    outputs: tuple[ArrayArg | TreeArg, ...]
     statics: tuple[StaticArg, ...]
     dims: tuple[str, ...]
     backends: Mapping[str, Backend]       # backend name ("xla", "triton", "pallas_tpu") -> impl
@@ -96,6 +120,36 @@ class KernelSpec:
     @functools.cached_property
     def static_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.statics)
+
+    @functools.cached_property
+    def has_trees(self) -> bool:
+        return any(a.is_tree for a in self.inputs + self.outputs)
+
+    def structure(self, args, dims, static, dtype, present=None) -> tuple:
+        """The value of each of `args` (inputs or outputs) as a pytree of
+        jax.ShapeDtypeStruct; optional inputs only when in `present`."""
+        import jax
+        import jax.numpy as jnp
+        return tuple(a.expected(dims, static, dtype) if a.is_tree
+                     else jax.ShapeDtypeStruct(self.shape_of(a, dims), jnp.dtype(self.dtype_of(a, dtype)))
+                     for a in args if not a.optional or present is None or a.name in present)
+
+    def leaf_avals(self, args, dims, static, dtype, present=None) -> list[tuple[str, tuple, str]]:
+        """(name, shape, dtype) of every array leaf of `args`, in flattening order: an array
+        argument by its name, a tree's leaves as name + key path (e.g. params['embed'])."""
+        if not any(a.is_tree for a in args):
+            return [(a.name, self.shape_of(a, dims), self.dtype_of(a, dtype))
+                    for a in args if not a.optional or present is None or a.name in present]
+        import jax
+        out = []
+        chosen = [a for a in args if not a.optional or present is None or a.name in present]
+        for a, value in zip(chosen, self.structure(chosen, dims, static, dtype)):
+            if not a.is_tree:
+                out.append((a.name, tuple(value.shape), str(value.dtype)))
+                continue
+            for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+                out.append((a.name + jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.dtype)))
+        return out
 
     def static_arg(self, name) -> StaticArg:
         for s in self.statics:
@@ -131,6 +185,8 @@ class KernelSpec:
         """sha256 over the kernel folder's Python sources that `backend`'s artifacts depend
         on: everything but the other backends' implementation modules (editing the TPU
         kernel does not make CPU artifacts stale). A change makes entries stale."""
+        if not self.package.startswith(COLLECTION + "."):
+            return outside_source_hash(self.package)
         own = self.backends[backend].impl.partition(":")[0]
         others = {m.impl.partition(":")[0].rsplit(".", 1)[-1] + ".py"
                   for m in self.backends.values() if m.impl.partition(":")[0] != own}
@@ -148,6 +204,28 @@ class KernelSpec:
 
 
 _source_hashes: dict[tuple, str] = {}
+COLLECTION = "ejaot_kernels"
+
+
+def outside_source_hash(package: str) -> str:
+    """A kernel from outside the collection (a model's step): its own package's sources
+    (the top-level package that holds `package`, every .py file in it), the whole kernel
+    collection and ejaot.ops, since a step inlines whichever kernels it calls."""
+    if ("outside", package) not in _source_hashes:
+        top = package.split(".")[0]
+        spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            raise LookupError(f"package {top!r} not found")
+        folder = list(spec.submodule_search_locations)[0]
+        h = hashlib.sha256()
+        for rel in _python_files(folder):
+            h.update(f"{top}/{rel}".encode() + b"\0" + _read(os.path.join(folder, rel)) + b"\0")
+        collection = list(importlib.util.find_spec(COLLECTION).submodule_search_locations)[0]
+        for rel in _python_files(collection):
+            h.update(f"{COLLECTION}/{rel}".encode() + b"\0" + _read(os.path.join(collection, rel)) + b"\0")
+        h.update(_read(os.path.join(os.path.dirname(__file__), "ops.py")))
+        _source_hashes[("outside", package)] = h.hexdigest()
+    return _source_hashes[("outside", package)]
 
 
 def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:

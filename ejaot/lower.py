@@ -8,7 +8,7 @@ from .plan import EntrySpec
 from .runtime import codec
 from .runtime.jit import kernel_function
 from .store.filestore import FileStore
-from .targets import get_target
+from .targets import get_target, lowering_for
 
 
 def _avals(entry: EntrySpec, sharding=None):
@@ -35,12 +35,17 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     target = get_target(entry.target)
     platform = target.platform_module
     spec = entry.spec
-    fn = kernel_function(spec, entry.backend, entry.present, entry.static, entry.config)
+    fn = kernel_function(spec, entry.backend, entry.present, entry.static, entry.config,
+                         entry.dims, entry.dtype)
     t0 = time.perf_counter()
-    exported = jax.export.export(jax.jit(fn), platforms=(target.platform,),
-                                 disabled_checks=platform.disabled_checks(entry.backend))(*_avals(entry))
+    # any of the target's backends may appear: a model's step inlines the kernels it calls
+    checks = [c for b in target.backends for c in platform.disabled_checks(b)]
+    with lowering_for(target):
+        exported = jax.export.export(jax.jit(fn), platforms=(target.platform,),
+                                     disabled_checks=checks)(*_avals(entry))
     payloads = {"exported": bytes(exported.serialize())}
     meta = {
+        # every array the artifact takes; a tree's leaves named by their key paths
         "inputs": [[n, list(s), d] for n, s, d in entry.input_avals()],
         "outputs": [[list(a.shape), str(a.dtype)] for a in exported.out_avals],
         "exported": {"calling_convention_version": exported.calling_convention_version,
@@ -58,7 +63,8 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         return payloads, meta
     t0 = time.perf_counter()
     sharding = jax.sharding.SingleDeviceSharding(device)
-    compiled = jax.jit(exported.call).lower(*_avals(entry, sharding)).compile()
+    donate = _donated_leaves(entry)
+    compiled = jax.jit(exported.call, donate_argnums=donate).lower(*_avals(entry, sharding)).compile()
     meta["timings"]["compile_s"] = round(time.perf_counter() - t0, 4)
     try:
         raw, exe_meta = codec.encode(compiled)
@@ -67,10 +73,22 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         return payloads, meta
     payloads["executable"] = raw
     meta["executable"] = {**exe_meta, **platform.device_identity(target, device)}
+    if donate:
+        meta["executable"]["donated"] = list(donate)
     meta["analysis"] = _analysis(compiled)
     if hasattr(platform, "roofline"):
         meta["roofline"] = platform.roofline(meta["analysis"], target)
     return payloads, meta
+
+
+def _donated_leaves(entry: EntrySpec) -> tuple[int, ...]:
+    """Positions of the artifact's inputs that belong to a donated tree (a KV cache)."""
+    spec = entry.spec
+    donated = {a.name for a in spec.inputs if a.is_tree and a.donate}
+    if not donated:
+        return ()
+    names = [n for n, _, _ in entry.input_avals()]
+    return tuple(i for i, n in enumerate(names) if n.split("[", 1)[0] in donated)
 
 
 def _analysis(compiled) -> dict:

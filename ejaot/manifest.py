@@ -18,6 +18,10 @@
     # optional: explicit buckets, merged over the single-valued dims
     # buckets = [{ batch = 2, seq = 384 }]
 
+    [[kernel]]                             # a kernel from outside the collection: a model's
+    name = "llama_demo.decode_step"        # own step, declared as a KernelSpec in an
+    module = "llama_demo.steps"            # importable module (installed or on PYTHONPATH)
+
 Every problem is reported as a ManifestError naming the file and the key.
 """
 from __future__ import annotations
@@ -30,12 +34,13 @@ from typing import Any
 
 from .errors import ManifestError
 from .kernel_spec import KernelSpec
-from .registry import all_kernels
+from .registry import all_kernels, register_module
 from .targets import get_target, known_target_names
 
 FORMAT = 1
 _TOP_KEYS = {"format", "kernel", "description"}
-_BLOCK_KEYS = {"name", "dtypes", "targets", "inputs", "dims", "static", "static_variants", "buckets"}
+_BLOCK_KEYS = {"name", "module", "dtypes", "targets", "inputs", "dims", "static", "static_variants",
+               "buckets"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class KernelBlock:
     statics: tuple[dict, ...]                 # canonical static sets
     present: tuple[str, ...]                  # optional inputs passed
     targets: tuple[str, ...] | None           # None: every target
+    module: str | None = None                 # an outside kernel's module
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,15 @@ def _parse_block(t: Any, where: str, fail) -> KernelBlock:
     unknown = set(t) - _BLOCK_KEYS
     if unknown:
         raise fail(f"{where}.{sorted(unknown)[0]}", f"unknown key; expected one of {sorted(_BLOCK_KEYS)}")
-    kernels = all_kernels()
+    module = t.get("module")
+    if module is not None:
+        kernels = _outside_kernels(module, f"{where}.module", fail)
+    else:
+        kernels = all_kernels()
     name = t.get("name")
-    if name not in kernels:
-        raise fail(f"{where}.name", f"unknown kernel {name!r}; expected one of {sorted(kernels)}")
+    if not isinstance(name, str) or name not in kernels:
+        raise fail(f"{where}.name", f"unknown kernel {name!r}; expected one of {sorted(kernels)}"
+                   + (f" (declared in {module})" if module else ""))
     spec = kernels[name]
 
     dtypes = _as_list(t.get("dtypes", ["float32"]))
@@ -123,7 +134,20 @@ def _parse_block(t: Any, where: str, fail) -> KernelBlock:
                     spec.check(b, s)
                 except ValueError as e:
                     raise fail(f"{where}", f"bucket {b} with static {s}: {e}") from None
-    return KernelBlock(spec, where, tuple(buckets), tuple(dtypes), tuple(statics), present, targets)
+    return KernelBlock(spec, where, tuple(buckets), tuple(dtypes), tuple(statics), present, targets, module)
+
+
+def _outside_kernels(module, key, fail) -> dict:
+    if not isinstance(module, str) or not all(p.isidentifier() for p in module.split(".")):
+        raise fail(key, f"expected a dotted module name, got {module!r}")
+    try:
+        found = register_module(module)
+    except ImportError as e:
+        raise fail(key, f"module {module!r} cannot be imported ({e}); install its package or "
+                        "put it on PYTHONPATH") from None
+    if not found:
+        raise fail(key, f"module {module!r} declares no KernelSpec")
+    return found
 
 
 def _parse_buckets(spec: KernelSpec, t, where, fail) -> list[dict]:

@@ -31,6 +31,7 @@ from .errors import CallError
 from .registry import get_kernel
 from .runtime.active import active
 from .runtime.jit import call_jit
+from .targets import lowering_target
 
 log = logging.getLogger("ejaot")
 
@@ -64,6 +65,10 @@ def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):
     the JIT path."""
     spec = get_kernel(kernel)
     arrays = {k: v for k, v in arrays.items() if v is not None}
+    target = lowering_target()
+    if target is not None:            # inside a step being lowered for a target
+        backend = next(b for b in target.backends if b in spec.backends)
+        return call_jit(spec, tuple(arrays.get(n) for n in spec.input_names), static, backend=backend)
     if platform not in (None, "auto"):
         backend = _PLATFORM_BACKENDS.get(platform)
         if backend is None or backend not in spec.backends:

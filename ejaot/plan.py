@@ -37,17 +37,21 @@ class EntrySpec:
     config_source: dict                   # {"kind": "heuristic"} or {"kind": "tuned", ...}
     source_hash: str
     toolchain: dict = field(default_factory=dict)
+    module: str | None = None             # an outside kernel's module (None: the collection)
 
     @property
     def spec(self) -> KernelSpec:
-        return get_kernel(self.kernel)
+        return get_kernel(self.kernel, self.module)
 
     def identity(self) -> dict:
         """Everything that determines the artifact, in canonical form."""
-        return dict(lowering=LOWERING_VERSION, kernel=self.kernel, backend=self.backend,
-                    target=self.target, platform=self.platform, dims=self.dims, dtype=self.dtype,
-                    present=list(self.present), static=self.static, config=self.config,
-                    source_hash=self.source_hash, toolchain=self.toolchain)
+        out = dict(lowering=LOWERING_VERSION, kernel=self.kernel, backend=self.backend,
+                   target=self.target, platform=self.platform, dims=self.dims, dtype=self.dtype,
+                   present=list(self.present), static=self.static, config=self.config,
+                   source_hash=self.source_hash, toolchain=self.toolchain)
+        if self.module is not None:
+            out["module"] = self.module
+        return out
 
     @property
     def key(self) -> str:
@@ -56,8 +60,7 @@ class EntrySpec:
     def input_avals(self) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of every array the artifact takes, in order."""
         spec = self.spec
-        return [(a.name, spec.shape_of(a, self.dims), spec.dtype_of(a, self.dtype))
-                for a in spec.inputs if not a.optional or a.name in self.present]
+        return spec.leaf_avals(spec.inputs, self.dims, self.static, self.dtype, self.present)
 
     def describe(self) -> str:
         dims = " ".join(f"{k}={v}" for k, v in self.dims.items())
@@ -104,6 +107,7 @@ def plan(manifest: Manifest, target: Target) -> tuple[list[EntrySpec], list[Skip
                                   platform=target.platform, dims=dict(dims), dtype=dtype,
                                   present=tuple(a.name for a in spec.inputs if a.name in block.present),
                                   static=dict(static), config=config, config_source=source,
-                                  source_hash=spec.source_hash(backend), toolchain=tools)
+                                  source_hash=spec.source_hash(backend), toolchain=tools,
+                                  module=block.module)
                     entries.setdefault(e.key, e)
     return list(entries.values()), skipped

@@ -1,13 +1,16 @@
-"""Finds the kernel collection: every sub-package of `ejaot_kernels` that exports SPEC."""
+"""Finds kernels: the collection (every sub-package of `ejaot_kernels` that exports SPEC)
+and kernels from outside it, in a user's own importable module (a model's steps, say),
+named by a manifest's `module` key and recorded in each of their entries.
+
+An outside module declares KernelSpecs as module-level names, or lists them in SPECS; a
+kernel is then found by its name, exactly like a built-in one."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
 from functools import lru_cache
 
-from .kernel_spec import KernelSpec
-
-COLLECTION = "ejaot_kernels"
+from .kernel_spec import COLLECTION, KernelSpec
 
 
 @lru_cache(maxsize=1)
@@ -27,9 +30,42 @@ def all_kernels() -> dict[str, KernelSpec]:
 _by_name: dict[str, KernelSpec] = {}
 
 
-def find_kernel(name: str) -> KernelSpec | None:
-    """The kernel called `name`, importing only its own folder (start-up is hot)."""
+_import_failures: dict[str, ImportError] = {}
+
+
+def register_module(module: str) -> dict[str, KernelSpec]:
+    """Imports an outside module and registers the KernelSpecs it declares; returns them.
+    Raises ImportError (with the module's name) when it cannot be imported; a failure is
+    remembered, so a store of many such entries tries once."""
+    if module in _import_failures:
+        raise _import_failures[module]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        _import_failures[module] = e
+        raise
+    declared = list(getattr(mod, "SPECS", ())) + [v for v in vars(mod).values() if isinstance(v, KernelSpec)]
+    found = {s.name: s for s in declared if isinstance(s, KernelSpec)}
+    for name, spec in found.items():
+        _by_name[name] = spec
+        _module_of[name] = module
+    return found
+
+
+_module_of: dict[str, str] = {}
+
+
+def module_of(name: str) -> str | None:
+    """The outside module a registered kernel came from (None for the collection's)."""
+    return _module_of.get(name)
+
+
+def find_kernel(name: str, module: str | None = None) -> KernelSpec | None:
+    """The kernel called `name`, importing only its own folder (start-up is hot); an outside
+    kernel from `module`, imported now if need be (ImportError if it cannot be)."""
     spec = _by_name.get(name)
+    if spec is None and module:
+        spec = register_module(module).get(name)
     if spec is None and isinstance(name, str) and name.isidentifier():
         try:
             module = importlib.import_module(f"{COLLECTION}.{name}")
@@ -43,8 +79,8 @@ def find_kernel(name: str) -> KernelSpec | None:
     return spec
 
 
-def get_kernel(name: str) -> KernelSpec:
-    spec = find_kernel(name)
+def get_kernel(name: str, module: str | None = None) -> KernelSpec:
+    spec = find_kernel(name, module)
     if spec is None:
         raise KeyError(f"unknown kernel {name!r}; known kernels: {', '.join(all_kernels())}")
     return spec

@@ -162,3 +162,61 @@ def greedy_reference(forward, params, prompt: list[int], n_new: int) -> list[int
         logits = forward(params, np.asarray([seq], np.int32))
         seq.append(int(np.asarray(logits)[0, -1].argmax()))
     return seq[len(prompt):]
+
+
+class StoredSteps:
+    """A model whose prefill and decode steps are served whole from an ejaot store
+    (bundle.call of "<package>.prefill_step" / "<package>.decode_step"): eager calls of
+    the compiled tier, no trace and no compile; the cache argument is donated."""
+
+    def __init__(self, jitted, bundle, package: str, **static):
+        self.model, self.bundle, self.static = jitted, bundle, static
+        self.prefill_name, self.decode_name = f"{package}.prefill_step", f"{package}.decode_step"
+
+    def init_cache(self, buckets):
+        return self.model.init_cache(buckets)
+
+    def forward_reference(self, params, tokens):
+        return self.model.forward_reference(params, tokens)
+
+    def prefill(self, params, cache, tokens, lengths, block_tables):
+        return self.bundle.call(self.prefill_name, params, cache, tokens, lengths, block_tables, **self.static)
+
+    def decode(self, params, cache, tokens, positions, block_tables):
+        return self.bundle.call(self.decode_name, params, cache, tokens, positions, block_tables, **self.static)
+
+
+def make_ready(model, params, buckets) -> None:
+    """Makes every prefill and decode bucket runnable without a compile: for jitted steps,
+    lowers and compiles each bucket (jax.jit reuses those executables on the first call);
+    for stored steps, verifies and deserializes each bucket's compiled tier."""
+    import jax
+    if isinstance(model, StoredSteps):
+        model.bundle.warmup(kernels=[model.prefill_name, model.decode_name])
+        return
+    cache = jax.eval_shape(lambda: model.init_cache(buckets))
+
+    def i32(*shape):
+        return jax.ShapeDtypeStruct(shape, np.int32)
+    for b, s in buckets.prefill_shapes():
+        model.prefill.lower(params, cache, i32(b, s), i32(b), i32(b, buckets.max_blocks)).compile()
+    for n in buckets.decode_slots:
+        model.decode.lower(params, cache, i32(n), i32(n), i32(n, buckets.max_blocks)).compile()
+
+
+def decode_rate(model, params, buckets, steps: int = 100) -> float:
+    """Steady decode steps per second with every slot of the largest bucket live."""
+    n = max(buckets.decode_slots)
+    cache = model.init_cache(buckets)
+    tokens = np.ones(n, np.int32)
+    positions = np.full(n, buckets.page_size * 2, np.int32)
+    tables = (1 + np.arange(n * buckets.max_blocks, dtype=np.int32) % (buckets.total_pages - 1)
+              ).reshape(n, buckets.max_blocks)
+    for _ in range(3):
+        logits, cache = model.decode(params, cache, tokens, positions, tables)
+    logits.block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits, cache = model.decode(params, cache, tokens, positions, tables)
+    logits.block_until_ready()
+    return steps / (time.perf_counter() - t0)

@@ -56,11 +56,22 @@ def bind(spec: KernelSpec, args: tuple, kwargs: dict) -> BoundCall:
         raise CallError(f"{spec.name}: {e}") from None
     dims: dict[str, int] = {}
     seen_in: dict[str, str] = {}
+    trees = []
     for a in spec.inputs:
         x = inputs[a.name]
         if x is None:
             if not a.optional:
                 raise CallError(f"{spec.name}: missing required array {a.name!r}")
+            continue
+        if a.is_tree:
+            trees.append((a, _tree_leaves(spec, a, x)))
+            for d, path, axis in a.dims_from:
+                leaf = trees[-1][1].get(path)
+                if leaf is None or axis >= len(leaf.shape):
+                    raise CallError(f"{spec.name}: {a.name}{path} is missing or has no axis {axis} "
+                                    f"(it gives dimension {d!r})")
+                dims.setdefault(d, int(leaf.shape[axis]))
+                seen_in.setdefault(d, a.name + path)
             continue
         shape = getattr(x, "shape", None)
         if shape is None:
@@ -89,5 +100,46 @@ def bind(spec: KernelSpec, args: tuple, kwargs: dict) -> BoundCall:
         except ValueError as e:
             raise CallError(f"{spec.name}: {e}") from None
     first = inputs[spec.inputs[0].name]
+    dtype = str(next(iter(trees[0][1].values())).dtype) if spec.inputs[0].is_tree else str(first.dtype)
+    for a, leaves in trees:
+        _check_tree(spec, a, leaves, dims, static, dtype)
     present = tuple(a.name for a in spec.inputs if a.optional and inputs[a.name] is not None)
-    return BoundCall(inputs, static, dims, str(first.dtype), present)
+    return BoundCall(inputs, static, dims, dtype, present)
+
+
+def _tree_leaves(spec: KernelSpec, a, tree) -> dict:
+    """{key path: leaf} of a tree argument; every leaf must be an array."""
+    import jax
+    leaves = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = jax.tree_util.keystr(path)
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise CallError(f"{spec.name}: {a.name}{key} must be an array, got {type(leaf).__name__}")
+        leaves[key] = leaf
+    if not leaves:
+        raise CallError(f"{spec.name}: {a.name!r} holds no arrays")
+    return leaves
+
+
+def _check_tree(spec: KernelSpec, a, leaves: dict, dims, static, dtype) -> None:
+    """Each leaf of a tree argument against the shapes and dtypes the kernel declares for
+    these dims and statics; a mismatch names the leaf."""
+    import jax
+    try:
+        expected = a.expected(dims, static, dtype)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CallError(f"{spec.name}: {a.name!r} cannot be described for dims {dims} and static "
+                        f"{static}: {type(e).__name__}: {e}") from None
+    want = {jax.tree_util.keystr(p): l for p, l in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    for key, leaf in want.items():
+        got = leaves.get(key)
+        if got is None:
+            raise CallError(f"{spec.name}: {a.name}{key} is missing (expected shape "
+                            f"{tuple(leaf.shape)} {leaf.dtype})")
+        if tuple(got.shape) != tuple(leaf.shape) or str(got.dtype) != str(leaf.dtype):
+            raise CallError(f"{spec.name}: {a.name}{key} must have shape {tuple(leaf.shape)} and dtype "
+                            f"{leaf.dtype}, got {tuple(got.shape)} {got.dtype}")
+    extra = sorted(set(leaves) - set(want))
+    if extra:
+        raise CallError(f"{spec.name}: {a.name}{extra[0]} is not part of the declared {a.name!r} "
+                        f"({len(extra)} unexpected leaves)")

@@ -178,7 +178,7 @@ class Bundle:
                 if why and not why.startswith("no "):
                     self._note_rejection(key, record.get("kernel"), tier, why)
             self._entries[key] = entry
-            spec = find_kernel(record["kernel"])
+            spec = find_kernel(record["kernel"], record.get("module"))
             gkey, pdims = _bucket_key(spec, record["dtype"], tuple(record["present"]),
                                       spec.canonical_static(record["static"]), record["dims"])
             group = self._groups.get(gkey)
@@ -190,6 +190,10 @@ class Bundle:
             self._groups[gkey].members.sort(key=lambda m: (math.prod(m[0]), m[0]))
 
     # -- rejection bookkeeping --------------------------------------------------------------
+    def rejections_of(self, kernel: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self._rejected if r["kernel"] == kernel]
+
     def _note_rejection(self, key, kernel, tier, reason):
         with self._lock:
             if (key, tier) in self._rejected_seen:
@@ -231,8 +235,14 @@ class Bundle:
 
     def _resolve(self, kernel: str, tracing: bool, args, kwargs, sig) -> Plan:
         spec = find_kernel(kernel)
+        if spec is None and isinstance(kernel, str) and (kernel in self._pending or kernel in self._opened):
+            # an outside kernel: its records name its module, imported when they are accepted
+            self._ensure_kernel(kernel)
+            spec = find_kernel(kernel)
         if spec is None:
-            raise CallError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(all_kernels())}")
+            why = [r["reason"] for r in self.rejections_of(kernel)]
+            raise CallError(f"unknown kernel {kernel!r}; installed kernels: {', '.join(all_kernels())}"
+                            + (f"; the store's entries for it: {why[0]}" if why else ""))
         call = bind(spec, args, kwargs)          # raises CallError on bad arguments
         with self._lock:
             plan = self._plans.get(sig) if sig is not None else None
@@ -248,7 +258,8 @@ class Bundle:
     def _plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
         gkey, want = _bucket_key(spec, call.dtype, call.present, call.static, call.dims)
         group = self._groups.get(gkey)
-        dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call))
+        dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call)
+                        if d is not None)       # a tree's leaves were checked by bind
         if group is not None and dtypes_ok:
             for pdims, entry in group.members:
                 if not all(w <= p for w, p in zip(want, pdims)):
@@ -281,38 +292,60 @@ class Bundle:
         static = call.static
         valid = np.array([call.dims[d] for d in spec.valid_length_dims], np.int32)
         bucket = {**call.dims, **entry.record["dims"]}
-        pads = []
+        pads = []                         # per artifact input leaf: None or (widths, value)
         for a in spec.inputs:
-            if a.name in names:
-                real, padded = spec.shape_of(a, call.dims), spec.shape_of(a, bucket)
-                pads.append(None if real == padded else
-                            ([(0, p - r) for r, p in zip(real, padded)], a.pad_value))
+            if a.name not in names:
+                continue
+            if a.is_tree:
+                pads += [None] * len(jax.tree_util.tree_leaves(call.inputs[a.name]))
+                continue
+            real, padded = spec.shape_of(a, call.dims), spec.shape_of(a, bucket)
+            pads.append(None if real == padded else
+                        ([(0, p - r) for r, p in zip(real, padded)], a.pad_value))
         n_out = len(entry.record["outputs"])
-        slices = [None if spec.shape_of(o, call.dims) == spec.shape_of(o, bucket)
-                  else tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
-                  for o in spec.outputs[:n_out]]
+        if spec.has_trees:
+            # flat artifact results -> the kernel's outputs, trees rebuilt
+            out_tree = jax.tree_util.tree_structure(spec.structure(spec.outputs, call.dims, static, call.dtype))
+            in_tree = jax.tree_util.tree_structure([call.inputs[n] for n in names])
+            slices = [None] * n_out
+            for i, o in enumerate(o for o in spec.outputs if not o.is_tree):
+                if spec.shape_of(o, call.dims) != spec.shape_of(o, bucket):
+                    slices[_leaf_index(spec, o, out_tree)] = tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
+            flat_in, unflat_out = jax.tree_util.tree_leaves, out_tree.unflatten
+        else:
+            slices = [None if spec.shape_of(o, call.dims) == spec.shape_of(o, bucket)
+                      else tuple(slice(0, n) for n in spec.shape_of(o, call.dims))
+                      for o in spec.outputs[:n_out]]
+            in_tree, flat_in, unflat_out = None, list, tuple
         arrays_of = _arrays_getter(spec, names)
 
-        def stored(*arrays, valid_arg=valid):
+        def stored(*leaves, valid_arg=valid):
             if path == "padded":
-                arrays = [x if p is None else jnp.pad(x, p[0], constant_values=p[1])
-                          for x, p in zip(arrays, pads)]
-            outs = runner(*arrays, valid_arg)
+                leaves = [x if p is None else jnp.pad(x, p[0], constant_values=p[1])
+                          for x, p in zip(leaves, pads)]
+            outs = runner(*leaves, valid_arg)
             return tuple(o if s is None else o[s] for o, s in zip(outs, slices))
 
         if tracing:
             # A NumPy constant, not a device array: it belongs to no trace.
-            fn = transformable(stored, self._reference(spec, call), spec.name)
+            reference = self._reference(spec, call)
+            if in_tree is not None:
+                plain = reference
+
+                def reference(*leaves):
+                    return tuple(jax.tree_util.tree_leaves(plain(*in_tree.unflatten(leaves))))
+            fn = transformable(stored, reference, spec.name)
 
             def run(args, kwargs):
-                return spec.pack(fn(*arrays_of(args, kwargs)), static)
+                return spec.pack(tuple(unflat_out(fn(*flat_in(arrays_of(args, kwargs))))), static)
             return run
 
         # Eager: the valid lengths live on the device once, made outside any trace.
         valid_arg = jax.device_put(valid, self.device)
 
         def run(args, kwargs):
-            return spec.pack(stored(*arrays_of(args, kwargs), valid_arg=valid_arg), static)
+            outs = stored(*flat_in(arrays_of(args, kwargs)), valid_arg=valid_arg)
+            return spec.pack(tuple(unflat_out(outs)), static)
         return run
 
     def _reference(self, spec: KernelSpec, call):
@@ -385,7 +418,9 @@ class Bundle:
     def _start_warmup(self, threads, kernels) -> WarmUp:
         if kernels is not None:
             kernels = {kernels} if isinstance(kernels, str) else set(kernels)
-            unknown = sorted(k for k in kernels if find_kernel(k) is None)
+            with self._open_lock:
+                stored = set(self._pending) | self._opened
+            unknown = sorted(k for k in kernels if find_kernel(k) is None and k not in stored)
             if unknown:
                 raise ValueError(f"warmup: unknown kernel(s) {unknown}; installed: {', '.join(all_kernels())}")
 
@@ -406,12 +441,16 @@ class Bundle:
 
 def _sig_part(v):
     """One argument's part of a call signature: an array's shape and dtype, a static's
-    value; a callable (attention's init_bias) only as "given", so a fresh lambda per call
-    does not grow the plan cache."""
+    value, a tree's structure and leaves; a callable (attention's init_bias) only as
+    "given", so a fresh lambda per call does not grow the plan cache."""
     if hasattr(v, "shape") and hasattr(v, "dtype"):
         return (tuple(v.shape), v.dtype)
     if callable(v):
         return ("<callable>",)
+    if isinstance(v, (dict, list, tuple)) and v and not isinstance(v, str):
+        import jax
+        leaves, treedef = jax.tree_util.tree_flatten(v)
+        return (treedef, tuple(_sig_part(x) for x in leaves))
     return freeze(v)
 
 
@@ -429,6 +468,14 @@ def _arrays_getter(spec: KernelSpec, names: list[str]):
 
 
 def _artifact_inputs(spec: KernelSpec, call):
-    """(name, shape, dtype) of the arrays the artifact takes, in order."""
-    return [(a.name, None, spec.dtype_of(a, call.dtype)) for a in spec.inputs
+    """(name, shape, dtype) of the arguments the artifact takes, in order (dtype None for a
+    tree, whose leaves the artifact takes flat)."""
+    return [(a.name, None, None if a.is_tree else spec.dtype_of(a, call.dtype)) for a in spec.inputs
             if not a.optional or a.name in call.present]
+
+
+def _leaf_index(spec: KernelSpec, arg, out_tree) -> int:
+    """Position of array output `arg` among the flat outputs."""
+    import jax
+    marked = out_tree.unflatten(range(out_tree.num_leaves))
+    return next(m for o, m in zip(spec.outputs, marked) if o is arg)

@@ -34,15 +34,33 @@ def record_problem(key: str, record) -> str | None:
 
 def entry_problem(record: dict, platform: str) -> str | None:
     """Why no tier of this entry can serve on this host, or None."""
-    spec = find_kernel(record["kernel"])
+    module = record.get("module")
+    if module is not None and not isinstance(module, str):
+        return "record field 'module' is not a string"
+    problem = outside_module_problem(record["kernel"], module)
+    if problem:
+        return problem
+    spec = find_kernel(record["kernel"], module)
     if spec is None:
-        return f"kernel {record['kernel']!r} is not installed here"
+        return f"kernel {record['kernel']!r} is not installed here" + (f" (not declared in {module})" if module else "")
     if record["backend"] not in spec.backends:
         return f"backend {record['backend']!r} is not a backend of {record['kernel']} here"
     if record["platform"] != platform:
         return f"built for platform {record['platform']}, this host runs {platform}"
     if record["source_hash"] != spec.source_hash(record["backend"]):
         return "built from another version of the kernel's source than the one installed (stale)"
+    return None
+
+
+def outside_module_problem(kernel: str, module: str | None) -> str | None:
+    """Why an outside kernel's module cannot be imported here, or None."""
+    if module is None:
+        return None
+    try:
+        find_kernel(kernel, module)
+    except ImportError as e:
+        return (f"kernel {kernel!r} comes from module {module!r}, which cannot be imported here "
+                f"({e}); install its package or put it on PYTHONPATH")
     return None
 
 

@@ -12,9 +12,27 @@ from ..kernel_spec import KernelSpec
 from .binding import bind, freeze
 
 
-def kernel_function(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict, config: dict):
+def kernel_function(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict, config: dict,
+                    dims: dict | None = None, dtype: str | None = None):
     """fn(*arrays, valid_lens) -> tuple of outputs, arrays in spec order (optional ones
-    only when present)."""
+    only when present): what an artifact holds. A kernel with tree arguments takes and
+    returns their leaves, flat (the structure follows from `dims`, `static` and `dtype`)."""
+    fn = _structured_function(spec, backend, present, static, config)
+    if not spec.has_trees:
+        return fn
+    import jax
+    chosen = [a for a in spec.inputs if not a.optional or a.name in present]
+    in_tree = jax.tree_util.tree_structure(spec.structure(chosen, dims, static, dtype))
+
+    def flat(*args):
+        *leaves, valid_lens = args
+        return tuple(jax.tree_util.tree_leaves(fn(*in_tree.unflatten(leaves), valid_lens)))
+    flat.__name__ = fn.__name__
+    return flat
+
+
+def _structured_function(spec: KernelSpec, backend: str, present, static: dict, config: dict):
+    """fn(*values, valid_lens) -> tuple of outputs, trees given and returned as trees."""
     impl = spec.backends[backend].load()
     names = [a.name for a in spec.inputs if not a.optional or a.name in present]
     all_names = spec.input_names
@@ -24,18 +42,23 @@ def kernel_function(spec: KernelSpec, backend: str, present: tuple[str, ...], st
         inputs = dict.fromkeys(all_names)
         inputs.update(zip(names, arrays))
         return tuple(impl(inputs, valid_lens, config=config, **static))
-    fn.__name__ = f"{spec.name}_{backend}"
+    fn.__name__ = f"{spec.name.replace('.', '_')}_{backend}"
     return fn
 
 
 def fallback_backend(spec: KernelSpec, platform: str) -> str:
     """The backend the JIT path uses on this platform: the platform's kernel when its
     toolchain is importable here, XLA otherwise."""
-    if platform in ("cuda", "gpu") and "triton" in spec.backends and _importable("jax_triton"):
+    if platform in ("cuda", "gpu") and "triton" in spec.backends and triton_usable():
         return "triton"
     if platform == "tpu" and "pallas_tpu" in spec.backends:
         return "pallas_tpu"
     return "xla"
+
+
+def triton_usable() -> bool:
+    """Triton kernels can be traced here (jax-triton is importable)."""
+    return _importable("jax_triton")
 
 
 @lru_cache(maxsize=None)
@@ -57,7 +80,7 @@ def jitted(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dic
         import jax
         import jax.numpy as jnp
         # An empty config lets the implementation pick its heuristic from the traced shapes.
-        inner = kernel_function(spec, backend, present, static, {})
+        inner = _structured_function(spec, backend, present, static, {})
         dims_of = {d: (i, j) for i, a in enumerate(a for a in spec.inputs if not a.optional or a.name in present)
                    for j, d in enumerate(a.dims) if isinstance(d, str)}
 

@@ -6,6 +6,8 @@ finding compile devices) lives in `ejaot.targets.<platform>` and is imported laz
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -60,3 +62,22 @@ def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise KeyError(f"unknown target {name!r}; known targets: {', '.join(known_target_names())}")
     return TARGETS[name]
+
+
+_lowering_for: contextvars.ContextVar[Target | None] = contextvars.ContextVar("ejaot_lowering_for", default=None)
+
+
+@contextlib.contextmanager
+def lowering_for(target: Target):
+    """While an entry is lowered for `target`: a kernel that calls other kernels through
+    ejaot.ops (a model's step) gets each one's preferred backend on that target, not this
+    host's, and no store is consulted."""
+    token = _lowering_for.set(target)
+    try:
+        yield
+    finally:
+        _lowering_for.reset(token)
+
+
+def lowering_target() -> Target | None:
+    return _lowering_for.get()

@@ -38,25 +38,41 @@ LLAMA3_8B_LAYERS = Config(vocab=32000, hidden=4096, layers=2, q_heads=32, kv_hea
 CONFIGS = {"small": SMALL, "8b-layers": LLAMA3_8B_LAYERS}
 
 
+def param_shapes(cfg: Config) -> dict:
+    """The parameter tree as jax.ShapeDtypeStruct leaves."""
+    dt = jnp.dtype(cfg.dtype)
+
+    def a(*shape):
+        return jax.ShapeDtypeStruct(shape, dt)
+    qd, kd, h = cfg.q_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.hidden
+    layer = dict(attn_norm=a(h), wq=a(h, qd), wk=a(h, kd), wv=a(h, kd), wo=a(qd, h), mlp_norm=a(h),
+                 w_gate=a(h, cfg.ffn), w_up=a(h, cfg.ffn), w_down=a(cfg.ffn, h))
+    return dict(embed=a(cfg.vocab, h), layers=[dict(layer) for _ in range(cfg.layers)],
+                final_norm=a(h), lm_head=a(h, cfg.vocab))
+
+
 def init_params(cfg: Config, seed: int = 0) -> dict:
     """Random weights. The output head is scaled up so that greedy choices have clear margins
     (a random model's logits are otherwise nearly tied, and rounding would pick between them)."""
     rng = np.random.default_rng(seed)
-    dt = jnp.dtype(cfg.dtype)
 
-    def dense(n_in, n_out, scale=1.0):
-        return jnp.asarray(rng.standard_normal((n_in, n_out), np.float32) * (scale / np.sqrt(n_in)), dt)
+    def init(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if leaf.ndim == 1:                       # norm weights
+            x = 1.0 + 0.1 * rng.standard_normal(leaf.shape, np.float32)
+        elif "embed" in name:
+            x = rng.standard_normal(leaf.shape, np.float32)
+        else:
+            scale = 8.0 if "lm_head" in name else 1.0
+            x = rng.standard_normal(leaf.shape, np.float32) * (scale / np.sqrt(leaf.shape[0]))
+        return jnp.asarray(x, leaf.dtype)
+    return jax.tree_util.tree_map_with_path(init, param_shapes(cfg))
 
-    def norm():
-        return jnp.asarray(1.0 + 0.1 * rng.standard_normal(cfg.hidden, np.float32), dt)
 
-    qd, kd = cfg.q_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    layers = [dict(attn_norm=norm(), wq=dense(cfg.hidden, qd), wk=dense(cfg.hidden, kd),
-                   wv=dense(cfg.hidden, kd), wo=dense(qd, cfg.hidden), mlp_norm=norm(),
-                   w_gate=dense(cfg.hidden, cfg.ffn), w_up=dense(cfg.hidden, cfg.ffn),
-                   w_down=dense(cfg.ffn, cfg.hidden)) for _ in range(cfg.layers)]
-    return dict(embed=jnp.asarray(rng.standard_normal((cfg.vocab, cfg.hidden), np.float32), dt),
-                layers=layers, final_norm=norm(), lm_head=dense(cfg.hidden, cfg.vocab, scale=8.0))
+def cache_shapes(cfg: Config, total_pages: int, page_size: int) -> list:
+    """The paged KV cache: per layer (keys, values) [kv_heads, total_pages, page_size, head_dim]."""
+    leaf = jax.ShapeDtypeStruct((cfg.kv_heads, total_pages, page_size, cfg.head_dim), jnp.dtype(cfg.dtype))
+    return [(leaf, leaf) for _ in range(cfg.layers)]
 
 
 def rms_norm(x, w, eps):
@@ -98,13 +114,12 @@ class LlamaModel:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.prefill = jax.jit(partial(_prefill, cfg), donate_argnums=(1,))
-        self.decode = jax.jit(partial(_decode, cfg), donate_argnums=(1,))
+        self.prefill = jax.jit(partial(prefill, cfg), donate_argnums=(1,))
+        self.decode = jax.jit(partial(decode, cfg), donate_argnums=(1,))
 
     def init_cache(self, buckets):
-        cfg = self.cfg
-        shape = (cfg.kv_heads, buckets.total_pages, buckets.page_size, cfg.head_dim)
-        return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)) for _ in range(cfg.layers)]
+        shapes = cache_shapes(self.cfg, buckets.total_pages, buckets.page_size)
+        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
     def forward_reference(self, params, tokens):
         return _forward_reference(self.cfg, params, tokens)
@@ -116,7 +131,7 @@ def _write_pages(cache_kv, new, pages, rows):
     return cache_kv.at[:, pages, rows].set(moved.astype(cache_kv.dtype))
 
 
-def _prefill(cfg, params, cache, tokens, lengths, tables):
+def prefill(cfg, params, cache, tokens, lengths, tables):
     B, S = tokens.shape
     page_size = cache[0][0].shape[2]
     pos = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
@@ -136,7 +151,7 @@ def _prefill(cfg, params, cache, tokens, lengths, tables):
     return logits_of(cfg, params, last), new_cache
 
 
-def _decode(cfg, params, cache, tokens, positions, tables):
+def decode(cfg, params, cache, tokens, positions, tables):
     N = tokens.shape[0]
     page_size = cache[0][0].shape[2]
     live = positions >= 0
