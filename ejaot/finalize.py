@@ -46,7 +46,10 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             sharding = jax.sharding.SingleDeviceSharding(device)
             avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in exported.in_avals]
             t0 = time.perf_counter()
-            compiled = jax.jit(exported.call).lower(*avals).compile()
+            donate = record.get("donated", [])
+            if not (isinstance(donate, list) and all(type(i) is int and 0 <= i < len(avals) for i in donate)):
+                raise StoreError(f"record field 'donated' is malformed: {donate!r}")
+            compiled = jax.jit(exported.call, donate_argnums=tuple(donate)).lower(*avals).compile()
             seconds = time.perf_counter() - t0
             raw, meta = codec.encode(compiled)
         except Exception as e:  # report per entry, keep going (EjaotError, codec.Unsupported, XLA's)

@@ -53,6 +53,9 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         "timings": {"export_s": round(time.perf_counter() - t0, 4)},
         "notes": [],
     }
+    donate = _donated_leaves(entry)
+    if donate:    # the compiled tier, here or by `ejaot finalize`, reuses these inputs' buffers
+        meta["donated"] = list(donate)
     binaries, binary_meta = platform.kernel_binaries(exported, exported.mlir_module(), entry)
     payloads.update(binaries)
     meta.update(binary_meta)
@@ -63,7 +66,6 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         return payloads, meta
     t0 = time.perf_counter()
     sharding = jax.sharding.SingleDeviceSharding(device)
-    donate = _donated_leaves(entry)
     compiled = jax.jit(exported.call, donate_argnums=donate).lower(*_avals(entry, sharding)).compile()
     meta["timings"]["compile_s"] = round(time.perf_counter() - t0, 4)
     try:
@@ -73,12 +75,26 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         return payloads, meta
     payloads["executable"] = raw
     meta["executable"] = {**exe_meta, **platform.device_identity(target, device)}
-    if donate:
-        meta["executable"]["donated"] = list(donate)
     meta["analysis"] = _analysis(compiled)
     if hasattr(platform, "roofline"):
         meta["roofline"] = platform.roofline(meta["analysis"], target)
     return payloads, meta
+
+
+def call_inlined(spec, args: tuple, static: dict, target):
+    """A kernel called inside an entry being lowered for `target` (a model's step calling
+    ejaot.ops): its preferred backend there, with the config its own entry would get at
+    these shapes (tuned for the target, else the heuristic), inlined into the entry."""
+    from . import toolchain as tc
+    from . import tuning
+    from .runtime.binding import bind
+    from .runtime.jit import jitted
+    call = bind(spec, args, static)
+    backend = next(b for b in target.backends if b in spec.backends)
+    config, _ = tuning.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
+                                     tc.toolchain(target.platform, backend))
+    arrays = [call.inputs[a.name] for a in spec.inputs if not a.optional or a.name in call.present]
+    return spec.pack(jitted(spec, backend, call.present, call.static, config)(*arrays), call.static)
 
 
 def _donated_leaves(entry: EntrySpec) -> tuple[int, ...]:

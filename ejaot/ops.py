@@ -67,8 +67,8 @@ def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):
     arrays = {k: v for k, v in arrays.items() if v is not None}
     target = lowering_target()
     if target is not None:            # inside a step being lowered for a target
-        backend = next(b for b in target.backends if b in spec.backends)
-        return call_jit(spec, tuple(arrays.get(n) for n in spec.input_names), static, backend=backend)
+        from .lower import call_inlined
+        return call_inlined(spec, tuple(arrays.get(n) for n in spec.input_names), static, target)
     if platform not in (None, "auto"):
         backend = _PLATFORM_BACKENDS.get(platform)
         if backend is None or backend not in spec.backends:

@@ -40,8 +40,8 @@ MODELS = {"llama": "llama_demo", "mla": "mla_demo"}
 WORKLOADS = {
     "small": ([5, 17, 40, 9, 100, 33, 64, 3, 21, 50, 12, 77],
               [12, 20, 8, 30, 10, 16, 24, 40, 5, 18, 25, 14]),
-    "large": ([100, 1700, 400, 90, 1000, 330, 640, 30, 210, 500, 120, 770] * 2,
-              [32, 20, 48, 30, 40, 16, 24, 40, 25, 18, 25, 64] * 2),
+    "large": ([100, 1700, 400, 90, 1000, 330, 640, 30, 210, 500, 120, 770],
+              [32, 20, 48, 30, 40, 16, 24, 40, 25, 18, 25, 64]),
 }
 
 
@@ -92,19 +92,47 @@ def child(args) -> dict:
             rates["jit"].append(decode_rate(jitted, params, buckets))
         out["decode_steps_per_s"] = {k: round(max(v), 1) for k, v in rates.items()}
         out["decode_vs_jit"] = round(max(rates["steps"]) / max(rates["jit"]), 3)
+        if jax.devices()[0].platform != "cpu":
+            out["device_rates"] = device_rates()
     if bundle is not None:
         st = bundle.stats()
         out["store_calls"] = st["calls"]
         out["store_tiers"] = st["tiers"]
         out["rejected"] = len(st["rejected"])
     if args.check:
-        mismatched = [r.rid for r in requests
-                      if greedy_reference(model.forward_reference, params, r.prompt, r.max_new_tokens)
-                      != tokens[r.rid]]
+        from serving import divergence
+        mismatched = {}
+        for r in requests:
+            want = greedy_reference(model.forward_reference, params, r.prompt, r.max_new_tokens)
+            if want != tokens[r.rid]:
+                mismatched[r.rid] = divergence(model.forward_reference, params, r.prompt, tokens[r.rid], want)
         out["tokens_match"] = not mismatched
+        out["tokens_checked"] = sum(len(t) for t in tokens.values())
         out["mismatched_requests"] = mismatched
         out["max_logit_error"] = logit_error(model, params, buckets, requests[:4])
     return out
+
+
+def device_rates() -> dict:
+    """The card's copy bandwidth (read + write) and dense bf16 matmul rate, measured here:
+    the ceilings the decode rates are read against."""
+    import jax
+    import jax.numpy as jnp
+
+    def best(fn, *args, reps=20):
+        fn(*args).block_until_ready()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn(*args).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    x = jnp.ones((1 << 28,), jnp.float32)                       # 1 GiB
+    copy = jax.jit(lambda x: x * 1.0001)
+    a = jnp.ones((8192, 8192), jnp.bfloat16)
+    mm = jax.jit(lambda a: a @ a)
+    return {"copy_gb_per_s": round(2 * x.nbytes / best(copy, x) / 1e9, 1),
+            "bf16_matmul_tflops": round(2 * 8192 ** 3 / best(mm, a) / 1e12, 1)}
 
 
 def logit_error(model, params, buckets, requests) -> float:

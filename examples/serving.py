@@ -155,13 +155,32 @@ def make_requests(vocab: int, prompt_lengths, new_tokens, seed: int = 0) -> list
             for i, (n, m) in enumerate(zip(prompt_lengths, new_tokens))]
 
 
+def reference_logits(forward, params, seq: list[int]) -> np.ndarray:
+    """The reference's logits [len(seq), vocab] from one causal forward pass; the sequence is
+    right-padded to a power of two (causal: padding changes no earlier logit), so a whole
+    generation compiles the reference only a few times."""
+    n = max(32, 1 << (len(seq) - 1).bit_length())
+    tokens = np.zeros((1, n), np.int32)
+    tokens[0, :len(seq)] = seq
+    return np.asarray(forward(params, tokens))[0, :len(seq)]
+
+
 def greedy_reference(forward, params, prompt: list[int], n_new: int) -> list[int]:
     """Greedy tokens from a full forward pass over the whole sequence at every step."""
     seq = list(prompt)
     for _ in range(n_new):
-        logits = forward(params, np.asarray([seq], np.int32))
-        seq.append(int(np.asarray(logits)[0, -1].argmax()))
+        seq.append(int(reference_logits(forward, params, seq)[-1].argmax()))
     return seq[len(prompt):]
+
+
+def divergence(forward, params, prompt: list[int], served: list[int], reference: list[int]) -> dict:
+    """Where a served generation first leaves the reference's, and by how much the
+    reference preferred its own token there (its logit minus the served token's, over the
+    largest logit): a margin at the scale of the dtype's rounding is a near tie."""
+    i = next(i for i, (a, b) in enumerate(zip(served, reference)) if a != b)
+    logits = reference_logits(forward, params, list(prompt) + served[:i])[-1]
+    margin = (logits[reference[i]] - logits[served[i]]) / np.abs(logits).max()
+    return {"position": i, "relative_margin": float(margin)}
 
 
 class StoredSteps:
@@ -194,7 +213,8 @@ def make_ready(model, params, buckets) -> None:
     if isinstance(model, StoredSteps):
         model.bundle.warmup(kernels=[model.prefill_name, model.decode_name])
         return
-    cache = jax.eval_shape(lambda: model.init_cache(buckets))
+    cache = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                   model.init_cache(buckets))      # committed, as the cache it serves
 
     def i32(*shape):
         return jax.ShapeDtypeStruct(shape, np.int32)

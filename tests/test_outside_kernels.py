@@ -137,7 +137,7 @@ def test_outside_kernel_built_and_served_from_the_compiled_tier(toy, tmp_path, r
     record = next(e.record for e in bundle.entries.values())
     assert record["module"] == f"{name}.steps"
     assert ["params['w1']", [64, 32], "float32"] in record["inputs"]
-    assert record["executable"]["donated"] == [2, 3]       # the cache's leaves (after params)
+    assert record["donated"] == [2, 3]                     # the cache's leaves (after params)
 
 
 def test_editing_the_package_makes_its_entries_stale(toy, tmp_path, rng):

@@ -72,15 +72,17 @@ def _importable(module: str) -> bool:
 _jitted: dict = {}
 
 
-def jitted(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict):
-    """jax.jit of the kernel with the valid lengths taken from the shapes (no padding)."""
-    key = (spec.name, backend, present, tuple((k, freeze(v)) for k, v in static.items()))
+def jitted(spec: KernelSpec, backend: str, present: tuple[str, ...], static: dict, config: dict | None = None):
+    """jax.jit of the kernel with the valid lengths taken from the shapes (no padding).
+    config None: the implementation's heuristic for the traced shapes."""
+    key = (spec.name, backend, present, tuple((k, freeze(v)) for k, v in static.items()),
+           tuple(sorted((k, freeze(v)) for k, v in (config or {}).items())))
     fn = _jitted.get(key)
     if fn is None:
         import jax
         import jax.numpy as jnp
         # An empty config lets the implementation pick its heuristic from the traced shapes.
-        inner = _structured_function(spec, backend, present, static, {})
+        inner = _structured_function(spec, backend, present, static, dict(config or {}))
         dims_of = {d: (i, j) for i, a in enumerate(a for a in spec.inputs if not a.optional or a.name in present)
                    for j, d in enumerate(a.dims) if isinstance(d, str)}
 

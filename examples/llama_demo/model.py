@@ -52,21 +52,23 @@ def param_shapes(cfg: Config) -> dict:
 
 
 def init_params(cfg: Config, seed: int = 0) -> dict:
-    """Random weights. The output head is scaled up so that greedy choices have clear margins
-    (a random model's logits are otherwise nearly tied, and rounding would pick between them)."""
-    rng = np.random.default_rng(seed)
+    """Random weights (jax.random, so the GPU config's billion parameters take a second, not
+    a minute). The output head is scaled up so that greedy choices have clear margins (a
+    random model's logits are otherwise nearly tied, and rounding would pick between them)."""
+    shapes = param_shapes(cfg)
+    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree_util.tree_leaves(shapes))))
 
     def init(path, leaf):
-        name = jax.tree_util.keystr(path)
+        name, key = jax.tree_util.keystr(path), next(keys)
         if leaf.ndim == 1:                       # norm weights
-            x = 1.0 + 0.1 * rng.standard_normal(leaf.shape, np.float32)
+            x = 1.0 + 0.1 * jax.random.normal(key, leaf.shape, jnp.float32)
         elif "embed" in name:
-            x = rng.standard_normal(leaf.shape, np.float32)
+            x = jax.random.normal(key, leaf.shape, jnp.float32)
         else:
             scale = 8.0 if "lm_head" in name else 1.0
-            x = rng.standard_normal(leaf.shape, np.float32) * (scale / np.sqrt(leaf.shape[0]))
-        return jnp.asarray(x, leaf.dtype)
-    return jax.tree_util.tree_map_with_path(init, param_shapes(cfg))
+            x = jax.random.normal(key, leaf.shape, jnp.float32) * (scale / np.sqrt(leaf.shape[0]))
+        return x.astype(leaf.dtype)
+    return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 def cache_shapes(cfg: Config, total_pages: int, page_size: int) -> list:
@@ -106,7 +108,9 @@ def qkv(cfg, layer, x, positions):
 
 
 def logits_of(cfg, params, x):
-    return (rms_norm(x, params["final_norm"], cfg.norm_eps) @ params["lm_head"]).astype(jnp.float32)
+    # float32 products: bf16 logits would round near-tied choices apart
+    h = rms_norm(x, params["final_norm"], cfg.norm_eps).astype(jnp.float32)
+    return h @ params["lm_head"].astype(jnp.float32)
 
 
 class LlamaModel:
@@ -118,8 +122,12 @@ class LlamaModel:
         self.decode = jax.jit(partial(decode, cfg), donate_argnums=(1,))
 
     def init_cache(self, buckets):
+        """Zeros, committed to the default device: a step that calls stored kernels returns
+        committed arrays (as any jax.export'ed function does), and a cache fed back into
+        the next call must look the same as the first one, or jax.jit compiles again."""
         shapes = cache_shapes(self.cfg, buckets.total_pages, buckets.page_size)
-        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        device = jax.devices()[0]
+        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype, device=device), shapes)
 
     def forward_reference(self, params, tokens):
         return _forward_reference(self.cfg, params, tokens)

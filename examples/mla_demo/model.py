@@ -138,7 +138,9 @@ def project(cfg, layer, x, positions):
 
 
 def logits_of(cfg, params, x):
-    return (rms_norm(x, params["final_norm"], cfg.norm_eps) @ params["lm_head"]).astype(jnp.float32)
+    # float32 products: bf16 logits would round near-tied choices apart
+    h = rms_norm(x, params["final_norm"], cfg.norm_eps).astype(jnp.float32)
+    return h @ params["lm_head"].astype(jnp.float32)
 
 
 class MLAModel:
@@ -154,7 +156,9 @@ class MLAModel:
         rope_cache [total_pages, page_size, rope_dim])."""
         cfg = self.cfg
         pages = (buckets.total_pages, buckets.page_size)
-        return [(jnp.zeros((*pages, cfg.kv_lora_rank), cfg.dtype), jnp.zeros((*pages, cfg.rope_dim), cfg.dtype))
+        dev = jax.devices()[0]       # committed, like what the steps return (see llama_demo)
+        return [(jnp.zeros((*pages, cfg.kv_lora_rank), cfg.dtype, device=dev),
+                 jnp.zeros((*pages, cfg.rope_dim), cfg.dtype, device=dev))
                 for _ in range(cfg.layers)]
 
     def forward_reference(self, params, tokens):
