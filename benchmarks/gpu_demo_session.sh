@@ -15,7 +15,7 @@ PY=python3
   $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$OUT/env.txt"
 STORE=/tmp/llama-store; rm -rf $STORE && cp -r "${STORE_SRC:-.gpu/llama-store}" $STORE
 ( time $PY -m ejaot.cli finalize $STORE ) > "$OUT/finalize.txt" 2>&1; tail -4 "$OUT/finalize.txt"
-timeout 200 $PY -m ejaot.cli verify $STORE --kernel flash_attention --kernel page_attention > "$OUT/verify.txt" 2>&1
+timeout 120 $PY -m ejaot.cli verify $STORE --kernel flash_attention --kernel page_attention > "$OUT/verify.txt" 2>&1
 echo "verify rc=$?"; grep -E "FAIL|summary|ok " "$OUT/verify.txt" | tail -4
 timeout "${DEMO_TIMEOUT:-420}" $PY examples/demo.py --config 8b-layers --target gpu-sm90 --store $STORE --no-build \
   ${MODES:+--modes $MODES} > "$OUT/demo.json" 2> "$OUT/demo.log"
