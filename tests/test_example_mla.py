@@ -1,6 +1,6 @@
-"""examples/mla_demo served from a cpu store under jax.jit: continuous batching over a
-paged latent cache (mla_attention in prefill, paged_mla_attention in decode) gives the
-plain-JAX reference's greedy tokens and logits."""
+"""examples/mla_demo served from a cpu store, under jax.jit and as whole stored steps:
+continuous batching over a paged latent cache (mla_attention in prefill,
+paged_mla_attention in decode) gives the plain-JAX reference's greedy tokens and logits."""
 import sys
 
 import pytest
@@ -16,7 +16,7 @@ def mla_store(tmp_path_factory):
     from mla_demo import manifest_path
     out = tmp_path_factory.mktemp("mla") / "store"
     report = build(manifest_path("small"), "cpu", out, jobs=1)
-    assert report.ok and len(report.built) == 11, report.summary()
+    assert report.ok and len(report.built) == 22, report.summary()
     return out
 
 
@@ -41,3 +41,34 @@ def test_mla_served_from_the_store_matches_the_reference(mla_store):
         assert st["rejected"] == []
     finally:
         ejaot.use(None)
+
+
+def test_mla_whole_steps_served_from_the_compiled_tier(mla_store):
+    import jax
+    import numpy as np
+    import ejaot
+    from serving import Server, StoredSteps, greedy_reference, make_ready, make_requests
+    from mla_demo import BUCKETS, CONFIGS, Model, init_params
+    import demo
+    cfg, buckets = CONFIGS["small"], BUCKETS["small"]
+    bundle = ejaot.load(mla_store)
+    jitted, params = Model(cfg), init_params(cfg, seed=3)
+    model = StoredSteps(jitted, bundle, "mla_demo", model="small")
+    make_ready(model, params, buckets)
+    loaded = bundle.stats()
+    assert loaded["rejected"] == [] and loaded["calls"] == {"exact": 0, "padded": 0, "fallback": 0}
+    requests = make_requests(cfg.vocab, [7, 60, 2, 33], [5, 8, 11, 4], seed=4)
+    served = Server(model, params, buckets).run(requests)
+    for r in requests:
+        assert served[r.rid] == greedy_reference(jitted.forward_reference, params, r.prompt,
+                                                 r.max_new_tokens), r.rid
+    assert demo.logit_error(model, params, buckets, requests[:2]) < 1e-4
+    st = bundle.stats()
+    assert st["tiers"]["compiled"] > 0 and st["tiers"]["portable"] == 0 and st["calls"]["fallback"] == 0
+    # the decode step updates the cache in place: the caller's cache is donated
+    cache = model.init_cache(buckets)
+    n = buckets.decode_slots[0]
+    _, new = model.decode(params, cache, np.zeros(n, np.int32), np.full(n, -1, np.int32),
+                          np.zeros((n, buckets.max_blocks), np.int32))
+    assert all(a.is_deleted() for a in jax.tree_util.tree_leaves(cache))
+    assert not any(a.is_deleted() for a in jax.tree_util.tree_leaves(new))

@@ -64,38 +64,53 @@ DEEPSEEK_V3_LAYERS = Config(vocab=32000, hidden=7168, layers=2, heads=128, head_
 CONFIGS = {"small": SMALL, "v3-layers": DEEPSEEK_V3_LAYERS}
 
 
-def init_params(cfg: Config, seed: int = 0) -> dict:
-    """Random weights. The output head is scaled up so that greedy choices have clear margins
-    (a random model's logits are otherwise nearly tied, and rounding would pick between them)."""
-    rng = np.random.default_rng(seed)
+def param_shapes(cfg: Config) -> dict:
+    """The parameter tree as jax.ShapeDtypeStruct leaves."""
     dt = jnp.dtype(cfg.dtype)
 
-    def dense(n_in, *out, scale=1.0):
-        w = rng.standard_normal((n_in, *out), np.float32) * (scale / np.sqrt(n_in))
-        return jnp.asarray(w, dt)
+    def a(*shape):
+        return jax.ShapeDtypeStruct(shape, dt)
+    H, d, r, e, h = cfg.heads, cfg.head_dim, cfg.kv_lora_rank, cfg.rope_dim, cfg.hidden
+    layer = dict(attn_norm=a(h))
+    if cfg.q_lora_rank:
+        layer.update(wq_a=a(h, cfg.q_lora_rank), q_norm=a(cfg.q_lora_rank),
+                     wq_b=a(cfg.q_lora_rank, H * d + e))
+    else:
+        layer.update(wq=a(h, H * d + e))
+    layer.update(wkv_a=a(h, r + e), kv_norm=a(r), w_kc=a(r, H, d), w_vc=a(r, H, d), wo=a(H * d, h),
+                 mlp_norm=a(h), w_gate=a(h, cfg.ffn), w_up=a(h, cfg.ffn), w_down=a(cfg.ffn, h))
+    return dict(embed=a(cfg.vocab, h), layers=[dict(layer) for _ in range(cfg.layers)],
+                final_norm=a(h), lm_head=a(h, cfg.vocab))
 
-    def norm(n):
-        return jnp.asarray(1.0 + 0.1 * rng.standard_normal(n, np.float32), dt)
 
-    H, d, r, e = cfg.heads, cfg.head_dim, cfg.kv_lora_rank, cfg.rope_dim
+def init_params(cfg: Config, seed: int = 0) -> dict:
+    """Random weights (jax.random, so the v3-layers config's 1.6 billion parameters take a
+    second, not a minute). The output head is scaled up so that greedy choices have clear
+    margins (a random model's logits are otherwise nearly tied, and rounding would pick
+    between them)."""
+    shapes = param_shapes(cfg)
+    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree_util.tree_leaves(shapes))))
 
-    def layer():
-        p = dict(attn_norm=norm(cfg.hidden))
-        if cfg.q_lora_rank:
-            p.update(wq_a=dense(cfg.hidden, cfg.q_lora_rank), q_norm=norm(cfg.q_lora_rank),
-                     wq_b=dense(cfg.q_lora_rank, H * d + e))
-        else:
-            p.update(wq=dense(cfg.hidden, H * d + e))
-        p.update(wkv_a=dense(cfg.hidden, r + e), kv_norm=norm(r),
-                 w_kc=dense(r, H, d), w_vc=dense(r, H, d), wo=dense(H * d, cfg.hidden),
-                 mlp_norm=norm(cfg.hidden), w_gate=dense(cfg.hidden, cfg.ffn),
-                 w_up=dense(cfg.hidden, cfg.ffn), w_down=dense(cfg.ffn, cfg.hidden))
-        return p
+    def init(path, leaf):
+        name, key = jax.tree_util.keystr(path), next(keys)
+        if leaf.ndim == 1:                       # norm weights
+            x = 1.0 + 0.1 * jax.random.normal(key, leaf.shape, jnp.float32)
+        elif "embed" in name:
+            x = jax.random.normal(key, leaf.shape, jnp.float32)
+        else:                                    # [n_in, *out]: w_kc and w_vc [r, heads, d] too
+            scale = 8.0 if "lm_head" in name else 1.0
+            x = jax.random.normal(key, leaf.shape, jnp.float32) * (scale / np.sqrt(leaf.shape[0]))
+        return x.astype(leaf.dtype)
+    return jax.tree_util.tree_map_with_path(init, shapes)
 
-    layers = [layer() for _ in range(cfg.layers)]
-    return dict(embed=jnp.asarray(rng.standard_normal((cfg.vocab, cfg.hidden), np.float32), dt),
-                layers=layers, final_norm=norm(cfg.hidden),
-                lm_head=dense(cfg.hidden, cfg.vocab, scale=8.0))
+
+def cache_shapes(cfg: Config, total_pages: int, page_size: int) -> list:
+    """The paged latent cache: per layer (latent_cache [total_pages, page_size, kv_lora_rank],
+    rope_cache [total_pages, page_size, rope_dim])."""
+    dt = jnp.dtype(cfg.dtype)
+    latent = jax.ShapeDtypeStruct((total_pages, page_size, cfg.kv_lora_rank), dt)
+    rope_ = jax.ShapeDtypeStruct((total_pages, page_size, cfg.rope_dim), dt)
+    return [(latent, rope_) for _ in range(cfg.layers)]
 
 
 def rms_norm(x, w, eps):
@@ -148,18 +163,16 @@ class MLAModel:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.prefill = jax.jit(partial(_prefill, cfg), donate_argnums=(1,))
-        self.decode = jax.jit(partial(_decode, cfg), donate_argnums=(1,))
+        self.prefill = jax.jit(partial(prefill, cfg), donate_argnums=(1,))
+        self.decode = jax.jit(partial(decode, cfg), donate_argnums=(1,))
 
     def init_cache(self, buckets):
-        """Per layer (latent_cache [total_pages, page_size, kv_lora_rank],
-        rope_cache [total_pages, page_size, rope_dim])."""
-        cfg = self.cfg
-        pages = (buckets.total_pages, buckets.page_size)
-        dev = jax.devices()[0]       # committed, like what the steps return (see llama_demo)
-        return [(jnp.zeros((*pages, cfg.kv_lora_rank), cfg.dtype, device=dev),
-                 jnp.zeros((*pages, cfg.rope_dim), cfg.dtype, device=dev))
-                for _ in range(cfg.layers)]
+        """Zeros (see cache_shapes), committed to the default device: a step that calls stored
+        kernels returns committed arrays (as any jax.export'ed function does), and a cache fed
+        back into the next call must look the same as the first one, or jax.jit compiles again."""
+        shapes = cache_shapes(self.cfg, buckets.total_pages, buckets.page_size)
+        device = jax.devices()[0]
+        return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype, device=device), shapes)
 
     def forward_reference(self, params, tokens):
         return _forward_reference(self.cfg, params, tokens)
@@ -170,7 +183,7 @@ def _write_pages(cache, new, pages, rows):
     return cache.at[pages, rows].set(new.astype(cache.dtype))
 
 
-def _prefill(cfg, params, cache, tokens, lengths, tables):
+def prefill(cfg, params, cache, tokens, lengths, tables):
     B, S = tokens.shape
     page_size = cache[0][0].shape[1]
     pos = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
@@ -190,7 +203,7 @@ def _prefill(cfg, params, cache, tokens, lengths, tables):
     return logits_of(cfg, params, last), new_cache
 
 
-def _decode(cfg, params, cache, tokens, positions, tables):
+def decode(cfg, params, cache, tokens, positions, tables):
     N = tokens.shape[0]
     page_size = cache[0][0].shape[1]
     live = positions >= 0
