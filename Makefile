@@ -54,10 +54,10 @@ artifacts: $(TARGET_DEPS)
 test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The long hardening runs: 1000 store mutations, a minute of 32 threads under load.
+# The long hardening runs: 1000 store mutations, 1000 record mutations, a minute of 32 threads under load.
 fuzz: $(VENV)/.base-installed
 	EJAOT_FUZZ_MUTATIONS=1000 EJAOT_LOAD_SECONDS=60 $(PYTHON) -m pytest -q -s \
-	  tests/test_fuzz_store.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
+	  tests/test_fuzz_store.py tests/test_record_schema.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
 
 bench: $(VENV)/.base-installed $(VENV)/.tpu-installed
 	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results

@@ -99,25 +99,35 @@ def _entry_summary(key, r) -> dict:
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 def ls_cmd(store_dir, as_json):
-    """List the entries of a store."""
+    """List the entries of a store (a malformed record: a FAIL line, exit status 1)."""
+    from .record import problem
     _, index = _open_index(store_dir)
-    rows = [_entry_summary(k, r) for k, r in sorted(index["entries"].items(),
-                                                    key=lambda kv: (kv[1].get("kernel", ""), str(kv[1].get("dims"))))]
+    rows, failed = [], []
+    for key, r in index["entries"].items():
+        why = problem(key, r)
+        if why:
+            failed.append({"key": str(key), "error": why})
+        else:
+            rows.append(_entry_summary(key, r))
+    rows.sort(key=lambda row: (row["kernel"], str(row["dims"])))
     if as_json:
-        for row in rows:
+        for row in rows + failed:
             click.echo(json.dumps(row, sort_keys=True))
-        return
-    click.echo(f"target {index.get('target')}: {len(rows)} entries")
+        sys.exit(1 if failed else 0)
+    click.echo(f"target {index.get('target')}: {len(rows) + len(failed)} entries")
     for row in rows:
         dims = " ".join(f"{k}={v}" for k, v in (row["dims"] or {}).items())
         tiers = ",".join(sorted(row["payloads"]))
         stat = ",".join(f"{k}={v}" for k, v in (row["static"] or {}).items() if v not in (None, False))
         click.echo(f"{row['key'][:12]}  {row['kernel']:<20} {row['dtypes'] and next(iter(row['dtypes'].values())):<9} "
                    f"{dims}  {stat}  [{tiers}]")
+    for row in failed:
+        click.echo(f"FAIL {row['key'][:12]}: {row['error']}")
+    sys.exit(1 if failed else 0)
 
 
 def _find_entry(index, prefix):
-    hits = [k for k in index["entries"] if k.startswith(prefix)]
+    hits = [k for k in index["entries"] if isinstance(k, str) and k.startswith(prefix)]
     if not hits:
         _fail(f"no entry with key starting {prefix!r}")
     if len(hits) > 1:
@@ -132,8 +142,13 @@ def _find_entry(index, prefix):
 def inspect(store_dir, entry, hlo):
     """Everything about one entry (ENTRY: a key or a unique prefix of one)."""
     from .inspection import describe_entry
+    from .record import problem
     store, index = _open_index(store_dir)
     key = _find_entry(index, entry)
+    why = problem(key, index["entries"][key])
+    if why:
+        click.echo(f"FAIL {key[:12]}: {why}")
+        sys.exit(1)
     try:
         click.echo(describe_entry(store, index["entries"][key], hlo=hlo))
     except EjaotError as e:

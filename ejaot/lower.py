@@ -136,7 +136,7 @@ def lower_and_store(entry: EntrySpec, store_root: str) -> dict:
 
 def make_record(entry: EntrySpec, payload_refs: dict, meta: dict) -> dict:
     import platform as _platform
-    from .store.format import RECORD_FORMAT
+    from .record import RECORD_FORMAT
     return {
         "key": entry.key, "format": RECORD_FORMAT,
         **{k: v for k, v in entry.identity().items()},

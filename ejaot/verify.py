@@ -6,7 +6,7 @@ import numpy as np
 
 from . import toolchain as tc
 from .errors import EjaotError
-from .registry import all_kernels
+from .registry import all_kernels, find_kernel
 from .runtime import compat
 from .store.filestore import FileStore
 
@@ -26,21 +26,27 @@ def entry_arguments(spec, record, rng) -> tuple[dict, list]:
     """Fresh random inputs for a stored entry (the kernel's example generator), and the
     arguments its artifacts take, in order: the present arrays, then the valid lengths
     (the bucket's own dims)."""
+    import jax
     inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
                               record["static"], rng)
     names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
     valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
-    return inputs, [inputs[n] for n in names] + [valid]
+    # the artifacts take a tree argument's leaves, flat
+    return inputs, jax.tree_util.tree_leaves([inputs[n] for n in names]) + [valid]
 
 
 def reference_outputs(spec, record, inputs: dict):
-    """The kernel's XLA implementation in float32 on the same inputs."""
+    """The kernel's XLA implementation in float32 on the same inputs (a tree's outputs flat)."""
+    import jax
     import jax.numpy as jnp
     from .runtime.jit import jitted
     present = tuple(record["present"])
     names = [a.name for a in spec.inputs if not a.optional or a.name in present]
-    arrays = [jnp.asarray(inputs[n], jnp.float32) if np.issubdtype(np.asarray(inputs[n]).dtype, np.floating)
-              or str(np.asarray(inputs[n]).dtype) == "bfloat16" else jnp.asarray(inputs[n]) for n in names]
+    def widen(x):
+        x = np.asarray(x) if not hasattr(x, "dtype") else x
+        floating = np.issubdtype(x.dtype, np.floating) or str(x.dtype) == "bfloat16"
+        return jnp.asarray(x, jnp.float32) if floating else jnp.asarray(x)
+    arrays = [jax.tree_util.tree_map(widen, inputs[n]) for n in names]
     static = dict(spec.canonical_static(record["static"]))
     # A float32 entry is held to float32 tolerance, so its reference needs full float32
     # products (a GPU would otherwise use tf32, ~1e-3 off). Lower-precision entries keep the
@@ -49,10 +55,9 @@ def reference_outputs(spec, record, inputs: dict):
     # for float32 itself, attention and flash_attention, get it in both cases; this matters
     # for the others.)
     import contextlib
-    import jax
     full = record["dtype"] in ("float32", "float64")
     with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
-        return jitted(spec, "xla", present, static)(*arrays)
+        return tuple(jax.tree_util.tree_leaves(jitted(spec, "xla", present, static)(*arrays)))
 
 
 CPU_MAX_ELEMENTS = 1 << 26
@@ -99,10 +104,17 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
     import ejaot
     bundle = ejaot.load(root, miss_log=False)
     installed = all_kernels()
-    for key, record in sorted(index["entries"].items(), key=lambda kv: str(kv[1].get("dims"))):
+    def order(kv):
+        return str(kv[1].get("dims")) if isinstance(kv[1], dict) else ""
+    for key, record in sorted(index["entries"].items(), key=order):
         if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:
             continue
-        label = f"{key[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
+        if not isinstance(record, dict):
+            echo(f"FAIL {str(key)[:12]}: record is not a table")
+            ok = False
+            counts["failed"] += 1
+            continue
+        label = f"{str(key)[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
         problems = []
         problem = compat.record_problem(key, record)
         if problem:
@@ -131,7 +143,7 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
         tiers.append("compiled " + ("usable" if not c else f"skipped ({c})"))
         tiers.append("portable " + ("usable" if not p else f"skipped ({p})"))
         entry = bundle.entries.get(key)
-        spec = installed[record["kernel"]]
+        spec = installed.get(record["kernel"]) or find_kernel(record["kernel"], record.get("module"))
         if not numerics or entry is None:
             echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers))
             continue

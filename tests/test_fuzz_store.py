@@ -140,3 +140,75 @@ def test_fuzzed_stores_never_crash_or_mislead(stores, tmp_path):
         survived += 1
     assert survived == N
     print(f"{N} mutations tried, {survived} survived")
+
+
+_ODD_VALUES = [None, True, -1, 0, 2 ** 40, 1.5, "", "x" * 300, b"\x00\xff", [], [1, "a"], {}, {"k": [1]},
+               {7: 1}, {b"k": 1}, [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]], {"a": {"b": {"c": None}}}]
+
+
+def mutate_record(rnd: random.Random, record: dict) -> str:
+    """One random structural change somewhere in a record: a value replaced by one of
+    another type or shape, a field removed, or a key of another type added."""
+    path, node = [], record
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        k = rnd.choice(keys)
+        child = node[k]
+        if isinstance(child, (dict, list)) and child and rnd.random() < 0.6:
+            path.append(k)
+            node = child
+            continue
+        path.append(k)
+        break
+    if not path:
+        return "nothing"
+    parent = record
+    for p in path[:-1]:
+        parent = parent[p]
+    last = path[-1]
+    action = rnd.choice(["replace", "replace", "replace", "delete", "add_key"])
+    if action == "delete" and isinstance(parent, dict):
+        del parent[last]
+    elif action == "add_key" and isinstance(parent, dict):
+        parent[rnd.choice([3, b"raw", 2.5, "unexpected"])] = rnd.choice(_ODD_VALUES)
+    else:
+        parent[last] = rnd.choice(_ODD_VALUES)
+    return f"{action} {'/'.join(map(str, path))}"
+
+
+def test_fuzzed_records_are_rejected_alone(stores, tmp_path):
+    """Checksum-valid indexes whose records are structurally wrong: every call still right,
+    every other entry kept, no exception out of bundle.call."""
+    from ejaot.store.format import encode_index
+    import copy
+    rnd = random.Random(SEED + 1)
+    rng = np.random.default_rng(SEED + 1)
+    cases = []
+    for s in (16, 8, 11):
+        q, k, v = qkv(rng, 1, s, hq=2, hk=1, d=8)
+        cases.append(((q, k, v), attention_reference(q, k, v, causal=True)))
+    base = FileStore(stores / "good").read_index()
+    store = tmp_path / "s"
+    shutil.copytree(stores / "good", store)
+    survived = 0
+    for i in range(N):
+        entries = copy.deepcopy(base["entries"])
+        key = rnd.choice(sorted(entries))
+        what = mutate_record(rnd, entries[key])
+        try:
+            (store / "index.msgpack").write_bytes(encode_index(base["target"], entries))
+            bundle = ejaot.load(store, miss_log=False)
+            for (q, k, v), want in cases:
+                np.testing.assert_allclose(np.asarray(bundle.call("attention", q, k, v, causal=True)), want,
+                                           atol=2e-5, rtol=2e-5)
+            s = bundle.stats()
+            assert s["entries"] >= len(entries) - 1, f"an intact entry was lost: {s['rejected']}"
+            seen = [(r["entry"], r["tier"]) for r in s["rejected"]]
+            assert len(seen) == len(set(seen))
+        except Exception as e:
+            raise AssertionError(f"record mutation {i} (seed {SEED + 1}): {what}: {type(e).__name__}: {e}") from e
+        survived += 1
+    assert survived == N
+    print(f"{N} record mutations tried, {survived} survived")

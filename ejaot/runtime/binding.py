@@ -57,6 +57,7 @@ def bind(spec: KernelSpec, args: tuple, kwargs: dict) -> BoundCall:
     dims: dict[str, int] = {}
     seen_in: dict[str, str] = {}
     trees = []
+    entry_dtype, entry_from = None, None    # the dtype every dtype-None array must share
     for a in spec.inputs:
         x = inputs[a.name]
         if x is None:
@@ -90,8 +91,13 @@ def bind(spec: KernelSpec, args: tuple, kwargs: dict) -> BoundCall:
             else:
                 dims[d] = int(n)
                 seen_in.setdefault(d, a.name)
-        if a.dtype is not None and str(x.dtype) != a.dtype:
-            raise CallError(f"{spec.name}: {a.name!r} must have dtype {a.dtype}, got {x.dtype}")
+        check_nonempty(spec, a, shape)
+        if a.dtype is not None:
+            if str(x.dtype) != a.dtype:
+                raise CallError(f"{spec.name}: {a.name!r} must have dtype {a.dtype}, got {x.dtype}")
+        else:
+            entry_dtype = check_entry_dtype(spec, a, x.dtype, entry_dtype, entry_from)
+            entry_from = entry_from or a.name
     dims = spec.resolve_dims(dims)
     dims = {d: dims[d] for d in spec.dims if d in dims}
     if spec.check:
@@ -101,10 +107,55 @@ def bind(spec: KernelSpec, args: tuple, kwargs: dict) -> BoundCall:
             raise CallError(f"{spec.name}: {e}") from None
     first = inputs[spec.inputs[0].name]
     dtype = str(next(iter(trees[0][1].values())).dtype) if spec.inputs[0].is_tree else str(first.dtype)
+    if entry_dtype is not None and not spec.inputs[0].is_tree:
+        dtype = entry_dtype
     for a, leaves in trees:
         _check_tree(spec, a, leaves, dims, static, dtype)
     present = tuple(a.name for a in spec.inputs if a.optional and inputs[a.name] is not None)
     return BoundCall(inputs, static, dims, dtype, present)
+
+
+# Dimensions that may be 0: a call over no batch rows (no sequences) returns an empty output
+# of the right shape on every kernel. Any other dimension of size 0 (no heads, head_dim 0,
+# an empty key sequence, a page of 0 tokens, no pages, an empty block table, a latent rank
+# of 0, ...) leaves the kernel nothing it can compute (a softmax over no keys, a 0 ** -0.5
+# scale, a GQA group of q_heads // 0), so bind refuses it.
+EMPTY_OK_DIMS = frozenset({"batch", "num_seqs"})
+
+
+def check_nonempty(spec: KernelSpec, a, shape) -> None:
+    """A CallError naming the argument and the dimension when a dimension other than
+    EMPTY_OK_DIMS has size 0."""
+    for i, (d, n) in enumerate(zip(a.dims, shape)):
+        if n == 0 and not isinstance(d, int) and d not in EMPTY_OK_DIMS:
+            raise CallError(f"{spec.name}: {a.name!r} shape {tuple(shape)}: dimension {i} ({d!r}) is 0; "
+                            f"{spec.name} needs at least one (only {' and '.join(sorted(EMPTY_OK_DIMS))} "
+                            f"may be 0, giving an empty output)")
+
+
+def _dtype_kind(name: str) -> str:
+    if name == "bool":
+        return "a boolean array"
+    if name.startswith(("int", "uint")):
+        return "an integer array"
+    if name.startswith("complex"):
+        return "a complex array"
+    return f"dtype {name}"
+
+
+def check_entry_dtype(spec: KernelSpec, a, got, entry_dtype: str | None, entry_from: str | None) -> str:
+    """An array argument without a fixed dtype takes the entry's dtype: it must be one of the
+    kernel's `dtypes` (floating point: integer, boolean and complex arrays are refused) and
+    the same as every other such argument's (no silent casts). Returns the entry dtype."""
+    name = str(got)
+    if name not in spec.dtypes:
+        raise CallError(f"{spec.name}: {a.name!r} must be a floating-point array of dtype "
+                        f"{', '.join(spec.dtypes)}; got {_dtype_kind(name)}"
+                        + ("" if _dtype_kind(name).startswith("dtype") else f" ({name})"))
+    if entry_dtype is not None and name != entry_dtype:
+        raise CallError(f"{spec.name}: {a.name!r} has dtype {name} but {entry_from!r} has {entry_dtype}: "
+                        f"the floating-point arrays of one call must share a dtype (cast them first)")
+    return name
 
 
 def _tree_leaves(spec: KernelSpec, a, tree) -> dict:

@@ -158,36 +158,50 @@ class Bundle:
     def _accept(self, kernel: str, records: dict) -> None:
         touched = set()
         for key, record in records.items():
-            problem = compat.record_problem(key, record)
-            if problem is None and record["kernel"] != kernel:
-                problem = f"record of kernel {record['kernel']!r} filed under {kernel!r}"
-            if problem is None and self._verifier is not None:
-                problem = self._verifier.problem(record)
-            if problem is None:
-                problem = compat.entry_problem(record, self.platform)
-            if problem is not None:
-                self._reject_record(key, record, "entry", problem)
+            try:
+                gkey = self._accept_one(kernel, key, record)
+            except Exception as e:  # a record the checks missed: reject it alone, keep the others
+                self._reject_record(key, record, "entry", f"record could not be accepted ({type(e).__name__}: {e})")
                 continue
-            entry = StoredEntry(key, record, self.store, self.device, self._on_tier_rejected)
-            entry.portable_block = compat.portable_problem(record)
-            entry.compiled_block = compat.compiled_problem(record, self.device)
-            if entry.portable_block and entry.compiled_block:
-                self._reject_record(key, record, "entry", f"{entry.compiled_block}; {entry.portable_block}")
-                continue
-            for tier, why in (("compiled", entry.compiled_block), ("portable", entry.portable_block)):
-                if why and not why.startswith("no "):
-                    self._note_rejection(key, record.get("kernel"), tier, why)
-            self._entries[key] = entry
-            spec = find_kernel(record["kernel"], record.get("module"))
-            gkey, pdims = _bucket_key(spec, record["dtype"], tuple(record["present"]),
-                                      spec.canonical_static(record["static"]), record["dims"])
-            group = self._groups.get(gkey)
-            if group is None:
-                group = self._groups[gkey] = Group(tuple(d for d in spec.dims if d in spec.paddable))
-            group.members.append((pdims, entry))
-            touched.add(gkey)
+            if gkey is not None:
+                touched.add(gkey)
         for gkey in touched:
             self._groups[gkey].members.sort(key=lambda m: (math.prod(m[0]), m[0]))
+
+    def _accept_one(self, kernel: str, key, record):
+        """Checks one record and files its entry under its bucket group; returns the group
+        key, or None when the record is rejected (with its reason)."""
+        problem = compat.record_problem(key, record)
+        if not isinstance(key, str):
+            self._note_rejection(repr(key)[:80], kernel, "entry", problem)
+            return None
+        if problem is None and record["kernel"] != kernel:
+            problem = f"record of kernel {record['kernel']!r} filed under {kernel!r}"
+        if problem is None and self._verifier is not None:
+            problem = self._verifier.problem(record)
+        if problem is None:
+            problem = compat.entry_problem(record, self.platform)
+        if problem is not None:
+            self._reject_record(key, record, "entry", problem)
+            return None
+        entry = StoredEntry(key, record, self.store, self.device, self._on_tier_rejected)
+        entry.portable_block = compat.portable_problem(record)
+        entry.compiled_block = compat.compiled_problem(record, self.device)
+        if entry.portable_block and entry.compiled_block:
+            self._reject_record(key, record, "entry", f"{entry.compiled_block}; {entry.portable_block}")
+            return None
+        spec = find_kernel(record["kernel"], record.get("module"))
+        gkey, pdims = _bucket_key(spec, record["dtype"], tuple(record["present"]),
+                                  spec.canonical_static(record["static"]), record["dims"])
+        for tier, why in (("compiled", entry.compiled_block), ("portable", entry.portable_block)):
+            if why and not why.startswith("no "):
+                self._note_rejection(key, record.get("kernel"), tier, why)
+        self._entries[key] = entry
+        group = self._groups.get(gkey)
+        if group is None:
+            group = self._groups[gkey] = Group(tuple(d for d in spec.dims if d in spec.paddable))
+        group.members.append((pdims, entry))
+        return gkey
 
     # -- rejection bookkeeping --------------------------------------------------------------
     def rejections_of(self, kernel: str) -> list[dict]:

@@ -6,30 +6,15 @@ from functools import lru_cache
 
 from .. import toolchain as tc
 from ..registry import find_kernel
-from ..store.format import RECORD_FORMAT
-
-_RECORD_FIELDS = {"key": str, "kernel": str, "backend": str, "target": str, "platform": str,
-                  "dims": dict, "dtype": str, "present": list, "static": dict, "source_hash": str,
-                  "toolchain": dict, "payloads": dict, "inputs": list, "outputs": list,
-                  "exported": dict}
-
+from .. import record as _record
 
 def local_platform(device) -> str:
     return {"gpu": "cuda"}.get(device.platform, device.platform)
 
 
-def record_problem(key: str, record) -> str | None:
-    """A structural problem with a record, or None."""
-    if not isinstance(record, dict):
-        return "record is not a table"
-    for f, t in _RECORD_FIELDS.items():
-        if not isinstance(record.get(f), t):
-            return f"record field {f!r} missing or not a {t.__name__}"
-    if record["key"] != key:
-        return "record key does not match its index slot"
-    if record.get("format") != RECORD_FORMAT:
-        return f"record format {record.get('format')!r}, this ejaot reads {RECORD_FORMAT}"
-    return None
+def record_problem(key: str, rec) -> str | None:
+    """A structural problem with a record, or None (the schema: ejaot/record.py)."""
+    return _record.problem(key, rec)
 
 
 def entry_problem(record: dict, platform: str) -> str | None:
@@ -45,6 +30,9 @@ def entry_problem(record: dict, platform: str) -> str | None:
         return f"kernel {record['kernel']!r} is not installed here" + (f" (not declared in {module})" if module else "")
     if record["backend"] not in spec.backends:
         return f"backend {record['backend']!r} is not a backend of {record['kernel']} here"
+    mismatch = _record.spec_problem(record, spec)
+    if mismatch:
+        return mismatch
     if record["platform"] != platform:
         return f"built for platform {record['platform']}, this host runs {platform}"
     if record["source_hash"] != spec.source_hash(record["backend"]):

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import StoreError
-from .format import decode_index, decode_index_sections, encode_index
+from .format import Undecodable, decode_index, decode_index_sections, encode_index
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_NAME = "index.msgpack"
@@ -91,6 +91,9 @@ class FileStore:
                 entries = {}
             except StoreError:
                 entries = {}   # a corrupt index is replaced; its blobs are re-referenced as entries rebuild
+            # records that could not be decoded (or keys that are not strings) cannot be
+            # written back: they are dropped, as a rebuild would drop them
+            entries = {k: v for k, v in entries.items() if isinstance(k, str) and not isinstance(v, Undecodable)}
             entries.update(records)
             for k in remove:
                 entries.pop(k, None)

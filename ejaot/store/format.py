@@ -19,7 +19,6 @@ from ..errors import StoreError
 
 MAGIC = b"EJAOT-STORE\n"
 FORMAT_VERSION = 2       # the index layout (2: per-kernel sections)
-RECORD_FORMAT = 1        # the record schema, stored in every record
 _MAX_INDEX_BYTES = 256 << 20
 
 
@@ -62,12 +61,51 @@ def decode_index_sections(data: bytes, where: str = "index") -> dict:
     return index
 
 
+class Undecodable:
+    """A record whose bytes are not msgpack data a record can hold (a map keyed by an array,
+    say): it stands in the section so that the record is rejected alone."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self):
+        return f"<undecodable record: {self.reason}>"
+
+
 def decode_section(raw: bytes, kernel: str, where: str = "index") -> dict:
-    """{key: record} of one kernel's section; StoreError if it is not a table."""
-    records = _unpack(raw, f"{where} section {kernel!r}")
-    if not isinstance(records, dict):
-        raise StoreError(f"{where}: section {kernel!r} is not a table")
+    """{key: record} of one kernel's section; StoreError if it is not a table. Each record
+    is decoded on its own, so a record that cannot be decoded (or a key that is not a
+    string) costs only itself: it is returned as an Undecodable (or under a non-string
+    key) for the record checks to reject."""
+    what = f"{where} section {kernel!r}"
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
+                                max_bin_len=_MAX_INDEX_BYTES, max_str_len=1 << 20)
+    unpacker.feed(raw)
+    records: dict = {}
+    try:
+        count = unpacker.read_map_header()
+        for i in range(count):
+            key = unpacker.unpack()
+            start = unpacker.tell()
+            unpacker.skip()
+            value = raw[start:unpacker.tell()]
+            try:
+                records[key if isinstance(key, str) else ("not a string", i, repr(key)[:40])] = _unpack_record(value)
+            except TypeError:                              # an unhashable key
+                records[("not a string", i, repr(key)[:40])] = _unpack_record(value)
+    except msgpack.OutOfData:
+        raise StoreError(f"{what} is truncated") from None
+    except Exception as e:  # not a map, or malformed framing: msgpack raises several types
+        raise StoreError(f"{what} is not a table ({type(e).__name__}: {e})") from None
     return records
+
+
+def _unpack_record(data: bytes):
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                               max_bin_len=_MAX_INDEX_BYTES, max_str_len=1 << 20)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        return Undecodable(f"{type(e).__name__}: {e}")
 
 
 def decode_index(data: bytes, where: str = "index") -> dict:

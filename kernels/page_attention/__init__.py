@@ -54,7 +54,7 @@ SPEC = KernelSpec(
         ArrayArg("key_cache", ("kv_heads", "total_pages", "page_size", "head_dim")),
         ArrayArg("value_cache", ("kv_heads", "total_pages", "page_size", "head_dim")),
         ArrayArg("context_lens", ("num_seqs",), dtype="int32", pad_value=0),
-        ArrayArg("block_tables", ("num_seqs", "max_blocks"), dtype="int32", pad_value=0),
+        ArrayArg("block_tables", ("num_seqs", "max_blocks"), dtype="int32", pad_value=-1),
     ),
     outputs=(ArrayArg("output", ("num_seqs", "q_heads", "head_dim")),),
     statics=(

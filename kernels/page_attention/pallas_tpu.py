@@ -3,11 +3,14 @@
 Grid (kv_heads, num_seqs, page blocks); (num_seqs, kv_heads, page blocks) for
 megacore_mode="batch". One kernel instance handles one kv head of one
 sequence with all q heads of that kv group at once ([group, head_dim] query block), so
-each K/V page is read from HBM once per group. block_tables and context_lens arrive by
-scalar prefetch (SMEM); the caches stay in HBM (memory_space ANY) and the kernel DMAs
-only the pages the context (and sliding window) needs into two VMEM slots: while one
-block of pages is computed on, the next one is already in flight. Softmax is online
-(running max, denominator and f32 accumulator in VMEM scratch) across page blocks.
+each K/V page is read from HBM once per group. block_tables and each sequence's token
+range [start, end) (its context and sliding window, clamped to the table) arrive by scalar
+prefetch (SMEM); the caches stay in HBM (memory_space ANY) and the kernel DMAs only the
+pages the range needs into two VMEM slots: while one block of pages is computed on, the
+next one is already in flight. A table entry out of range (< 0 or >= total_pages) is never
+DMA'd and its tokens are masked out (tokens_ok: one compare and select per page of a
+block), as in every backend. Softmax is online (running max, denominator and f32
+accumulator in VMEM scratch) across page blocks.
 
 inline_seq_dim=True loops over the needed page blocks inside one grid step (the page
 grid axis has size 1); False makes page blocks a grid axis whose unneeded steps do
@@ -30,23 +33,46 @@ _MODES = (None, "kv_head", "batch")
 _LANES = 128   # softmax statistics kept lane-replicated: a full vreg row, no relayout
 
 
-def _kernel(ctx_ref, tables_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems, m_ref, l_ref,
-            acc_ref, *, ppcb, page_size, max_blocks, num_blocks, scale, soft_cap, window, inline,
+def page_ok(tables_ref, s, p, *, max_blocks, total_pages):
+    """Whether column p of sequence s's block table names a page of the cache (a scalar
+    read of the table in SMEM, the index clamped to the row: p may lie past it)."""
+    page = tables_ref[s * max_blocks + jnp.minimum(p, max_blocks - 1)]
+    return (page >= 0) & (page < total_pages)
+
+
+def tokens_ok(shape, axis, ok_of_page, ppcb, page_size):
+    """bool `shape`: along `axis`, token n of a block of ppcb pages lies on a page whose
+    ok_of_page(i) (a scalar) holds: one compare and select per page of the block."""
+    tok = lax.broadcasted_iota(jnp.int32, shape, axis)
+    ok = jnp.zeros(shape, jnp.int32)
+    for i in range(ppcb):                              # static
+        ok = jnp.where((tok >= i * page_size) & (tok < (i + 1) * page_size),
+                       ok_of_page(i).astype(jnp.int32), ok)
+    return ok != 0
+
+
+def _kernel(bounds_ref, tables_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems, m_ref, l_ref,
+            acc_ref, *, ppcb, page_size, max_blocks, total_pages, num_blocks, scale, soft_cap, inline,
             seq_major):
     h, s = (pl.program_id(1), pl.program_id(0)) if seq_major else (pl.program_id(0), pl.program_id(1))
     j = pl.program_id(2)
     block_tokens = ppcb * page_size
-    ctx = ctx_ref[s]                                   # clamped to [0, max_blocks*page_size]
-    lo = jnp.maximum(ctx - window, 0) if window is not None else jnp.int32(0)
+    # the tokens [lo, ctx) this sequence attends to, within [0, max_blocks*page_size]
+    lo = bounds_ref[2 * s]
+    ctx = bounds_ref[2 * s + 1]
     # lax.div/rem truncate; operands are >= 0, so that is floor division (jnp's // would
     # lower a sign correction that Mosaic cannot lower without a TPU generation)
     first = lax.div(lo, block_tokens)
     end = lax.div(ctx + block_tokens - 1, block_tokens)   # needed blocks: [first, end)
 
+    def valid(p):
+        return page_ok(tables_ref, s, p, max_blocks=max_blocks, total_pages=total_pages)
+
     def page_needed(p):
-        # a page is fetched only if it holds a token in [lo, ctx); entries of the block
-        # table past the context are never read (they may be garbage)
-        return (p * page_size < ctx) & ((p + 1) * page_size > lo)
+        # a page is fetched only if it holds a token in [lo, ctx) and names a page of the
+        # cache: entries past the context may be garbage, and an out-of-range entry's
+        # tokens are masked out (never read from another sequence's page)
+        return (p * page_size < ctx) & ((p + 1) * page_size > lo) & valid(p)
 
     def copies(b, slot, i):
         page = tables_ref[s * max_blocks + b * ppcb + i]
@@ -75,7 +101,8 @@ def _kernel(ctx_ref, tables_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems,
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
         pos = b * block_tokens + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-        keep = (pos < ctx) & (pos >= lo)
+        keep = (pos < ctx) & (pos >= lo) & tokens_ok(logits.shape, 1, lambda i: valid(b * ppcb + i), ppcb,
+                                                     page_size)
         logits = jnp.where(keep, logits, _NEG)
         m_prev = m_ref[...]                            # [group, 128], lanes replicated
         m_new = jnp.maximum(m_prev, logits.max(axis=1, keepdims=True))
@@ -85,8 +112,10 @@ def _kernel(ctx_ref, tables_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems,
         # rows of pages that were not fetched hold stale or uninitialized data: 0 * NaN
         # would poison the sum, so zero them
         v = v_buf[slot]
-        vpos = b * block_tokens + lax.broadcasted_iota(jnp.int32, v.shape, 0)
-        v = jnp.where((vpos < ctx) & (vpos >= lo), v.astype(jnp.float32), 0.0).astype(v.dtype)
+        vpos = b * block_tokens + lax.broadcasted_iota(jnp.int32, (block_tokens, 1), 0)
+        vkeep = (vpos < ctx) & (vpos >= lo) & tokens_ok((block_tokens, 1), 0, lambda i: valid(b * ppcb + i),
+                                                         ppcb, page_size)
+        v = jnp.where(vkeep, v.astype(jnp.float32), 0.0).astype(v.dtype)
         pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         acc_ref[...] = alpha[:, :1] * acc_ref[...] + pv
         m_ref[...] = m_new
@@ -162,8 +191,15 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
     block_tokens = ppcb * ps
     scale = attn_scale if attn_scale is not None else d ** -0.5
 
-    # Clamp once here so the kernel never indexes past a sequence's row of the table.
-    ctx = jnp.clip(inputs["context_lens"].astype(jnp.int32), 0, mb * ps)
+    if s == 0:
+        return (jnp.zeros(q.shape, q.dtype),)
+    # The tokens [start, end) each sequence attends to (before the per-page check), computed
+    # once here so the kernel never indexes past a sequence's row of the table: the window
+    # counts back from the given context length, which is then clamped to the table.
+    ctx = jnp.maximum(inputs["context_lens"].astype(jnp.int32), 0)
+    end = jnp.minimum(ctx, mb * ps)
+    start = jnp.zeros_like(end) if sliding_window is None else jnp.clip(ctx - sliding_window, 0, end)
+    bounds = jnp.stack([start, end], axis=1)                      # [num_seqs, 2]
     tables = tables.astype(jnp.int32)
     qg = q.reshape(s, hk, g, d)
     # Scalar prefetch puts the whole block table in SMEM (1 MiB on current chips, shared
@@ -173,9 +209,9 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
     outs = []
     for lo in range(0, s, chunk):
         hi = min(s, lo + chunk)
-        outs.append(_call(ctx[lo:hi], tables[lo:hi].reshape(-1), qg[lo:hi], kc, vc, cfg=cfg, ppcb=ppcb,
-                          num_blocks=num_blocks, block_tokens=block_tokens, scale=scale,
-                          soft_cap=attn_logits_soft_cap, window=sliding_window, inline=inline, mode=mode))
+        outs.append(_call(bounds[lo:hi].reshape(-1), tables[lo:hi].reshape(-1), qg[lo:hi], kc, vc, cfg=cfg,
+                          ppcb=ppcb, num_blocks=num_blocks, block_tokens=block_tokens, scale=scale,
+                          soft_cap=attn_logits_soft_cap, inline=inline, mode=mode))
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
     return (out.reshape(s, hq, d),)
 
@@ -183,15 +219,15 @@ def page_attention_impl(inputs, valid_lens, *, config, attn_scale, attn_logits_s
 SMEM_TABLE_ENTRIES = 64 * 1024        # 256 KiB of int32 block-table entries per call
 
 
-def _call(ctx, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, scale, soft_cap,
-          window, inline, mode):
+def _call(bounds, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, scale, soft_cap,
+          inline, mode):
     s, hk, g, d = qg.shape
-    ps, mb = kc.shape[2], flat_tables.shape[0] // s
+    total_pages, ps, mb = kc.shape[1], kc.shape[2], flat_tables.shape[0] // s
     kv_dtype = kc.dtype
 
     kernel = functools.partial(
-        _kernel, ppcb=ppcb, page_size=ps, max_blocks=mb, num_blocks=num_blocks,
-        scale=float(scale), soft_cap=soft_cap, window=window, inline=inline,
+        _kernel, ppcb=ppcb, page_size=ps, max_blocks=mb, total_pages=total_pages,
+        num_blocks=num_blocks, scale=float(scale), soft_cap=soft_cap, inline=inline,
         seq_major=mode == "batch")
     # Mosaic splits a leading "parallel" grid axis over a megacore's two TensorCores, so
     # megacore_mode picks which axis leads. (kv head, sequence) instances are independent
@@ -222,5 +258,5 @@ def _call(ctx, flat_tables, qg, kc, vc, *, cfg, ppcb, num_blocks, block_tokens, 
         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
         interpret=interpret_params(cfg.get("interpret")),
         name="page_attention",
-    )(ctx, flat_tables, qg, kc, vc)
+    )(bounds, flat_tables, qg, kc, vc)
     return out

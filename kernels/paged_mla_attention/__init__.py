@@ -51,7 +51,7 @@ SPEC = KernelSpec(
         ArrayArg("w_kc", ("kv_lora_rank", "kv_heads", "head_dim")),
         ArrayArg("w_vc", ("kv_lora_rank", "kv_heads", "head_dim")),
         ArrayArg("context_lens", ("num_seqs",), dtype="int32", pad_value=0),
-        ArrayArg("block_tables", ("num_seqs", "max_blocks"), dtype="int32", pad_value=0),
+        ArrayArg("block_tables", ("num_seqs", "max_blocks"), dtype="int32", pad_value=-1),
         ArrayArg("b_q", ("num_seqs", "rope_dim"), optional=True),
         ArrayArg("rope_cache", ("total_pages", "page_size", "rope_dim"), optional=True),
     ),

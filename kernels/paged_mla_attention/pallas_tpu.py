@@ -9,7 +9,8 @@ latent cache.
      kernel. Every head shares the latent cache, so a page is read once for all the
      heads of the block (MQA-like rows). Logits q_lat @ kv^T + b_q @ b_k^T, online
      softmax in f32, out_lat += p @ kv with the rows past the context zeroed first (a
-     page's unused rows may hold NaN).
+     page's unused rows may hold NaN). A block-table entry out of range (< 0 or >=
+     total_pages) is never DMA'd and its tokens are masked out, as in every backend.
   3. XLA: out[s, h] = out_lat[s, h] @ w_vc[:, g(h)], out_lat in f32 (a rank-wide sum).
 
 block_tables and context_lens arrive by scalar prefetch (SMEM); batches whose table
@@ -26,7 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ejaot_kernels.mla_attention.xla import default_scale
-from ejaot_kernels.page_attention.pallas_tpu import SMEM_TABLE_ENTRIES, interpret_params
+from ejaot_kernels.page_attention.pallas_tpu import SMEM_TABLE_ENTRIES, interpret_params, page_ok, tokens_ok
 
 from .configs import tpu_heuristic
 from .xla import absorb_query, call_dims, expand_output, unpack
@@ -37,7 +38,7 @@ _LANES = 128   # softmax statistics kept lane-replicated: a full vreg row, no re
 NT = (((1,), (1,)), ((), ()))     # a @ b^T
 
 
-def _kernel(ctx_ref, tables_ref, q_ref, *refs, ppcb, page_size, max_blocks, scale, has_rope):
+def _kernel(ctx_ref, tables_ref, q_ref, *refs, ppcb, page_size, max_blocks, total_pages, scale, has_rope):
     if has_rope:
         bq_ref, kv_hbm, bk_hbm, o_ref, kv_buf, bk_buf, sems, m_ref, l_ref, acc_ref = refs
     else:
@@ -56,10 +57,15 @@ def _kernel(ctx_ref, tables_ref, q_ref, *refs, ppcb, page_size, max_blocks, scal
             out.append(pltpu.make_async_copy(bk_hbm.at[page], bk_buf.at[slot, rows], sems.at[1, slot]))
         return out
 
+    def valid(p):
+        return page_ok(tables_ref, s, p, max_blocks=max_blocks, total_pages=total_pages)
+
     def for_each_page(b, slot, action):
         for i in range(ppcb):                          # static: ppcb pages per block
-            # only pages holding a token of the context: table entries past it may be garbage
-            @pl.when((b * ppcb + i) * page_size < ctx)
+            # only pages holding a token of the context (table entries past it may be
+            # garbage) that name a page of the cache (an out-of-range entry's tokens are
+            # masked out, never read from another sequence's page)
+            @pl.when(((b * ppcb + i) * page_size < ctx) & valid(b * ppcb + i))
             def _():
                 for c in copies(b, slot, i):
                     action(c)
@@ -73,15 +79,18 @@ def _kernel(ctx_ref, tables_ref, q_ref, *refs, ppcb, page_size, max_blocks, scal
         for_each_page(b, slot, lambda c: c.wait())
         kv = kv_buf[slot]                              # [block_tokens, rank]
         pos = b * block_tokens + lax.broadcasted_iota(jnp.int32, (block_tokens, 1), 0)
+        ok_of_page = lambda i: valid(b * ppcb + i)
         # rows of pages not fetched, or past the context, hold stale data (maybe NaN)
-        kv = jnp.where(pos < ctx, kv, jnp.zeros_like(kv))
+        row_keep = (pos < ctx) & tokens_ok((block_tokens, 1), 0, ok_of_page, ppcb, page_size)
+        kv = jnp.where(row_keep, kv, jnp.zeros_like(kv))
         logits = lax.dot_general(q_ref[...], kv, NT, preferred_element_type=F32)
         if has_rope:
             bk = bk_buf[slot]
-            bk = jnp.where(pos < ctx, bk, jnp.zeros_like(bk))
+            bk = jnp.where(row_keep, bk, jnp.zeros_like(bk))
             # one [1, tokens] rope term, shared by every head of the block
             logits = logits + lax.dot_general(bq_ref[...], bk, NT, preferred_element_type=F32)
-        keep = (b * block_tokens + lax.broadcasted_iota(jnp.int32, logits.shape, 1)) < ctx
+        keep = ((b * block_tokens + lax.broadcasted_iota(jnp.int32, logits.shape, 1)) < ctx) & \
+            tokens_ok(logits.shape, 1, ok_of_page, ppcb, page_size)
         logits = jnp.where(keep, logits * scale, _NEG)
         m_prev = m_ref[...]                            # [rows, 128], lanes replicated
         m_new = jnp.maximum(m_prev, logits.max(axis=1, keepdims=True))
@@ -108,11 +117,11 @@ def _kernel(ctx_ref, tables_ref, q_ref, *refs, ppcb, page_size, max_blocks, scal
 
 def _call(ctx, flat_tables, q_lat, b_q, cache, rope_cache, *, ppcb, block_h, scale, interpret):
     s, hq, r = q_lat.shape
-    _, ps, _ = cache.shape
+    total_pages, ps, _ = cache.shape
     mb = flat_tables.shape[0] // s
     has_rope = b_q is not None
-    kernel = functools.partial(_kernel, ppcb=ppcb, page_size=ps, max_blocks=mb, scale=float(scale),
-                               has_rope=has_rope)
+    kernel = functools.partial(_kernel, ppcb=ppcb, page_size=ps, max_blocks=mb, total_pages=total_pages,
+                               scale=float(scale), has_rope=has_rope)
     row_spec = pl.BlockSpec((None, block_h, r), lambda i, h, *_: (i, h, 0))
     in_specs, operands = [row_spec], [q_lat]
     scratch = [pltpu.VMEM((2, ppcb * ps, r), cache.dtype)]
@@ -159,6 +168,8 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
         # Mosaic tiles a block's second-to-last dim by 8 unless the block spans it
         raise ValueError(f"paged_mla_attention (pallas_tpu): block_h={block_h} must divide "
                          f"q_heads={hq} and be a multiple of 8 or all of them")
+    if s == 0:
+        return (jnp.zeros(q.shape, q.dtype),)
     cdt = q.dtype                 # matmul inputs in the caller's dtype; f32 accumulation
     q_lat = absorb_query(q, w_kc)
     cache = cache.astype(cdt)

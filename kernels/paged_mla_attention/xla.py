@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ejaot_kernels.mla_attention.xla import default_scale, masked_softmax
+from ejaot_kernels.page_attention.xla import safe_pages, token_keep
 
 F32 = jnp.float32
 
@@ -17,12 +18,14 @@ _MAX_GATHER_ELEMENTS = 1 << 27
 
 def gather_pages(cache, tables, ctx):
     """[num_seqs, max_blocks * page_size, width]: each sequence's cache rows in token
-    order, rows past its context zeroed (they may hold NaN; 0 * NaN would leak), and the
-    keep mask [num_seqs, tokens]. Table entries are clipped to the cache, never a fault."""
+    order, and the keep mask [num_seqs, tokens] (page_attention.xla.token_keep: tokens
+    before the context's end, inside the table, on pages of the cache). Rows not kept are
+    zeroed (they may hold NaN; 0 * NaN would leak); out-of-range table entries read page
+    0, never a fault, and are masked."""
     s, mb = tables.shape
-    _, ps, w = cache.shape
-    rows = jnp.take(cache, tables, axis=0, mode="clip").reshape(s, mb * ps, w)
-    keep = jnp.arange(mb * ps, dtype=jnp.int32)[None, :] < ctx[:, None]
+    pages, ps, w = cache.shape
+    keep = token_keep(tables, ctx, pages, ps)
+    rows = jnp.take(cache, safe_pages(tables, pages), axis=0, mode="clip").reshape(s, mb * ps, w)
     return jnp.where(keep[:, :, None], rows, 0), keep
 
 
@@ -94,7 +97,7 @@ def _attend(q, tables, ctx, b_q, cache, rope_cache, w_kc, w_vc, scale):
     hk = w_kc.shape[1]
     cdt = q.dtype                 # matmul inputs stay in the caller's dtype; accumulate in f32
     kv, keep = gather_pages(cache.astype(cdt), tables, ctx)                      # [s, t, r]
-    q_lat = absorb_query(q, w_kc).reshape(s, hk, hq // hk, -1)
+    q_lat = absorb_query(q, w_kc).reshape(s, hk, hq // hk, cache.shape[-1])
     logits = jnp.einsum("skgr,str->skgt", q_lat, kv, preferred_element_type=F32)
     if b_q is not None:
         # the rope part is shared by every head: one [s, t] term broadcast over heads
@@ -102,4 +105,4 @@ def _attend(q, tables, ctx, b_q, cache, rope_cache, w_kc, w_vc, scale):
         logits = logits + jnp.einsum("se,ste->st", b_q.astype(cdt), bk, preferred_element_type=F32)[:, None, None]
     probs = masked_softmax(logits * jnp.asarray(scale, F32), keep[:, None, None, :])
     out_lat = jnp.einsum("skgt,str->skgr", probs.astype(cdt), kv, preferred_element_type=F32)
-    return expand_output(out_lat.reshape(s, hq, -1), w_vc, q.dtype)
+    return expand_output(out_lat.reshape(s, hq, cache.shape[-1]), w_vc, q.dtype)
