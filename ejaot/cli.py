@@ -30,7 +30,9 @@ def main():
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Sign every entry with this ed25519 private key (PEM).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def build(manifest, target, out, jobs, sign_key, quiet):
+@click.option("--max-entries", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Refuse a manifest that plans more entries than this for the target.")
+def build(manifest, target, out, jobs, sign_key, quiet, max_entries):
     """Lower every manifest entry for TARGET and write them to the store.
 
     Incremental: entries already stored under the same key are reused. Exits non-zero
@@ -48,7 +50,8 @@ def build(manifest, target, out, jobs, sign_key, quiet):
         signer = Signer.from_file(sign_key)
     progress = None if quiet else _progress_printer()
     try:
-        report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer)
+        report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer,
+                           max_entries=max_entries)
     except EjaotError as e:
         _fail(str(e))
     if progress:
@@ -194,8 +197,9 @@ def finalize(store_dir, sign_key, force, kernels):
         _fail(f"{store_dir}: no store index")
     except EjaotError as e:
         _fail(str(e))
-    click.echo(f"finalized: {counts['compiled']} compiled, {counts['skipped']} skipped, {counts['failed']} failed")
-    sys.exit(1 if counts["failed"] else 0)
+    click.echo(f"finalized: {counts['compiled']} compiled, {counts['skipped']} skipped, {counts['failed']} failed"
+               + (f", {counts['refused']} refused (signed entries need --sign)" if counts["refused"] else ""))
+    sys.exit(1 if counts["failed"] or counts["refused"] else 0)
 
 
 @main.command()
@@ -205,7 +209,10 @@ def misses(store_dir, as_toml):
     """Summarize calls no bucket covered, as buckets to add."""
     from .runtime.misslog import read_misses, summarize
     from .store.filestore import FileStore
-    records, bad = read_misses(FileStore(store_dir).misses_path)
+    try:
+        records, bad = read_misses(FileStore(store_dir).misses_path)
+    except EjaotError as e:
+        _fail(str(e))
     if not records:
         click.echo("no misses recorded")
     groups = summarize(records)
@@ -257,6 +264,9 @@ def gc(store_dir, grace):
         _fail(f"{store_dir}: no store index")
     except EjaotError as e:
         _fail(str(e))
+    except PermissionError as e:
+        _fail(f"{store_dir}: gc needs to write to the store, which is read-only here "
+              f"({e.strerror}: {e.filename}); run it as the store's owner")
     click.echo(f"removed {r['removed']} blobs ({r['bytes_freed']} bytes); kept {r['live']} live, "
                f"{r['kept_recent']} recent unreferenced")
 

@@ -27,7 +27,7 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
     except KeyError as e:
         raise StoreError(f"{root}: the store's {e.args[0]}") from None
     identity = target.platform_module.device_identity(target, device)
-    counts = {"compiled": 0, "skipped": 0, "failed": 0}
+    counts = {"compiled": 0, "skipped": 0, "failed": 0, "refused": 0}
     for key, record in index["entries"].items():
         if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:
             continue
@@ -39,6 +39,12 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             continue
         if not force and compat.compiled_problem(record, device) is None:
             counts["skipped"] += 1
+            continue
+        if signer is None and "signature" in record:
+            # a changed record without a new signature would be refused under trusted_keys
+            echo(f"REFUSED {label}: the entry is signed; finalize changes it, so give --sign KEY "
+                 "to sign the new record")
+            counts["refused"] += 1
             continue
         try:
             ref = record["payloads"]["exported"]
@@ -60,6 +66,8 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
         new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw)}
         new["executable"] = {**meta, **identity, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         new["timings"] = {**record.get("timings", {}), "compile_s": round(seconds, 4)}
+        new.pop("signature", None)
+        new.pop("signer", None)
         if signer is not None:
             new = signer.sign(new)
         store.commit(index["target"], {key: new})

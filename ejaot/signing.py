@@ -45,8 +45,11 @@ class Signer:
 def _load_public(k) -> Ed25519PublicKey:
     if isinstance(k, Ed25519PublicKey):
         return k
-    if isinstance(k, (str, Path)) and Path(k).exists():
-        k = Path(k).read_bytes()
+    if isinstance(k, Path) or (isinstance(k, str) and not k.startswith("-----BEGIN") and len(k) != 64):
+        try:
+            k = Path(k).read_bytes()
+        except OSError as e:
+            raise ValueError(f"trusted key {str(k)!r}: cannot read it ({e.strerror})") from None
     if isinstance(k, str):
         k = k.encode()
     if isinstance(k, bytes) and k.startswith(b"-----BEGIN"):
@@ -64,7 +67,16 @@ def _load_public(k) -> Ed25519PublicKey:
 
 class Verifier:
     def __init__(self, trusted_keys):
-        keys = [_load_public(k) for k in trusted_keys]
+        """trusted_keys: one key (a path, PEM text or bytes, hex, or an Ed25519PublicKey)
+        or a list of them."""
+        if isinstance(trusted_keys, (str, bytes, Path, Ed25519PublicKey)):
+            trusted_keys = [trusted_keys]
+        try:
+            keys = [_load_public(k) for k in trusted_keys]
+        except TypeError:
+            raise ValueError(f"trusted_keys must be a key or a list of keys, got {type(trusted_keys).__name__}") from None
+        if not keys:
+            raise ValueError("trusted_keys is empty: no entry could ever be accepted")
         self.keys = {public_key_id(k): k for k in keys}
 
     def problem(self, record: dict) -> str | None:

@@ -2,15 +2,24 @@
 
 Lines are appended with a single write() on an O_APPEND descriptor, so lines from many
 threads and processes never interleave (each line is far below the size the kernel
-writes atomically for appends on a local filesystem)."""
+writes atomically for appends on a local filesystem). The log never writes outside the
+store and never blocks: a symlink is not followed (O_NOFOLLOW), a FIFO or device is refused
+(O_NONBLOCK, then fstat), and a short write (a full disk) is cut back to the last whole
+line and stops the log, so a reader never sees half a line from it."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+
+MAX_LOG_BYTES = 64 << 20     # a miss log past this is not read
 
 
 class MissLog:
@@ -31,20 +40,39 @@ class MissLog:
                            "static": static, "reason": reason, "time": time.time(),
                            "pid": os.getpid()}, sort_keys=True) + "\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
-        except OSError as e:   # a read-only store must not take the server down
+            self._append(line.encode())
+        except OSError as e:   # a read-only store or a full disk must not take the server down
             self.error = f"miss log not writable ({e.strerror}); misses are counted in stats() only"
+        except _Refused as e:
+            self.error = f"miss log refused: {e}; misses are counted in stats() only"
+
+    def _append(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _Refused(f"{self.path} is not a regular file")
+            written = os.write(fd, data)
+            if written != len(data):
+                # cut the partial line off again if nothing was appended after it
+                end = os.fstat(fd).st_size
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end - written)
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+        finally:
+            os.close(fd)
+
+
+class _Refused(Exception):
+    pass
 
 
 def read_misses(path: Path) -> tuple[list[dict], int]:
     """Parsed lines and the number of unreadable ones."""
+    from ..store.filestore import read_regular_file
     out, bad = [], 0
     try:
-        text = Path(path).read_text()
+        text = read_regular_file(path, MAX_LOG_BYTES).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return [], 0
     for line in text.splitlines():

@@ -29,6 +29,46 @@ from .format import Undecodable, decode_index, decode_index_sections, encode_ind
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_NAME = "index.msgpack"
+MAX_INDEX_BYTES = 256 << 20      # an index past this is refused before it is read
+MAX_BLOB_BYTES = 4 << 30         # likewise a payload (executables of large steps run to 100s of MB)
+
+
+def read_regular_file(path, limit: int, inside: str | None = None) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes (inside the folder
+    `inside` when given). The type is checked before opening (lstat) and again on the
+    open descriptor (fstat), and the open never blocks (O_NONBLOCK: a FIFO swapped in
+    between the two checks is refused, not waited on); symlinks are refused."""
+    path = os.fspath(path)
+    if inside is not None:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, inside]) != inside:
+            raise StoreError(f"{path} resolves outside the store ({real})")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(path) from None
+    except OSError as e:
+        raise StoreError(f"{path}: cannot stat ({e.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"{path} is a symlink (refused)")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path} is not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(path) from None
+    except OSError as e:
+        raise StoreError(f"{path}: cannot open ({e.strerror}; symlinks are refused)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise StoreError(f"{path} has {st.st_size} bytes, more than the {limit} expected")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise StoreError(f"{path} grew past the {limit} bytes expected while being read")
+    return data
 
 
 class FileStore:
@@ -69,6 +109,10 @@ class FileStore:
         path = self.blob_path(sha)
         if not self.has_blob(sha, len(data)):
             self._atomic_write(path, data)
+        else:
+            # an unreferenced blob reused by this build: fresh again, so that `gc` (which
+            # spares blobs younger than its grace) cannot delete it before the commit
+            os.utime(path)
         return {"sha256": sha, "size": len(data)}
 
     @contextlib.contextmanager
@@ -94,6 +138,11 @@ class FileStore:
             # records that could not be decoded (or keys that are not strings) cannot be
             # written back: they are dropped, as a rebuild would drop them
             entries = {k: v for k, v in entries.items() if isinstance(k, str) and not isinstance(v, Undecodable)}
+            for key, record in records.items():
+                for kind, ref in (record.get("payloads") or {}).items():
+                    if not self.has_blob(ref.get("sha256"), ref.get("size")):
+                        raise StoreError(f"entry {key[:12]}: its {kind} blob is gone (deleted by a "
+                                         "concurrent `ejaot gc`?); build the entry again")
             entries.update(records)
             for k in remove:
                 entries.pop(k, None)
@@ -102,12 +151,12 @@ class FileStore:
     # -- reading ------------------------------------------------------------------
     def read_index(self) -> dict:
         """Raises FileNotFoundError when there is no index, StoreError when it is bad."""
-        data = self._read_regular(self.index_path)
+        data = self._read_regular(self.index_path, MAX_INDEX_BYTES)
         return decode_index(data, str(self.index_path))
 
     def read_index_sections(self) -> dict:
         """The verified index with each kernel's records still encoded (see format.py)."""
-        return decode_index_sections(self._read_regular(self.index_path), str(self.index_path))
+        return decode_index_sections(self._read_regular(self.index_path, MAX_INDEX_BYTES), str(self.index_path))
 
     def has_blob(self, sha: str, size: int) -> bool:
         try:
@@ -119,8 +168,10 @@ class FileStore:
     def read_blob(self, sha: str, size: int | None = None) -> bytes:
         """The blob's bytes, only if they hash to `sha`; StoreError otherwise."""
         path = self.blob_path(sha)
+        if size is not None and (type(size) is not int or not 0 <= size <= MAX_BLOB_BYTES):
+            raise StoreError(f"blob {sha[:16]}: size {size!r} is not one ejaot reads (limit {MAX_BLOB_BYTES})")
         try:
-            data = self._read_regular(path)
+            data = self._read_regular(path, MAX_BLOB_BYTES if size is None else size)
         except FileNotFoundError:
             raise StoreError(f"blob {sha[:16]} is missing") from None
         if size is not None and len(data) != size:
@@ -129,24 +180,16 @@ class FileStore:
             raise StoreError(f"blob {sha[:16]} does not match its sha256 (corrupted or tampered)")
         return data
 
-    def _read_regular(self, path: Path) -> bytes:
-        """Reads a regular file inside the store, refusing symlinks and anything that
-        resolves outside the store's root."""
+    def _read_regular(self, path: Path, limit: int) -> bytes:
+        """Reads a regular file inside the store, of at most `limit` bytes, refusing
+        symlinks, anything that resolves outside the store's root, and anything that is not
+        a regular file (a FIFO, device or socket), before it could block or be read."""
+        return read_regular_file(path, limit, self._root_real())
+
+    def _root_real(self) -> str:
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
-            raise StoreError(f"{path} resolves outside the store ({real})")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            if e.errno == 2:
-                raise FileNotFoundError(str(path)) from None
-            raise StoreError(f"{path}: cannot open ({e.strerror}; symlinks are refused)") from None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise StoreError(f"{path} is not a regular file")
-            return f.read()
+        return self._real_root
 
     # -- maintenance ---------------------------------------------------------------
     def blob_names(self) -> list[str]:

@@ -1,0 +1,228 @@
+"""Files that are not files, oversized files, the miss log's writes, gc racing a build, and
+signatures through `ejaot finalize`: none may block, exhaust memory, write outside the
+store, lose an entry, or leave an entry unusable while reporting success."""
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import ejaot
+from ejaot.errors import StoreError
+from ejaot.store.filestore import FileStore
+from conftest import qkv
+from reference import attention_reference
+
+
+def _served(bundle, rng):
+    """A call through the bundle, checked; must not block (a thread with a deadline)."""
+    q, k, v = qkv(rng, 1, 16)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("out", bundle.call("attention", q, k, v, causal=True)),
+                         daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the call blocked"
+    np.testing.assert_allclose(result["out"], attention_reference(q, k, v, causal=True), atol=3e-5, rtol=3e-5)
+
+
+def _refused(reason) -> bool:
+    return bool(reason) and any(w in reason for w in ("not a regular file", "symlink", "outside the store"))
+
+
+def _load(path, **kw):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("b", ejaot.load(path, **kw)), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "ejaot.load blocked"
+    return result["b"]
+
+
+def _a_blob(store_copy, kind="executable"):
+    store = FileStore(store_copy)
+    index = store.read_index()
+    key, rec = next((k, r) for k, r in index["entries"].items()
+                    if r["dtype"] == "float32" and r["dims"]["batch"] == 1 and r["dims"]["seq"] == 16)
+    return key, store.blob_path(rec["payloads"][kind]["sha256"])
+
+
+def _make_special(path, kind):
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        cwd = os.getcwd()
+        os.chdir(path.parent)            # AF_UNIX paths are limited to ~100 bytes
+        try:
+            s.bind(path.name)
+        finally:
+            os.chdir(cwd)
+        return s
+    elif kind == "device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))     # /dev/zero
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    elif kind == "symlink_to_device":
+        os.symlink("/dev/zero", path)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "symlink_to_device"])
+def test_index_that_is_not_a_file(store_copy, rng, kind):
+    keep = _make_special(store_copy / "index.msgpack", kind)
+    bundle = _load(store_copy)
+    assert _refused(bundle.store_problem)
+    _served(bundle, rng)
+    assert bundle.stats()["calls"]["fallback"] == 1
+    del keep
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "symlink_to_device"])
+def test_blob_that_is_not_a_file(store_copy, rng, kind):
+    key, blob = _a_blob(store_copy)
+    keep = _make_special(blob, kind)
+    bundle = _load(store_copy)
+    _served(bundle, rng)
+    reasons = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == key]
+    assert reasons and _refused(reasons[0])
+    del keep
+
+
+def test_oversized_index_and_blob_are_refused_before_reading(store_copy, rng, monkeypatch):
+    from ejaot.store import filestore
+    key, blob = _a_blob(store_copy)
+    with open(blob, "r+b") as f:          # sparse: 4 GiB + 1 on disk costs nothing
+        f.truncate(filestore.MAX_BLOB_BYTES + 1)
+    reads = []
+    real_read = filestore.os.fdopen
+
+    def spy(fd, *a, **k):
+        f = real_read(fd, *a, **k)
+        reads.append(os.fstat(fd).st_size)
+        return f
+    monkeypatch.setattr(filestore.os, "fdopen", spy)
+    bundle = _load(store_copy)
+    _served(bundle, rng)
+    reasons = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == key]
+    assert reasons and "more than" in reasons[0]
+    with open(store_copy / "index.msgpack", "r+b") as f:
+        f.truncate(filestore.MAX_INDEX_BYTES + 1)
+    bundle = _load(store_copy)
+    assert "more than" in bundle.store_problem
+    _served(bundle, rng)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+def test_miss_log_that_is_not_a_file_never_blocks(store_copy, rng, kind):
+    keep = _make_special(store_copy / "misses.jsonl", kind)
+    bundle = _load(store_copy)
+    q, k, v = qkv(rng, 1, 40)                     # a miss: the log is written
+    done = threading.Event()
+    threading.Thread(target=lambda: (bundle.call("attention", q, k, v, causal=True), done.set()), daemon=True).start()
+    assert done.wait(60), "the miss log blocked the call"
+    assert "miss log" in bundle.stats()["miss_log_error"]
+    del keep
+
+
+def test_miss_log_symlink_is_not_followed(store_copy, tmp_path, rng):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    (store_copy / "misses.jsonl").unlink(missing_ok=True)
+    os.symlink(outside, store_copy / "misses.jsonl")
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 1, 40)
+    bundle.call("attention", q, k, v, causal=True)
+    assert outside.read_text() == "precious\n"
+    assert bundle.stats()["miss_log_error"]
+
+
+def test_miss_log_short_write_leaves_whole_lines(store_copy, rng, monkeypatch):
+    from ejaot.runtime import misslog
+    bundle = ejaot.load(store_copy)
+    bundle.call("attention", *qkv(rng, 1, 40), causal=True)           # one whole line
+    real_write = os.write
+
+    def short(fd, data):                 # the disk fills in the middle of the next line
+        return real_write(fd, data[: len(data) // 2])
+    monkeypatch.setattr(misslog.os, "write", short)
+    bundle.call("attention", *qkv(rng, 1, 44), causal=True)
+    monkeypatch.setattr(misslog.os, "write", real_write)
+    bundle.call("attention", *qkv(rng, 1, 48), causal=True)           # the log has stopped
+    text = (store_copy / "misses.jsonl").read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 1
+    records, bad = misslog.read_misses(store_copy / "misses.jsonl")
+    assert bad == 0 and len(records) == 1
+    assert "short write" in bundle.stats()["miss_log_error"]
+
+
+def test_a_reused_blob_is_refreshed_so_gc_spares_it(tmp_path):
+    store = FileStore(tmp_path / "s")
+    ref = store.put_blob(b"payload")
+    path = store.blob_path(ref["sha256"])
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    store.commit("cpu", {})                                        # an index with no entry
+    assert store.put_blob(b"payload") == ref                        # reused by a build...
+    assert os.lstat(path).st_mtime > old + 3600                     # ...and fresh again
+    assert store.collect_garbage(grace_seconds=3600)["removed"] == 0
+    assert path.exists()
+
+
+def test_commit_refuses_a_record_whose_blob_is_gone(tmp_path):
+    store = FileStore(tmp_path / "s")
+    ref = store.put_blob(b"payload")
+    store.blob_path(ref["sha256"]).unlink()                         # gc deleted it meanwhile
+    with pytest.raises(StoreError, match="blob is gone"):
+        store.commit("cpu", {"k" * 64: {"kernel": "attention", "payloads": {"exported": ref}}})
+
+
+def test_gc_on_a_read_only_store_says_so(store_copy, monkeypatch):
+    from ejaot.cli import main
+    from ejaot.store import filestore
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self.root / ".lock"))
+    monkeypatch.setattr(filestore.FileStore, "locked", denied)
+    result = CliRunner().invoke(main, ["gc", str(store_copy)])
+    assert result.exit_code != 0
+    assert "read-only" in result.output and "Traceback" not in result.output
+
+
+def test_finalize_keeps_a_signed_store_usable(tmp_path, small_manifest, rng):
+    from ejaot.build import build
+    from ejaot.cli import main
+    from ejaot.signing import Signer, generate_keypair
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    store = tmp_path / "signed"
+    assert build(small_manifest, "cpu", store, jobs=1, signer=Signer.from_file(tmp_path / "k.pem")).ok
+    before = (store / "index.msgpack").read_bytes()
+    # without --sign: refused, nothing changed, non-zero exit
+    result = CliRunner().invoke(main, ["finalize", str(store), "--force"])
+    assert result.exit_code == 1 and "REFUSED" in result.output and "--sign" in result.output
+    assert (store / "index.msgpack").read_bytes() == before
+    # with --sign: every finalized record signed again, all accepted under trusted_keys
+    result = CliRunner().invoke(main, ["finalize", str(store), "--force", "--sign", str(tmp_path / "k.pem")])
+    assert result.exit_code == 0, result.output
+    bundle = ejaot.load(store, trusted_keys=str(tmp_path / "k.pub"))     # a single path
+    assert bundle.stats()["rejected"] == [] and bundle.stats()["entries"] == 8
+    q, k, v = qkv(rng, 1, 16)
+    np.testing.assert_allclose(bundle.call("attention", q, k, v, causal=True),
+                               attention_reference(q, k, v, causal=True), atol=3e-5, rtol=3e-5)
+    assert bundle.stats()["tiers"]["compiled"] == 1
+
+
+def test_trusted_keys_errors_are_clear(store_copy, tmp_path):
+    with pytest.raises(ValueError, match="cannot read it"):
+        ejaot.load(store_copy, trusted_keys=str(tmp_path / "missing.pub"))
+    with pytest.raises(ValueError, match="empty"):
+        ejaot.load(store_copy, trusted_keys=[])
+    with pytest.raises(ValueError, match="a key or a list of keys"):
+        ejaot.load(store_copy, trusted_keys=42)
