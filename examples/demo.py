@@ -3,9 +3,11 @@
     python examples/demo.py [--model llama] [--config small] [--target cpu] [--store DIR]
 
 1. Builds the model's manifest for the target if the store lacks entries (incremental).
-2. Starts one fresh process per start-up mode and measures `ready_s`, the seconds from
-   the process's start until every prefill and decode bucket of the model can run without
-   a compile (`buckets_s`: the part of it after the weights are ready):
+2. Writes the model's random weights to a checkpoint (untimed), then starts one fresh
+   process per start-up mode and measures `ready_s`, the seconds from the process's start
+   (Python, jax and the weights loaded included) until every prefill and decode bucket of
+   the model can run without a compile (`buckets_s`: the part after the weights are on
+   the device):
      jit         no store: JAX traces and compiles every step, kernels included;
      warm_cache  the same with JAX's persistent compilation cache filled by an earlier
                  process (that filling process is not timed);
@@ -70,8 +72,10 @@ def child(args) -> dict:
         from serving import StoredSteps
         bundle = ejaot.load(args.store)
         model = StoredSteps(model, bundle, pkg.__name__, model=args.config)
-    params = pkg.init_params(cfg)
-    jax.block_until_ready(params)
+    if args.mode == "weights":                  # untimed: the checkpoint the others load
+        save_weights(pkg.init_params(cfg), args.weights)
+        return {"mode": "weights"}
+    params = load_weights(jax.eval_shape(lambda: pkg.init_params(cfg)), args.weights)
     t_params = time.time()
     make_ready(model, params, buckets)
     t_ready = time.time()
@@ -99,6 +103,7 @@ def child(args) -> dict:
         out["store_calls"] = st["calls"]
         out["store_tiers"] = st["tiers"]
         out["rejected"] = len(st["rejected"])
+        out["rejected_reasons"] = sorted({r["reason"] for r in st["rejected"]})[:3]
     if args.check:
         from serving import divergence
         mismatched = {}
@@ -111,6 +116,24 @@ def child(args) -> dict:
         out["mismatched_requests"] = mismatched
         out["max_logit_error"] = logit_error(model, params, buckets, requests[:4])
     return out
+
+
+def save_weights(params, path) -> None:
+    """The parameter tree as raw bytes per leaf (bfloat16 included), in one .npz."""
+    import jax
+    import numpy as np
+    leaves = jax.tree_util.tree_leaves(params)
+    np.savez(path, **{f"leaf{i}": np.asarray(x).view(np.uint8).reshape(-1) for i, x in enumerate(leaves)})
+
+
+def load_weights(shapes, path):
+    """What a server does first: read its checkpoint and put it on the device."""
+    import jax
+    import numpy as np
+    leaves, tree = jax.tree_util.tree_flatten(shapes)
+    with np.load(path) as f:
+        arrays = [f[f"leaf{i}"].view(a.dtype).reshape(a.shape) for i, a in enumerate(leaves)]
+    return jax.block_until_ready(jax.device_put(tree.unflatten(arrays)))
 
 
 def device_rates() -> dict:
@@ -187,7 +210,8 @@ def _env(extra=None) -> dict:
 def run_child(args, mode: str, extra_env=None, check=False) -> dict:
     env = _env({**(extra_env or {}), "EJAOT_DEMO_T0": repr(time.time())})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--model", args.model,
-           "--config", args.config, "--store", str(args.store), "--workload", args.workload]
+           "--config", args.config, "--store", str(args.store), "--workload", args.workload,
+           "--weights", str(args.weights)]
     if check:
         cmd.append("--check")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
@@ -209,6 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.workload = args.workload or ("small" if args.config == "small" else "large")
     if args.store is None:
@@ -222,7 +247,11 @@ def main(argv=None) -> int:
         build_store(args)
     modes = args.modes.split(",")
     results, ready, tps = {}, {}, {}
-    with tempfile.TemporaryDirectory(prefix="ejaot-demo-jax-cache-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix="ejaot-demo-") as tmp:
+        cache_dir = os.path.join(tmp, "jax-cache")
+        args.weights = os.path.join(tmp, "weights.npz")
+        log("writing the model's weights (untimed process): every mode loads them from disk")
+        run_child(args, "weights")
         for mode in modes:
             env = None
             if mode == "warm_cache":
@@ -236,7 +265,8 @@ def main(argv=None) -> int:
             r = results[mode] = run_child(args, child_mode, env, check=mode in ("ejaot", "steps"))
             ready[mode], tps[mode] = r["ready_s"], r["tokens_per_s"]
             log(f"{mode}: ready in {r['ready_s']:.2f} s (buckets {r['buckets_s']:.2f} s), "
-                f"{r['tokens_per_s']:.0f} decode tokens/s")
+                f"{r['tokens_per_s']:.0f} decode tokens/s"
+                + (f"; the store rejected {r['rejected']} entries: {r['rejected_reasons']}" if r.get("rejected") else ""))
     checked = {m: r for m, r in results.items() if "tokens_match" in r}
     e = results.get("ejaot") or next(iter(checked.values()), {})
     st = results.get("steps", {})
