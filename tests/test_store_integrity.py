@@ -86,7 +86,7 @@ def test_bad_index_is_reported_and_everything_falls_back(store_copy, rng, damage
     import re
     assert re.search(expected, s["store_problem"]), s["store_problem"]
     strict = ejaot.load(store_copy, strict=True)
-    with pytest.raises(BucketMissError, match="store problem"):
+    with pytest.raises(BucketMissError, match="the store cannot serve here"):
         strict.call("attention", *qkv(rng, 2, 32), causal=True)
 
 

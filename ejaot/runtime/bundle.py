@@ -14,6 +14,7 @@ distinct call signature.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -36,9 +37,11 @@ from .misslog import MissLog
 from .traced import eager, transformable
 from .warmup import CallsFirst, WarmUp
 
+log = logging.getLogger("ejaot")
+
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
-         miss_log: bool = True) -> "Bundle":
+         miss_log: bool = True, require: bool = False) -> "Bundle":
     """Opens a store for serving. Never raises for a bad store: problems are reported by
     stats()["rejected"] and the affected calls are served by another tier or the JIT
     fallback (or raise BucketMissError in strict mode).
@@ -47,9 +50,13 @@ def load(root, strict: bool = False, device=None, eager: bool | str = False, tru
     every entry is, before load returns (on several threads). eager="background": the same
     on worker threads while load returns at once; a call that needs an entry still loading
     waits for that entry only, and workers start no new entry while a call resolves its plan.
-    bundle.wait_warm() joins them; the process's exit waits for them too."""
+    bundle.wait_warm() joins them; the process's exit waits for them too.
+
+    require=True: raise StoreError when the store cannot serve at all here (missing, not a
+    store, of another format, empty, or built for another platform) instead of serving
+    every call through the fallback. Problems go to the "ejaot" logger as warnings."""
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
-                  miss_log=miss_log)
+                  miss_log=miss_log, require=require)
 
 
 def _bucket_key(spec: KernelSpec, dtype: str, present: tuple, static: dict, dims: dict):
@@ -79,10 +86,12 @@ class Plan:
 
 
 class Bundle:
-    def __init__(self, root, strict=False, device=None, eager=False, trusted_keys=None, miss_log=True):
+    def __init__(self, root, strict=False, device=None, eager=False, trusted_keys=None, miss_log=True,
+                 require=False):
         import jax
         self.root = str(root)
         self.strict = strict
+        self.require = require
         self.device = device or jax.local_devices()[0]
         self.platform = compat.local_platform(self.device)
         self.store = FileStore(root)
@@ -116,17 +125,28 @@ class Bundle:
 
     # -- opening ------------------------------------------------------------------------
     def _open(self):
+        self.target = None
+        if not os.path.isdir(self.root):
+            what = "is not a directory" if os.path.exists(self.root) else "does not exist"
+            self._store_unusable(f"no store at {self.root}: the path {what}")
+            return
         try:
             index = self.store.read_index_sections()
         except FileNotFoundError:
-            self.store_problem = f"no store index at {self.store.index_path}"
-            self._reject_store(self.store_problem)
+            self._store_unusable(f"no store index at {self.store.index_path}")
             return
         except StoreError as e:
-            self.store_problem = str(e)
-            self._reject_store(self.store_problem)
+            self._store_unusable(str(e))
             return
         self.target = index.get("target")
+        if not index["sections"]:
+            self._store_unusable(f"the store at {self.root} has no entries")
+            return
+        platform = _target_platform(self.target)
+        if platform != self.platform:
+            self._store_unusable(f"the store was built for target {self.target!r} (platform {platform}); "
+                                 f"this host runs {self.platform}")
+            return
         # A kernel's section is decoded and its records checked on the kernel's first call
         # (or when all entries are asked for): start-up pays only for the kernels a server
         # actually uses.
@@ -214,9 +234,20 @@ class Bundle:
                 return
             self._rejected_seen.add((key, tier))
             self._rejected.append({"entry": key, "kernel": kernel, "tier": tier, "reason": reason})
+        if tier != "store":
+            log.warning("ejaot store %s: %s %s of %s rejected: %s", self.root, tier,
+                        str(key)[:12], kernel, reason)
 
     def _reject_store(self, reason):
         self._note_rejection(None, None, "store", reason)
+
+    def _store_unusable(self, reason: str) -> None:
+        """The whole store cannot serve here: said once, at load (or raised with require)."""
+        self.store_problem = reason
+        self._reject_store(reason)
+        if self.require:
+            raise StoreError(f"ejaot.load(require=True): {reason}")
+        log.warning("ejaot store %s: %s; every call will run the JIT fallback", self.root, reason)
 
     def _reject_record(self, key, record, tier, reason):
         kernel = record.get("kernel") if isinstance(record, dict) else None
@@ -287,8 +318,13 @@ class Bundle:
                   else "no stored entry for this kernel, dtype, inputs and static arguments")
         if self.strict:
             raise BucketMissError(self._miss_message(spec, call, group, reason))
+        dtypes = {a.name: str(call.inputs[a.name].dtype) for a in spec.inputs
+                  if not a.is_tree and call.inputs[a.name] is not None}
         self.misses.record(sig or repr((spec.name, call.dims, call.dtype, call.static)), spec.name,
-                           call.dims, call.dtype, call.present, call.static, reason)
+                           call.dims, call.dtype, call.present, call.static, reason, dtypes)
+        if self.store_problem is None:   # a store-wide problem was said once at load
+            log.warning("%s: %s (%s); served by the JIT fallback, recorded in the miss log",
+                        spec.name, reason, ", ".join(f"{k}={v}" for k, v in call.dims.items()))
         return Plan("fallback", "jit", self._make_fallback(spec, call))
 
     def _runner(self, entry: StoredEntry, tracing: bool):
@@ -381,18 +417,22 @@ class Bundle:
     def _miss_message(self, spec, call, group, reason) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in call.dims.items())
         msg = f"{spec.name}: {reason} (call: {call.dtype}, {dims})"
+        if self.store_problem:
+            return msg + f"; the store cannot serve here: {self.store_problem}"
         if group is not None:
             near = sorted(group.members, key=lambda m: sum(
                 abs(np.log2(max(p, 1)) - np.log2(max(w, 1)))
                 for p, w in zip(m[0], (call.dims.get(d, 0) for d in group.paddable))))[:3]
             msg += "; nearest buckets: " + "; ".join(
                 ", ".join(f"{d}={v}" for d, v in zip(group.paddable, p)) for p, _ in near)
-        else:
-            same = [e.describe() for e in self.entries.values() if e.kernel == spec.name][:3]
-            msg += ("; stored entries of this kernel: " + "; ".join(same)) if same else "; the store has no entries for it"
-        if self.store_problem:
-            msg += f"; store problem: {self.store_problem}"
-        return msg
+            return msg
+        same = [e.describe() for e in self.entries.values() if e.kernel == spec.name][:3]
+        if same:
+            return msg + "; stored entries of this kernel: " + "; ".join(same)
+        rejected = self.rejections_of(spec.name)
+        if rejected:
+            return msg + f"; the store's {len(rejected)} entries of it were rejected, e.g.: {rejected[0]['reason']}"
+        return msg + "; the store has no entries for it"
 
     # -- reporting --------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -451,6 +491,14 @@ class Bundle:
         run = WarmUp(list_entries, self._calls_first, threads or min(4, os.cpu_count() or 1))
         self._warm_runs.append(run)
         return run.start()
+
+
+def _target_platform(target) -> str | None:
+    from ..targets import get_target
+    try:
+        return get_target(target).platform
+    except (KeyError, TypeError):
+        return None
 
 
 def _sig_part(v):

@@ -29,7 +29,8 @@ class MissLog:
         self._lock = threading.Lock()
         self.error: str | None = None
 
-    def record(self, signature, kernel: str, dims: dict, dtype: str, present, static: dict, reason: str):
+    def record(self, signature, kernel: str, dims: dict, dtype: str, present, static: dict, reason: str,
+               dtypes: dict | None = None):
         with self._lock:
             if signature in self._seen:
                 return
@@ -37,8 +38,8 @@ class MissLog:
         if self.path is None or self.error:
             return
         line = json.dumps({"kernel": kernel, "dims": dims, "dtype": dtype, "inputs": list(present),
-                           "static": static, "reason": reason, "time": time.time(),
-                           "pid": os.getpid()}, sort_keys=True) + "\n"
+                           "dtypes": dtypes or {}, "static": static, "reason": reason,
+                           "time": time.time(), "pid": os.getpid()}, sort_keys=True) + "\n"
         try:
             self._append(line.encode())
         except OSError as e:   # a read-only store or a full disk must not take the server down

@@ -1,0 +1,81 @@
+"""What a server is told: warnings on the "ejaot" logger when a store cannot serve, when an
+entry is rejected and the first time a call signature falls back; require=True raises;
+strict-mode messages give the true reason; misses record each input's dtype."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import ejaot
+from ejaot.errors import BucketMissError, StoreError
+from ejaot.store.filestore import FileStore
+from ejaot.store.format import encode_index
+from conftest import qkv
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "other_target", "garbage"])
+def test_a_store_that_cannot_serve_is_said_once_and_require_raises(tmp_path, store_copy, caplog, rng, case):
+    path = {"missing": tmp_path / "nope", "file": tmp_path / "afile", "empty": tmp_path / "empty",
+            "other_target": store_copy, "garbage": store_copy}[case]
+    want = {"missing": "does not exist", "file": "is not a directory", "empty": "has no entries",
+            "other_target": "built for target 'gpu-sm90' (platform cuda); this host runs cpu",
+            "garbage": "bad magic"}[case]
+    if case == "file":
+        path.write_text("x")
+    if case == "empty":
+        FileStore(path).commit("cpu", {})
+    if case == "other_target":
+        store = FileStore(path)
+        index = store.read_index()
+        store.index_path.write_bytes(encode_index("gpu-sm90", index["entries"]))
+    if case == "garbage":
+        (path / "index.msgpack").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="ejaot"):
+        bundle = ejaot.load(path)
+        for _ in range(2):
+            bundle.call("attention", *qkv(rng, 1, 16), causal=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "ejaot"]
+    assert len(said) == 1 and want in said[0], said
+    with pytest.raises(StoreError, match=want.split(" (")[0].split("'")[0]):
+        ejaot.load(path, require=True)
+    strict = ejaot.load(path, strict=True)
+    with pytest.raises(BucketMissError, match="the store cannot serve here") as e:
+        strict.call("attention", *qkv(rng, 1, 16), causal=True)
+    assert "has no entries for it" not in str(e.value) or case == "empty"
+
+
+def test_a_good_store_loads_quietly_and_require_passes(store_copy, caplog, rng):
+    with caplog.at_level(logging.WARNING, logger="ejaot"):
+        bundle = ejaot.load(store_copy, require=True)
+        bundle.call("attention", *qkv(rng, 1, 16), causal=True)
+    assert [r for r in caplog.records if r.name == "ejaot"] == []
+
+
+def test_first_fallback_of_each_signature_is_warned_once(store_copy, caplog, rng):
+    bundle = ejaot.load(store_copy)
+    with caplog.at_level(logging.WARNING, logger="ejaot"):
+        for _ in range(3):
+            bundle.call("attention", *qkv(rng, 1, 40), causal=True)
+        bundle.call("attention", *qkv(rng, 1, 50), causal=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "ejaot"]
+    assert len(said) == 2 and all("JIT fallback" in m and "no bucket covers" in m for m in said)
+
+
+def test_rejected_entries_are_warned(store_copy, caplog, rng):
+    store = FileStore(store_copy)
+    index = store.read_index()
+    key = sorted(index["entries"])[0]
+    index["entries"][key]["dims"]["batch"] = "x"
+    store.index_path.write_bytes(encode_index(index["target"], index["entries"]))
+    with caplog.at_level(logging.WARNING, logger="ejaot"):
+        ejaot.load(store_copy).stats()
+    said = [r.getMessage() for r in caplog.records if r.name == "ejaot"]
+    assert any(key[:12] in m and "dims.batch" in m for m in said)
+
+
+def test_misses_record_each_inputs_dtype(store_copy, rng):
+    bundle = ejaot.load(store_copy)
+    bundle.call("attention", *qkv(rng, 1, 40), causal=True)
+    line = json.loads((store_copy / "misses.jsonl").read_text().splitlines()[0])
+    assert line["dtypes"] == {"query": "float32", "key": "float32", "value": "float32"}
