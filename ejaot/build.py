@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .errors import StoreError
-from .manifest import load_manifest
+from .manifest import DEFAULT_MAX_ENTRIES, load_manifest
 from .plan import EntrySpec, Skipped, plan
 from .store.filestore import FileStore
 from .targets import get_target
@@ -64,11 +64,16 @@ def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
 
 
 def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
-          signer=None) -> BuildReport:
-    """progress, if given, is called as progress(done, total, description) per entry."""
+          signer=None, max_entries: int | None = DEFAULT_MAX_ENTRIES) -> BuildReport:
+    """progress, if given, is called as progress(done, total, description) per entry.
+    A manifest planning more than max_entries entries (None: no limit) is refused; its
+    warnings (entries no call can reach) come back as the report's first notes."""
     target = get_target(target_name)
-    entries, skipped = plan(load_manifest(manifest_path), target)
-    return build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped)
+    manifest = load_manifest(manifest_path, max_entries=max_entries, target=target, warn=False)
+    entries, skipped = plan(manifest, target, max_entries=max_entries)
+    report = build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped)
+    report.notes[:0] = [f"warning: {w}" for w in manifest.warnings]
+    return report
 
 
 def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=None, signer=None,

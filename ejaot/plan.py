@@ -14,7 +14,7 @@ import msgpack
 
 from . import toolchain as tc
 from .kernel_spec import KernelSpec
-from .manifest import Manifest
+from .manifest import DEFAULT_MAX_ENTRIES, Manifest, check_entry_limit
 from .registry import get_kernel
 from .targets import Target
 from . import tuning
@@ -86,7 +86,15 @@ class Skipped:
     reason: str
 
 
-def plan(manifest: Manifest, target: Target) -> tuple[list[EntrySpec], list[Skipped]]:
+def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_MAX_ENTRIES
+         ) -> tuple[list[EntrySpec], list[Skipped]]:
+    """Every entry of `manifest` for `target`. More than `max_entries` (None: no limit) is a
+    ManifestError naming the largest tables, raised before any entry is planned."""
+    check_entry_limit(manifest.path, [(b.where, b.kernel.name, b.count,
+                                       f"{len(b.buckets):,} buckets × {len(b.dtypes)} dtypes × "
+                                       f"{len(b.statics)} static sets")
+                                      for b in manifest.blocks if b.applies_to(target)],
+                      target.name, max_entries)
     entries: dict[str, EntrySpec] = {}
     skipped: list[Skipped] = []
     for block in manifest.blocks:
