@@ -114,6 +114,13 @@ def child(args) -> dict:
         out["tokens_match"] = not mismatched
         out["tokens_checked"] = sum(len(t) for t in tokens.values())
         out["mismatched_requests"] = mismatched
+        from serving import teacher_forced
+        tie = 2e-2 if "16" in str(jax.tree_util.tree_leaves(params)[0].dtype) else 1e-4
+        counts = {"agree": 0, "near_tie": 0, "disagree": 0}
+        for r in requests:
+            for k, v in teacher_forced(model.forward_reference, params, r.prompt, tokens[r.rid], tie).items():
+                counts[k] += v
+        out["teacher_forced"] = {**counts, "tie_tolerance": tie}
         out["max_logit_error"] = logit_error(model, params, buckets, requests[:4])
     return out
 
@@ -274,6 +281,8 @@ def main(argv=None) -> int:
         "model": f"{args.model}/{args.config}", "target": args.target, "device": e.get("device"),
         "tokens_match": all(r["tokens_match"] for r in checked.values()) if checked else None,
         "tokens_match_by_mode": {m: r["tokens_match"] for m, r in checked.items()},
+        "teacher_forced": {m: r.get("teacher_forced") for m, r in checked.items()},
+        "divergences": {m: r.get("mismatched_requests") for m, r in checked.items() if r.get("mismatched_requests")},
         "max_logit_error": max((r["max_logit_error"] for r in checked.values()), default=None),
         "ready_s": ready, "buckets_s": {m: r["buckets_s"] for m, r in results.items()},
         "tokens_per_s": tps.get("steps", tps.get("ejaot")), "tokens_per_s_by_mode": tps,

@@ -173,6 +173,25 @@ def greedy_reference(forward, params, prompt: list[int], n_new: int) -> list[int
     return seq[len(prompt):]
 
 
+def teacher_forced(forward, params, prompt: list[int], served: list[int], tie: float) -> dict:
+    """Each served token against the reference's choice given the same (served) prefix, from
+    one reference pass: agreements, near ties (the reference's best logit exceeds the served
+    token's by at most `tie` of the largest logit: a choice rounding can flip), and real
+    disagreements."""
+    seq = list(prompt) + served
+    logits = reference_logits(forward, params, seq[:-1])
+    out = {"agree": 0, "near_tie": 0, "disagree": 0}
+    for j, token in enumerate(served):
+        ref = logits[len(prompt) - 1 + j]
+        if token == int(ref.argmax()):
+            out["agree"] += 1
+        elif (ref.max() - ref[token]) <= tie * np.abs(ref).max():
+            out["near_tie"] += 1
+        else:
+            out["disagree"] += 1
+    return out
+
+
 def divergence(forward, params, prompt: list[int], served: list[int], reference: list[int]) -> dict:
     """Where a served generation first leaves the reference's, and by how much the
     reference preferred its own token there (its logit minus the served token's, over the
