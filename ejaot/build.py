@@ -64,13 +64,18 @@ def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
 
 
 def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
-          signer=None, max_entries: int | None = DEFAULT_MAX_ENTRIES) -> BuildReport:
+          signer=None, max_entries: int | None = DEFAULT_MAX_ENTRIES,
+          shard: tuple[int, int] | None = None) -> BuildReport:
     """progress, if given, is called as progress(done, total, description) per entry.
     A manifest planning more than max_entries entries (None: no limit) is refused; its
-    warnings (entries no call can reach) come back as the report's first notes."""
+    warnings (entries no call can reach) come back as the report's first notes.
+    shard (I, N): only the I-th of N deterministic, cost-balanced shares (ejaot.shard)."""
     target = get_target(target_name)
     manifest = load_manifest(manifest_path, max_entries=max_entries, target=target, warn=False)
     entries, skipped = plan(manifest, target, max_entries=max_entries)
+    if shard is not None:
+        from .shard import select
+        entries = select(entries, shard)
     report = build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped)
     report.notes[:0] = [f"warning: {w}" for w in manifest.warnings]
     return report
