@@ -35,6 +35,11 @@ $(VENV)/.gpu-installed: $(VENV)/.base-installed requirements/gpu-build.txt requi
 	$(PIP) --no-deps --target $(EXTRAS)/cuda -r requirements/cuda-extras.txt
 	@touch $@
 
+# Ray as the build executor (`ejaot build --executor ray`): an optional extra.
+$(VENV)/.ray-installed: $(VENV)/.base-installed requirements/ray.txt
+	$(PIP) -r requirements/ray.txt
+	@touch $@
+
 # Cross-compiling for TPU targets: libtpu beside the venv.
 $(VENV)/.tpu-installed: $(VENV)/.base-installed requirements/tpu-extras.txt
 	$(PIP) --no-deps --target $(EXTRAS)/tpu -r requirements/tpu-extras.txt
@@ -51,7 +56,7 @@ endif
 artifacts: $(TARGET_DEPS)
 	$(VENV)/bin/ejaot build --manifest $(MANIFEST) --target $(TARGET) --out $(OUT) $(if $(JOBS),--jobs $(JOBS))
 
-test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed
+test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed $(VENV)/.ray-installed
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The long hardening runs: 1000 store mutations, 1000 record mutations, a minute of 32 threads under load.

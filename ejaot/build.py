@@ -65,7 +65,8 @@ def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
 
 def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
           signer=None, max_entries: int | None = DEFAULT_MAX_ENTRIES,
-          shard: tuple[int, int] | None = None) -> BuildReport:
+          shard: tuple[int, int] | None = None, executor: str = "local",
+          ray_address: str | None = None) -> BuildReport:
     """progress, if given, is called as progress(done, total, description) per entry.
     A manifest planning more than max_entries entries (None: no limit) is refused; its
     warnings (entries no call can reach) come back as the report's first notes.
@@ -76,13 +77,18 @@ def build(manifest_path, target_name: str, out, jobs: int | None = None, progres
     if shard is not None:
         from .shard import select
         entries = select(entries, shard)
-    report = build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped)
+    report = build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped,
+                           executor=executor, ray_address=ray_address)
     report.notes[:0] = [f"warning: {w}" for w in manifest.warnings]
     return report
 
 
 def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=None, signer=None,
-                  skipped=(), supersede=True) -> BuildReport:
+                  skipped=(), supersede=True, executor: str = "local", ray_address=None) -> BuildReport:
+    """executor "local": worker processes here; "ray": Ray tasks (ejaot.executors.ray_executor),
+    on a local Ray instance or the cluster at ray_address."""
+    if executor not in ("local", "ray"):
+        raise StoreError(f"unknown executor {executor!r}; expected 'local' or 'ray'")
     t0 = time.perf_counter()
     store = FileStore(out)
     report = BuildReport(target.name, str(out), skipped=list(skipped))
@@ -127,7 +133,11 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
     # In-process only when it is safe: the CPU target, or a fresh process whose jax is not
     # yet imported (other targets must set up their toolchain before jax loads).
     in_process = jobs == 1 and (target.platform == "cpu" or "jax" not in sys.modules)
-    if todo and in_process:
+    if todo and executor == "ray":
+        target.platform_module.require_toolchain(target)
+        from .executors import ray_executor
+        ray_executor.run(todo, target, store, commit, fail, progress, address=ray_address, jobs=jobs)
+    elif todo and in_process:
         _worker_init(target.name)
         from .lower import lower_and_store
         for e in todo:
