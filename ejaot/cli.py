@@ -32,7 +32,12 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--max-entries", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Refuse a manifest that plans more entries than this for the target.")
-def build(manifest, target, out, jobs, sign_key, quiet, max_entries):
+@click.option("--shard", default=None, metavar="I/N",
+              help="Build only the I-th of N deterministic, cost-balanced shares (merge with `ejaot merge`).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where entries are lowered: processes here, or Ray tasks (pip install 'ejaot[ray]').")
+@click.option("--ray-address", default=None, help="An existing Ray cluster [default: a local Ray instance].")
+def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, executor, ray_address):
     """Lower every manifest entry for TARGET and write them to the store.
 
     Incremental: entries already stored under the same key are reused. Exits non-zero
@@ -50,12 +55,31 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries):
         signer = Signer.from_file(sign_key)
     progress = None if quiet else _progress_printer()
     try:
+        from .shard import parse_shard
         report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer,
-                           max_entries=max_entries)
+                           max_entries=max_entries, shard=parse_shard(shard) if shard else None,
+                           executor=executor, ray_address=ray_address)
     except EjaotError as e:
         _fail(str(e))
     if progress:
         progress.finish()
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--trusted-keys", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Refuse entries not signed by one of these ed25519 public keys (repeatable).")
+def merge(out, stores, trusted_keys):
+    """Merge shard stores (of one target) into OUT: every record and payload verified before
+    it is copied, identical keys kept once, conflicts refused, the index written once."""
+    from .merge import merge_stores
+    try:
+        report = merge_stores(out, stores, trusted_keys=list(trusted_keys) or None)
+    except EjaotError as e:
+        _fail(str(e))
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
 
