@@ -47,8 +47,8 @@ def run(todo, target, store, commit, fail, progress=None, address=None, jobs=Non
     started = not ray.is_initialized()
     if started:
         # workers import ejaot and any outside kernel package the way this process does
-        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "JAX_PLATFORMS": "cpu",
-               **({CRASH_ONCE_ENV: os.environ[CRASH_ONCE_ENV]} if CRASH_ONCE_ENV in os.environ else {})}
+        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+               **{k: os.environ[k] for k in ("JAX_PLATFORMS", "EJAOT_EXTRAS", CRASH_ONCE_ENV) if k in os.environ}}
         kwargs = {"address": address} if address else {"num_cpus": jobs or os.cpu_count() or 1}
         ray.init(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True, **kwargs)
