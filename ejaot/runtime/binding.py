@@ -1,5 +1,12 @@
 """Binding a call to a kernel's signature: which arrays, which static arguments, and the
-dimension sizes they imply. Every mistake becomes a CallError naming the argument."""
+dimension sizes they imply. Every mistake becomes a CallError naming the argument.
+
+bind() is the one place every call is checked (bundle.call, the JIT path of the public
+functions and ejaot.ops, eager or under a JAX trace), so it also refuses what no kernel
+can take: an array without a fixed dtype (query, key, caches, ...) whose dtype is not one
+of the kernel's `dtypes` (integer, boolean, complex, float64, ...), such arrays of
+different dtypes in one call (no silent casts: a store would miss and log the wrong
+dtype), and a dimension of size 0 other than batch / num_seqs (EMPTY_OK_DIMS)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -25,7 +25,10 @@ page(s) up one block ahead of its TMA (a block is one box when the page is a mul
 it, one box per page when the page divides it: configs.gluon_tiles_page) and zero the
 rows of a sequence's last block past its context in shared memory before p @ kv: a page's
 unused rows may hold NaN. The tl.dot kernel (other page sizes) looks every key's page up
-and masks its loads. Measured on an H100 (BENCHMARKS.md), 64-token pages in shuffled
+and masks its loads. A key whose block-table entry is out of range (< 0 or >= the cache's
+pages) is masked out in every kernel and never reads another sequence's page: the tl.dot
+kernel does not load it, the Gluon kernels point its TMA box past the cache's end (TMA
+fills zeros) and drop its logits (paged_mla_attention's rule, as the XLA backend). Measured on an H100 (BENCHMARKS.md), 64-token pages in shuffled
 order run as fast as the contiguous cache, and 16- or 32-token pages within 5% of them.
 
 Masks follow the XLA backend exactly: keys >= kv_len are padding (given zero weight; the
@@ -98,8 +101,9 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_le
                    KV_ROWS: tl.constexpr):
     """Online softmax over key blocks [lo, hi). MASKED: the kv_len edge and the causal
     diagonal are tested; otherwise every row sees every key of every block. PAGE > 0:
-    key n lives in cache row bt_row[n // PAGE] * PAGE + n % PAGE (page index clamped to
-    the cache, as the XLA backend's gather)."""
+    key n lives in cache row bt_row[n // PAGE] * PAGE + n % PAGE, and a key whose page
+    index is out of range (< 0 or >= the cache's pages) is masked out, never loaded
+    (paged_mla_attention's rule, as the XLA backend), in every block."""
     offs_nb = tl.arange(0, BLOCK_N)
     r_ok = offs_r < R
     e_ok = offs_e < E
@@ -111,13 +115,16 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_le
                 page = tl.load(bt_row + offs_n // PAGE, mask=offs_n < kv_len, other=0)
             else:
                 page = tl.load(bt_row + offs_n // PAGE)
-            page = tl.minimum(tl.maximum(page, 0), KV_ROWS // PAGE - 1)
-            rows = page.to(tl.int64) * PAGE + offs_n % PAGE
+            n_ok = (page >= 0) & (page < KV_ROWS // PAGE)           # one compare per key
+            if MASKED:
+                n_ok = n_ok & (offs_n < kv_len)
+            rows = tl.where(n_ok, page, 0).to(tl.int64) * PAGE + offs_n % PAGE
         else:
             rows = offs_n.to(tl.int64)
+            if MASKED:
+                n_ok = offs_n < kv_len
         kv_ptrs = kv_base + rows[:, None] * R + offs_r[None, :]
-        if MASKED:
-            n_ok = offs_n < kv_len
+        if MASKED or PAGE > 0:
             kv = tl.load(kv_ptrs, mask=n_ok[:, None] & r_ok[None, :], other=0.0)
         elif RP != R:
             kv = tl.load(kv_ptrs, mask=r_ok[None, :], other=0.0)
@@ -126,7 +133,7 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_le
         s = tl.dot(q, tl.trans(kv), input_precision=DOT_PREC)
         if HAS_ROPE:
             bk_ptrs = bk_base + rows[:, None] * E + offs_e[None, :]
-            if MASKED:
+            if MASKED or PAGE > 0:
                 bk = tl.load(bk_ptrs, mask=n_ok[:, None] & e_ok[None, :], other=0.0)
             elif EP != E:
                 bk = tl.load(bk_ptrs, mask=e_ok[None, :], other=0.0)
@@ -134,13 +141,13 @@ def _attend_blocks(acc, l_i, m_i, q, qpe, q_pos, kv_base, bk_base, bt_row, kv_le
                 bk = tl.load(bk_ptrs)
             s = tl.dot(qpe, tl.trans(bk), s, input_precision=DOT_PREC)
         s = s * qk_scale
-        if MASKED:
+        if MASKED or PAGE > 0:
             keep = n_ok[None, :]
-            if CAUSAL:
+            if MASKED and CAUSAL:
                 keep = keep & (offs_n[None, :] <= q_pos[:, None])
             s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:
+        if MASKED or PAGE > 0:
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # nothing seen yet
         else:
             m_use = m_new
@@ -306,13 +313,37 @@ def _combine_kernel(OP, LSE, O, M: tl.constexpr, R: tl.constexpr, RP: tl.constex
 
 
 @_gluon_jit
-def _gl_online_softmax(s, m_i, offs_n, kv_len, q_pos, qk_scale: gl.constexpr, CAUSAL: gl.constexpr):
+def _gl_key_ok(bt_row, first, offs_n, kv_len, PAGE: gl.constexpr, KV_ROWS: gl.constexpr,
+               BLOCK_N: gl.constexpr):
+    """Which keys offs_n of the block starting at key `first` count: those before kv_len
+    and, paged, on a page of the cache (block-table entry in [0, KV_ROWS // PAGE);
+    _gl_block_row sends an entry out of range past the cache's end, so its TMA box reads
+    zeros, and this masks its keys out). The block's pages are read as scalars (one, or
+    BLOCK_N // PAGE: a page never straddles a block) into a bit per page, then one shift
+    per key: no per-key load on the softmax warps. The loops call it before waiting for
+    the block's TMA, so the table reads (cached) overlap that wait."""
+    ok = offs_n < kv_len
+    if PAGE >= BLOCK_N:
+        page = gl.load(bt_row + first // PAGE, mask=first < kv_len, other=0)
+        ok = ok & (page >= 0) & (page < KV_ROWS // PAGE)
+    elif PAGE > 0:
+        bits = (first * 0).to(gl.int32)
+        for c in gl.static_range(BLOCK_N // PAGE):
+            page = gl.load(bt_row + first // PAGE + c, mask=first + c * PAGE < kv_len, other=0)
+            bits = bits | (((page >= 0) & (page < KV_ROWS // PAGE)).to(gl.int32) << c)
+        ok = ok & (((bits >> ((offs_n - first) // PAGE)) & 1) != 0)
+    return ok
+
+
+@_gluon_jit
+def _gl_online_softmax(s, m_i, key_ok, offs_n, q_pos, qk_scale: gl.constexpr, CAUSAL: gl.constexpr):
     """One block of the online softmax (base 2): the block's logits s [rows, keys] scaled
-    and masked (keys past kv_len; causal: keys past each row's query position), the new
-    running row max, p = exp2(s - max) and the factor alpha that rescales what was summed
-    before. A row that has seen no key keeps max -inf, p 0 and alpha 1 (no NaN)."""
+    and masked (keys not key_ok: past kv_len, or on an out-of-range page; causal: keys past
+    each row's query position), the new running row max, p = exp2(s - max) and the factor
+    alpha that rescales what was summed before. A row that has seen no key keeps max -inf,
+    p 0 and alpha 1 (no NaN)."""
     s = s * qk_scale
-    keep = (offs_n < kv_len)[None, :]
+    keep = key_ok[None, :]
     if CAUSAL:
         keep = keep & (offs_n[None, :] <= q_pos[:, None])
     s = gl.where(keep, s, float("-inf"))
@@ -327,18 +358,21 @@ def _gl_block_row(first, j, bt_row, pred, BLOCK_N: gl.constexpr, PAGE: gl.conste
     """The first cache row of the program's block j (first: the program's first TMA row).
     Paged (PAGE > 0; first: the program's first key): a page a multiple of the block
     gives the row from the block table, and a page that divides the block the first row
-    of each of its BLOCK_N // PAGE pages (a tensor in layout RL), each page index clamped
-    to the cache as the XLA backend's gather. The loops look a block's rows up one block
-    before its TMA, so the table read's latency stays off the copy's critical path."""
+    of each of its BLOCK_N // PAGE pages (a tensor in layout RL). A page index out of
+    range (< 0 or >= the cache's pages) gives row KV_ROWS, past the cache's end: that box's
+    TMA reads zeros (nothing of another sequence's page), and _gl_key_ok masks its keys
+    out. The loops look a block's rows up one block before its TMA, so the table read's
+    latency stays off the copy's critical path."""
     row = first + j * BLOCK_N
     if PAGE >= BLOCK_N:
         page = gl.load(bt_row + row // PAGE, mask=pred, other=0)
-        page = gl.minimum(gl.maximum(page, 0), KV_ROWS // PAGE - 1)
-        row = page * PAGE + row % PAGE
+        ok = (page >= 0) & (page < KV_ROWS // PAGE)
+        row = gl.where(ok, page * PAGE + row % PAGE, KV_ROWS)
     elif PAGE > 0:
         blk = row // PAGE + gl.arange(0, BLOCK_N // PAGE, layout=RL)
         page = gl.load(bt_row + blk, mask=pred & (blk < KV_SEQ // PAGE), other=0)
-        row = gl.minimum(gl.maximum(page, 0), KV_ROWS // PAGE - 1) * PAGE
+        ok = (page >= 0) & (page < KV_ROWS // PAGE)
+        row = gl.where(ok, page * PAGE, KV_ROWS)
     return row
 
 
@@ -509,6 +543,8 @@ def _mla_decode_sm90(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
                             KV_SEQ, RL)
     for j in range(n_iter):
         slot = j % STAGES
+        key_ok = _gl_key_ok(bt_row, lo + j * BLOCK_N, lo + j * BLOCK_N + cols_s, kv_len, PAGE, KV_ROWS,
+                            BLOCK_N)
         mbarrier.wait(bars.index(slot), (j // STAGES) & 1)
         if PAGE > 0:
             n_valid = kv_len - (lo + j * BLOCK_N)
@@ -534,7 +570,7 @@ def _mla_decode_sm90(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
         else:
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        p, alpha, m_new = _gl_online_softmax(s, m_i, lo + j * BLOCK_N + cols_s, kv_len, q_pos,
+        p, alpha, m_new = _gl_online_softmax(s, m_i, key_ok, lo + j * BLOCK_N + cols_s, q_pos,
                                              qk_scale, CAUSAL)
         l2 = l2 * alpha[:, None] + p
         acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
@@ -583,12 +619,12 @@ def _mla_decode_sm90(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
 @_gluon_jit
 def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
                           kv_ready, kv_free, p_ready, p_free, fin, O, LSE, b64, split, pid_h,
-                          lo, kv_len, off, n_iter,
+                          lo, kv_len, off, n_iter, bt_row,
                           qk_scale: gl.constexpr, HQ: gl.constexpr, M: gl.constexpr,
                           R: gl.constexpr, HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr,
                           NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                           RA: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr,
-                          PAGE: gl.constexpr, LD_L: gl.constexpr):
+                          PAGE: gl.constexpr, LD_L: gl.constexpr, KV_ROWS: gl.constexpr):
     ROW_S: gl.constexpr = gl.SliceLayout(1, S_L)
     ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
     dtype: gl.constexpr = kv_smem.dtype
@@ -601,6 +637,8 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
     l_i = gl.zeros([BLOCK_H], gl.float32, ROW_S)
     for j in range(n_iter):
         slot = j % 2
+        key_ok = _gl_key_ok(bt_row, lo + j * BLOCK_N, lo + j * BLOCK_N + cols_s, kv_len, PAGE, KV_ROWS,
+                            BLOCK_N)
         mbarrier.wait(kv_ready.index(slot), (j // 2) & 1)
         kv = kv_smem.index(slot)
         if PAGE > 0:
@@ -615,7 +653,7 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s)
         else:
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), s_zero, use_acc=False)
-        p, alpha, m_new = _gl_online_softmax(s, m_i, lo + j * BLOCK_N + cols_s, kv_len, q_pos,
+        p, alpha, m_new = _gl_online_softmax(s, m_i, key_ok, lo + j * BLOCK_N + cols_s, q_pos,
                                              qk_scale, CAUSAL)
         l_i = l_i * alpha + gl.sum(p, axis=1)
         m_i = m_new
@@ -768,8 +806,8 @@ def _mla_decode_sm90_ws(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
     gl.warp_specialize([
         (_ws_softmax_partition, (q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem, l_smem,
                                  kv_ready, kv_free, p_ready, p_free, fin, O, LSE, b64, split, pid_h,
-                                 lo, kv_len, off, n_iter, qk_scale, HQ, M, R, HAS_ROPE, CAUSAL,
-                                 NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L, PAGE, LD_L)),
+                                 lo, kv_len, off, n_iter, bt_row, qk_scale, HQ, M, R, HAS_ROPE, CAUSAL,
+                                 NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L, PAGE, LD_L, KV_ROWS)),
         (_ws_output_partition, (kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free,
                                 p_ready, p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row,
                                 n_iter, bt_row, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L,

@@ -11,16 +11,26 @@ fixed-size pages shared by every sequence:
   output       [num_seqs, q_heads, head_dim], the query's dtype
 
 Semantics: q head h reads kv head h // (q_heads // kv_heads) (GQA; MQA and MHA are the
-extremes). Over the tokens 0..context_len-1 (the last `sliding_window` of them when it is
-set): logits = (q · k) * attn_scale, with attn_scale defaulting to 1/sqrt(head_dim);
-then attn_logits_soft_cap * tanh(logits / cap) when a cap is set; softmax in float32;
-output = softmax · v. A context length must lie in [0, max_blocks * page_size], the
-longest context a block table can address; negative ones count as 0, and longer ones are
-clamped to the table the kernel gets, which for a call padded into a larger bucket holds
-padded columns: a longer context has no defined result (checking would cost a device
-read per call). A sequence with context length 0 (a padded row) outputs zeros, never
-NaN. Block-table entries past a sequence's context are never
-read for values, so they may point anywhere (stale or uninitialized pages are harmless).
+extremes). Over the attended tokens of a sequence (below): logits = (q · k) * attn_scale,
+with attn_scale defaulting to 1/sqrt(head_dim); then attn_logits_soft_cap *
+tanh(logits / cap) when a cap is set; softmax in float32; output = softmax · v.
+
+Attended tokens, the same on every backend (XLA, Triton, Pallas TPU) and for a call
+padded into a larger bucket. With c = max(context_len, 0), token t of the sequence is
+attended when all of:
+  * t < c, and t >= c - sliding_window when a window is set (the window counts back from
+    the given context length);
+  * t < max_blocks * page_size: a context longer than its block table covers is clamped
+    to the table (tokens past it are not attended);
+  * its page p = block_tables[s, t // page_size] is in range, 0 <= p < total_pages. A
+    token whose entry is out of range (negative, or >= total_pages) is masked out: it
+    contributes nothing and no page is read for its key or value (never page 0 or the
+    last page, which belong to other sequences).
+A sequence with no attended token (context 0, a padded row, a window wholly past the
+table, or every page out of range) outputs zeros, never NaN. Block-table entries outside
+the attended tokens are never read for keys or values, so they may hold anything (stale or
+uninitialized pages are harmless). Checking costs one compare and one select per page
+(no device-to-host read).
 
 Differences from the seed interface:
   * attn_scale is applied by every backend. The seed's TPU kernel ignores it (leaving
@@ -32,8 +42,9 @@ Differences from the seed interface:
     uses is its per-target config (see configs.py). Results do not depend on them.
 
 Padding: num_seqs and max_blocks may be padded to a bucket. Padded sequences get context
-length 0 (so zeros, sliced away) and padded block-table columns lie past every context,
-so no valid_lens are needed: context_lens already carries the real lengths.
+length 0 (so zeros, sliced away) and padded block-table columns hold -1, an out-of-range
+page: a context longer than the real table attends to the same tokens in the bucket as
+without padding. No valid_lens are needed: context_lens already carries the real lengths.
 
 Backends: `pallas_tpu` (TPU, Mosaic: pages DMA'd from HBM by block table, online softmax
 over page blocks) and `xla` (every platform; the reference and the fallback).

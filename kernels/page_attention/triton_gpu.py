@@ -16,11 +16,14 @@ in wide coalesced loads, with many loads in flight.
     tensor cores, an online-softmax update in float32 (log2 domain, exp2), then p·v.
     Triton software-pipelines the loop `num_stages` deep (the table entries one stage
     ahead of the pages they address), so several pages are in flight per program.
-  * Only the pages holding tokens in [lo, ctx) are visited (lo = ctx - sliding_window
-    when a window is set, else 0), and only those tokens are loaded (masked rows are
-    never read: block-table entries past the context or before the window may hold
-    anything, even indices out of range). context_lens and block_tables are traced
-    int32 arrays read by the kernel from device memory.
+  * Only the pages holding tokens in [lo, hi) are visited (hi = the context length
+    clamped to the table, lo = context - sliding_window when a window is set, else 0),
+    and only those tokens are loaded (masked rows are never read: block-table entries
+    past the context or before the window may hold anything, even indices out of
+    range). A token whose table entry is out of range (< 0 or >= total_pages) is masked
+    out too (page_in_range), never loaded: the module docstring's rule, as every backend.
+    context_lens and block_tables are traced int32 arrays read by the kernel from
+    device memory.
   * Split-KV (flash-decoding): with num_splits > 1 the needed pages of each sequence are
     cut into num_splits contiguous ranges (rounded to whole page blocks), one program
     each, so that few sequences x kv heads still fill every SM at long contexts. Each
@@ -57,6 +60,14 @@ def _tanh(x):
 
 
 @_jit
+def page_in_range(page_id, TOTAL_PAGES):
+    """Whether a block-table entry names a page of the cache (0 <= page_id < TOTAL_PAGES):
+    a token on an entry out of range is masked out, its K/V never loaded. Operators only:
+    `page_in_range.fn` runs on NumPy arrays (tests)."""
+    return (page_id >= 0) & (page_id < TOTAL_PAGES)
+
+
+@_jit
 def _decode_kernel(Q, K, V, Ctx, Tables, Out, Lse,
                    sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
                    HAS_CAP: tl.constexpr, WINDOW: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -71,13 +82,15 @@ def _decode_kernel(Q, K, V, Ctx, Tables, Out, Lse,
     split = tl.program_id(2)
     seq64 = seq.to(tl.int64)
 
-    ctx = tl.load(Ctx + seq)
-    ctx = tl.minimum(tl.maximum(ctx, 0), MB * PS)
-    lo = ctx * 0
+    # The tokens [lo, hi) the sequence attends to: the window counts back from the given
+    # context length (negative: 0), then the range is clamped to what the table covers.
+    ctx = tl.maximum(tl.load(Ctx + seq), 0)
+    hi = tl.minimum(ctx, MB * PS)
+    lo = hi * 0
     if HAS_WINDOW:
-        lo = tl.maximum(ctx - WINDOW, 0)
+        lo = tl.minimum(tl.maximum(ctx - WINDOW, 0), hi)
     page_lo = lo // PS
-    page_hi = (ctx + (PS - 1)) // PS            # pages [page_lo, page_hi) hold [lo, ctx)
+    page_hi = (hi + (PS - 1)) // PS             # pages [page_lo, page_hi) hold [lo, hi)
     if NUM_SPLITS > 1:
         blocks = (page_hi - page_lo + (PPB - 1)) // PPB
         per = ((blocks + (NUM_SPLITS - 1)) // NUM_SPLITS) * PPB
@@ -110,12 +123,14 @@ def _decode_kernel(Q, K, V, Ctx, Tables, Out, Lse,
     for p0 in range(p_start, p_end, PPB):
         page = p0 + page_of_tok                                   # block-table column
         pos = page * PS + tok_in_page                             # token position
-        ok = (pos < ctx) & (page < p_end)
+        ok = (pos < hi) & (page < p_end)
         if HAS_WINDOW:
             ok = ok & (pos >= lo)
         if BLOCK_N != TOKENS:
             ok = ok & (offs_n < TOKENS)
         page_id = tl.load(table_row + page, mask=ok, other=0)
+        # out-of-range entries: masked (their K/V are never loaded), as every backend
+        ok = ok & page_in_range(page_id, TOTAL_PAGES)
         kv_off = page_id.to(tl.int64)[:, None] * (PS * D) + row_off
         if BLOCK_D != D:
             kv_mask = ok[:, None] & d_ok[None, :]

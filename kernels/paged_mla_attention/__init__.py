@@ -19,14 +19,22 @@ position of its context: with g(h) = h // (q_heads // kv_heads),
       over the tokens t < context_len (softmax_scale default 1/sqrt(head_dim + rope_dim),
       rope_dim 0 without b_q)
   output_h = softmax(logits_h) @ (kv_t @ w_vc[:, g(h)])
-A context length must lie in [0, max_blocks * page_size] (as in page_attention: longer
-ones have no defined result); a sequence with context 0 (a padded row) outputs zeros. Block-table entries past a context are never read for values
+The tokens t attended to are page_attention's rule (without a window), the same on every
+backend (XLA, Triton, Pallas TPU) and for a call padded into a larger bucket:
+t < max(context_len, 0); t < max_blocks * page_size (a context longer than its block
+table covers is clamped to the table); and its page p = block_tables[s, t // page_size]
+in range, 0 <= p < total_pages. A token whose entry is out of range (negative, or >=
+total_pages) is masked out: it contributes nothing, and neither latent_cache nor
+rope_cache is read for it (never page 0 or the last page, which belong to other
+sequences). A sequence with no attended token (context 0, a padded row, every page out
+of range) outputs zeros, never NaN. Block-table entries past a context are never read
 and cache rows past a context never reach the output, even when they hold NaN (stale or
-never-written pages are harmless); entries inside a context must name real pages (others
-are clamped to the cache).
+never-written pages are harmless). The check costs a compare and a select per page (per
+key on the Triton kernels), no device-to-host read.
 
 Padding: num_seqs and max_blocks may be padded to a bucket (padded sequences get context
-0, padded block-table columns lie past every context), so no valid_lens are needed.
+0, padded block-table columns hold -1, an out-of-range page, so a context longer than the
+real table attends to the same tokens as without padding); no valid_lens are needed.
 
 Backends: `triton` (NVIDIA GPUs: the mla_attention decode kernels reading pages through
 the block table; kernels/mla_attention/triton_gpu.py), `pallas_tpu` (TPUs: a Mosaic

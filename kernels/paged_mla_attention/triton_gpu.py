@@ -8,7 +8,10 @@ page through the block table, between the same two XLA projections:
      TMA-loads each 64-key block as one box (pages of a multiple of 64 keys) or one box
      per page (pages of 8, 16 or 32 keys); the tl.dot kernel (other page sizes, other
      GPUs, float32) looks every key's page up. Rows of the last block past the context
-     are zeroed in shared memory before p @ kv (they may hold NaN).
+     are zeroed in shared memory before p @ kv (they may hold NaN). Keys whose block-table
+     entry is out of range are masked out and never read from another page (the tl.dot
+     kernel skips their loads; the Gluon kernels aim their TMA past the cache's end,
+     which reads zeros, and drop their logits).
   3. XLA: out[s, h] = out_lat[s, h] @ w_vc[:, g(h)].
 
 Only importable where triton is installed; jax and jax_triton are imported on first call.
@@ -28,6 +31,8 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     import jax.numpy as jnp
     q, cache, w_kc, w_vc, tables, ctx, b_q, rope_cache = unpack(inputs)
     d, ps = q.shape[-1], cache.shape[1]
+    if q.shape[0] == 0:      # no sequences: an empty grid
+        return (jnp.zeros(q.shape, q.dtype),)
     dims = call_dims(q, cache, w_kc, tables, b_q)
     cfg = resolve_config("paged_mla_attention", config, triton_heuristic, dims,
                          {"softmax_scale": softmax_scale})
