@@ -182,15 +182,14 @@ class KernelSpec:
         return arg.dtype or dtype
 
     def source_hash(self, backend: str) -> str:
-        """sha256 over the kernel folder's Python sources that `backend`'s artifacts depend
-        on: everything but the other backends' implementation modules (editing the TPU
-        kernel does not make CPU artifacts stale). A change makes entries stale."""
+        """sha256 over the Python sources `backend`'s artifacts depend on: the kernel's
+        `__init__` (its spec) and the backend's implementation module, and every module of
+        the collection they import, transitively. Nothing else: editing the Hopper kernel
+        that only the Triton backend imports leaves CPU and TPU entries fresh. A change
+        makes entries stale."""
         if not self.package.startswith(COLLECTION + "."):
             return outside_source_hash(self.package)
-        own = self.backends[backend].impl.partition(":")[0]
-        others = {m.impl.partition(":")[0].rsplit(".", 1)[-1] + ".py"
-                  for m in self.backends.values() if m.impl.partition(":")[0] != own}
-        return package_source_hash(self.package, frozenset(others))
+        return backend_source_hash(self.package, self.backends[backend].impl.partition(":")[0])
 
     def make_inputs(self, dims, dtype, present, static, rng) -> dict:
         """Fresh random inputs that satisfy the kernel's contract (never zeros)."""
@@ -228,27 +227,26 @@ def outside_source_hash(package: str) -> str:
     return _source_hashes[("outside", package)]
 
 
-def package_source_hash(package: str, exclude: frozenset = frozenset()) -> str:
-    """sha256 over the collection's shared modules, the package's .py files (less
-    `exclude`, unless an included module imports one), and every module of another
-    kernel package they import, transitively: a kernel built on other code goes stale
-    when that code changes."""
-    if (package, exclude) not in _source_hashes:
+def backend_source_hash(package: str, impl_module: str) -> str:
+    """sha256 over `package`'s __init__, the module `impl_module`, and every collection
+    module they import (following import statements, across kernel folders and into the
+    collection's shared modules)."""
+    key = (package, impl_module)
+    if key not in _source_hashes:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise LookupError(f"kernel package {package!r} not found")
         folder = list(spec.submodule_search_locations)[0]
         collection = os.path.dirname(folder)
-        h = hashlib.sha256()
-        # the collection's shared modules (e.g. triton_support.py) count for every kernel
-        for name in sorted(n for n in os.listdir(collection) if n.endswith(".py")):
-            h.update(name.encode() + b"\0" + _read(os.path.join(collection, name)) + b"\0")
         own = os.path.basename(folder)
-        start = [f"{own}/{rel}" for rel in _python_files(folder) if rel not in exclude]
+        start = [f"{own}/__init__.py"]
+        if impl_module.startswith(package + "."):
+            start.append(f"{own}/{impl_module[len(package) + 1:].replace('.', '/')}.py")
+        h = hashlib.sha256()
         for rel, text in _reached_modules(collection, start):
             h.update(rel.encode() + b"\0" + text + b"\0")
-        _source_hashes[(package, exclude)] = h.hexdigest()
-    return _source_hashes[(package, exclude)]
+        _source_hashes[key] = h.hexdigest()
+    return _source_hashes[key]
 
 
 # Imports of kernel-collection modules, read from the source text (cheap enough for
@@ -286,10 +284,12 @@ def _reached_modules(collection: str, start: list[str]) -> list[tuple[str, bytes
             continue
         found[rel] = _read(path)
         for pkg, module in _module_refs(found[rel], rel.split("/")[0]):
-            if os.path.isdir(os.path.join(collection, pkg)):   # else a shared module: hashed anyway
+            if os.path.isdir(os.path.join(collection, pkg)):
                 todo.append(f"{pkg}/__init__.py")
                 if module:
                     todo.append(f"{pkg}/{module}.py")
+            else:                                # a shared module of the collection
+                todo.append(f"{pkg}.py")
     return sorted(found.items())
 
 

@@ -62,10 +62,10 @@ def test_parallel_build_matches_serial(tmp_path, built_store):
 
 def test_kernel_source_change_supersedes_old_entries(store_copy, small_manifest, monkeypatch):
     from ejaot import kernel_spec
-    real = kernel_spec.package_source_hash
-    monkeypatch.setattr(kernel_spec, "package_source_hash",
-                        lambda package, exclude=frozenset(): "0" * 64 if package.endswith(".attention")
-                        else real(package, exclude))
+    real = kernel_spec.backend_source_hash
+    monkeypatch.setattr(kernel_spec, "backend_source_hash",
+                        lambda package, module: "0" * 64 if package.endswith(".attention")
+                        else real(package, module))
     report = build(small_manifest, "cpu", store_copy, jobs=1)
     assert len(report.built) == 8
     entries = FileStore(store_copy).read_index()["entries"]
@@ -96,11 +96,35 @@ def test_source_hash_covers_imported_modules(tmp_path):
     # back in because gpu.py imports it), and what they import
     found = dict(_reached_modules(str(tmp_path), ["user/__init__.py", "user/gpu.py"]))
     assert sorted(found) == ["base/__init__.py", "base/consts.py", "base/extra.py", "base/gpu.py",
-                             "base/helpers.py", "user/__init__.py", "user/gpu.py", "user/xla.py"]
+                             "base/helpers.py", "shared.py", "user/__init__.py", "user/gpu.py", "user/xla.py"]
     assert found["base/helpers.py"] == b"def step(): pass\n"
     # only the lazily named implementation: the package's __init__ alone, no backend module
     assert sorted(dict(_reached_modules(str(tmp_path), ["lazy/__init__.py"]))) == ["base/__init__.py",
                                                                                   "lazy/__init__.py"]
+
+
+def test_editing_the_hopper_flash_kernel_leaves_cpu_and_tpu_entries_fresh(monkeypatch):
+    """A backend's hash covers what it imports, not its folder: gluon_sm90.py (imported by
+    the Triton backend only) and triton_support.py change flash_attention's Triton hash and
+    neither its XLA nor its Pallas TPU hash."""
+    from ejaot import kernel_spec
+    from ejaot.registry import get_kernel
+    spec = get_kernel("flash_attention")
+    real_read = kernel_spec._read
+
+    def hashes_with(edited):
+        monkeypatch.setattr(kernel_spec, "_source_hashes", {})
+        monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
+        return {b: spec.source_hash(b) for b in ("xla", "pallas_tpu", "triton")}
+    plain = hashes_with("no-such-file.py")
+    for edited in ("flash_attention/gluon_sm90.py", "kernels/triton_support.py", "mla_attention/gluon_pipeline.py"):
+        h = hashes_with(edited)
+        assert h["xla"] == plain["xla"] and h["pallas_tpu"] == plain["pallas_tpu"], edited
+        assert h["triton"] != plain["triton"], edited
+    h = hashes_with("flash_attention/pallas_tpu.py")
+    assert h["pallas_tpu"] != plain["pallas_tpu"] and h["xla"] == plain["xla"] and h["triton"] == plain["triton"]
+    h = hashes_with("flash_attention/__init__.py")          # the spec counts for every backend
+    assert all(h[b] != plain[b] for b in plain)
 
 
 def test_source_hash_changes_with_an_imported_module(monkeypatch):
