@@ -38,7 +38,7 @@ def child(store: str, key: str, prior: str | None = None) -> dict:
     import jax
     import ejaot
     import ejaot.runtime.bundle  # noqa: F401
-    from ejaot.runtime import codec
+    from ejaot.artifact import codec
     record, spec, arrays = entry_inputs(store, key)
     clock = time.perf_counter
     if prior:          # a server that already runs another entry: only the marginal cost

@@ -127,7 +127,7 @@ def _entry_summary(key, r) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 def ls_cmd(store_dir, as_json):
     """List the entries of a store (a malformed record: a FAIL line, exit status 1)."""
-    from .record import problem
+    from .artifact.record import problem
     _, index = _open_index(store_dir)
     rows, failed = [], []
     for key, r in index["entries"].items():
@@ -169,7 +169,7 @@ def _find_entry(index, prefix):
 def inspect(store_dir, entry, hlo):
     """Everything about one entry (ENTRY: a key or a unique prefix of one)."""
     from .inspection import describe_entry
-    from .record import problem
+    from .artifact.record import problem
     store, index = _open_index(store_dir)
     key = _find_entry(index, entry)
     why = problem(key, index["entries"][key])
@@ -310,7 +310,7 @@ def tune_build(manifest, target, out, jobs):
     from .build import build_entries
     from .manifest import load_manifest
     from .targets import get_target
-    from .tuning import candidate_entries
+    from .tune import candidate_entries
     try:
         tgt = get_target(target)
         entries = candidate_entries(load_manifest(manifest), tgt)
@@ -331,7 +331,7 @@ def tune_measure(candidates_dir, write, iters):
     """On the target's device: time every candidate (checked against the reference) and
     keep the fastest per bucket, with its measured time."""
     from .targets import get_target
-    from .tuning import measure_store, write_tuned
+    from .tune import measure_store, write_tuned
     _, index = _open_index(candidates_dir)
     result = measure_store(candidates_dir, echo=click.echo, iters=iters)
     if write:

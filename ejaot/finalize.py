@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from .errors import StoreError
-from .runtime import codec, compat
+from .artifact import codec, compat
 from .store.filestore import FileStore
 from .targets import get_target
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from .plan import EntrySpec
-from .runtime import codec
-from .runtime.jit import kernel_function
+from .artifact import codec
+from .artifact.function import kernel_function
 from .store.filestore import FileStore
+from .backends import get_backend
 from .targets import get_target, lowering_for
 
 
@@ -39,7 +40,7 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
                          entry.dims, entry.dtype)
     t0 = time.perf_counter()
     # any of the target's backends may appear: a model's step inlines the kernels it calls
-    checks = [c for b in target.backends for c in platform.disabled_checks(b)]
+    checks = [c for b in target.backends for c in get_backend(b).disabled_checks()]
     with lowering_for(target):
         exported = jax.export.export(jax.jit(fn), platforms=(target.platform,),
                                      disabled_checks=checks)(*_avals(entry))
@@ -87,8 +88,8 @@ def call_inlined(spec, args: tuple, static: dict, target):
     these shapes (tuned for the target, else the heuristic), inlined into the entry."""
     from . import toolchain as tc
     from . import tuning
-    from .runtime.binding import bind
-    from .runtime.jit import jitted
+    from .artifact.binding import bind
+    from .artifact.function import jitted
     call = bind(spec, args, static)
     backend = next(b for b in target.backends if b in spec.backends)
     config, _ = tuning.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
@@ -136,7 +137,7 @@ def lower_and_store(entry: EntrySpec, store_root: str) -> dict:
 
 def make_record(entry: EntrySpec, payload_refs: dict, meta: dict) -> dict:
     import platform as _platform
-    from .record import RECORD_FORMAT
+    from .artifact.record import RECORD_FORMAT
     return {
         "key": entry.key, "format": RECORD_FORMAT,
         **{k: v for k, v in entry.identity().items()},

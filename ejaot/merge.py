@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import record as records
+from .artifact import record as records
 from .errors import EjaotError, StoreError
 from .store.filestore import FileStore
 

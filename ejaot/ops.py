@@ -30,7 +30,7 @@ from jax import lax
 from .errors import CallError
 from .registry import get_kernel
 from .runtime.active import active
-from .runtime.jit import call_jit
+from .artifact.function import call_jit
 from .targets import lowering_target
 
 log = logging.getLogger("ejaot")

@@ -13,11 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 
 BASE_TOOLS = ("jax", "jaxlib")
-BACKEND_TOOLS = {
-    "triton": ("triton", "jax-triton", "jax-cuda13-plugin"),
-    "pallas_tpu": (),
-    "xla": (),
-}
 PLATFORM_TOOLS = {"tpu": ("libtpu",), "cuda": (), "cpu": ()}
 
 
@@ -48,7 +43,9 @@ def version_of(dist: str) -> str | None:
 
 
 def toolchain(platform: str, backend: str) -> dict[str, str | None]:
-    names = BASE_TOOLS + BACKEND_TOOLS.get(backend, ()) + PLATFORM_TOOLS.get(platform, ())
+    from .backends import all_backends
+    info = all_backends().get(backend)
+    names = BASE_TOOLS + (info.tools if info else ()) + PLATFORM_TOOLS.get(platform, ())
     return {n: version_of(n) for n in names}
 
 
@@ -79,3 +76,13 @@ def cpu_device_kind() -> str:
 
 def fingerprint(obj: bytes) -> str:
     return hashlib.sha256(obj).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def importable(module: str) -> bool:
+    """Whether `module` could be imported here (found, not imported: no start-up cost)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

@@ -7,7 +7,7 @@ import numpy as np
 from . import toolchain as tc
 from .errors import EjaotError
 from .registry import all_kernels, find_kernel
-from .runtime import compat
+from .artifact import compat
 from .store.filestore import FileStore
 
 # atol = rtol per entry dtype, against a float32 reference on the same inputs.
@@ -39,7 +39,7 @@ def reference_outputs(spec, record, inputs: dict):
     """The kernel's XLA implementation in float32 on the same inputs (a tree's outputs flat)."""
     import jax
     import jax.numpy as jnp
-    from .runtime.jit import jitted
+    from .artifact.function import jitted
     present = tuple(record["present"])
     names = [a.name for a in spec.inputs if not a.optional or a.name in present]
     def widen(x):

@@ -6,7 +6,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
-from ejaot.runtime import codec
+from ejaot.artifact import codec
 
 
 def _compiled():

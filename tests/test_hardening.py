@@ -180,7 +180,7 @@ def test_signed_store_refuses_unsigned_tampered_and_foreign_entries(tmp_path, sm
     victim = sorted(FileStore(tampered).read_index()["entries"])[0]
     evil = FileStore(tampered).put_blob(b"not an executable")
     _rewrite(tampered, lambda k, r: k == victim and r["payloads"].__setitem__("executable", evil))
-    from ejaot.runtime import codec
+    from ejaot.artifact import codec
     decoded = []
     real = codec.decode
     monkeypatch.setattr(codec, "decode", lambda raw, *a: decoded.append(raw) or real(raw, *a))

@@ -252,7 +252,7 @@ def test_mla_pallas_interpret_bf16_and_uneven_blocks(rng):
                                            ("absorbed", 128, 128, 2, 128)])
 def test_mla_pallas_exports_for_tpu(form, s, t, hq, r):
     """The entry function build lowers, exported for TPU on this CPU host (Mosaic lowering)."""
-    from ejaot.runtime.jit import kernel_function
+    from ejaot.artifact.function import kernel_function
     dims = dict(batch=2, seq=s, kv_seq=t, q_heads=hq, kv_heads=hq, head_dim=128, kv_lora_rank=r,
                 rope_dim=64, num_seqs_plus_one=2)
     config = {**tpu_heuristic(dims, {}, None), "form": form}

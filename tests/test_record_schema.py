@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ejaot
-from ejaot import record as rec
+from ejaot.artifact import record as rec
 from ejaot.store.filestore import FileStore
 from ejaot.store.format import encode_index
 from conftest import REPO, qkv

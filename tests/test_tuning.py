@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ejaot import tuning
+from ejaot import tune, tuning
 from ejaot.build import build_entries
 from ejaot.kernel_spec import Backend
 from ejaot.manifest import load_manifest
@@ -36,14 +36,14 @@ def test_candidates_measured_written_and_used(tunable_attention, small_manifest,
     manifest = load_manifest(small_manifest)
     entries, _ = plan(manifest, target)
     assert all(e.config_source == {"kind": "heuristic", "why": "no tuning record for this bucket"} for e in entries)
-    cands = tuning.candidate_entries(manifest, target)
+    cands = tune.candidate_entries(manifest, target)
     assert len(cands) == 2 * len(entries)
     report = build_entries(cands, target, tmp_path / "cands", jobs=1, supersede=False)
     assert report.ok and len(report.built) == 16
-    result = tuning.measure_store(tmp_path / "cands", echo=lambda *_: None, iters=2)
+    result = tune.measure_store(tmp_path / "cands", echo=lambda *_: None, iters=2)
     assert len(result["winners"]) == len(entries)
     assert all(w["measured_us"] > 0 and w["config"]["variant"] in (1, 2) for w in result["winners"].values())
-    [path] = tuning.write_tuned(result, target, echo=lambda *_: None)
+    [path] = tune.write_tuned(result, target, echo=lambda *_: None)
     db = json.loads(path.read_text())
     assert db["source_hash"] == tunable_attention.source_hash("xla") and db["device_kind"]
 

@@ -29,10 +29,10 @@ from ..kernel_spec import KernelSpec
 from ..registry import all_kernels, find_kernel
 from ..store.filestore import FileStore
 from ..store.format import decode_section
-from . import compat
-from .binding import bind, freeze, split_args
+from ..artifact import compat
+from ..artifact.binding import bind, freeze, split_args
 from .entry import StoredEntry
-from .jit import fallback_backend, jitted
+from ..artifact.function import fallback_backend, jitted
 from .misslog import MissLog
 from .traced import eager, transformable
 from .warmup import CallsFirst, WarmUp

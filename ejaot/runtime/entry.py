@@ -7,7 +7,7 @@ import threading
 
 from ..errors import StoreError
 from ..store.filestore import FileStore
-from . import codec, compat
+from ..artifact import codec, compat
 
 _UNSET = object()
 

@@ -12,12 +12,14 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..backends import backends_for
+
 
 @dataclass(frozen=True)
 class Target:
     name: str
     platform: str                       # jax platform of the artifact: cpu | cuda | tpu
-    backends: tuple[str, ...]           # kernel backends in order of preference
+    backends: tuple[str, ...]           # kernel backends in order of preference (ejaot.backends)
     aliases: tuple[str, ...] = ()
     facts: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -40,12 +42,12 @@ _TPU_FACTS = {
 }
 
 TARGETS: dict[str, Target] = {
-    "cpu": Target("cpu", "cpu", ("xla",), description="XLA on the host CPU (StableHLO)"),
-    "gpu-sm90": Target("gpu-sm90", "cuda", ("triton", "xla"), aliases=("gpu-h100", "gpu-h200"),
+    "cpu": Target("cpu", "cpu", backends_for("cpu"), description="XLA on the host CPU (StableHLO)"),
+    "gpu-sm90": Target("gpu-sm90", "cuda", backends_for("cuda"), aliases=("gpu-h100", "gpu-h200"),
                        facts=dict(compute_capability=90), description="NVIDIA Hopper: Triton PTX/cubin"),
-    "gpu-sm80": Target("gpu-sm80", "cuda", ("triton", "xla"), aliases=("gpu-a100",),
+    "gpu-sm80": Target("gpu-sm80", "cuda", backends_for("cuda"), aliases=("gpu-a100",),
                        facts=dict(compute_capability=80), description="NVIDIA Ampere: Triton PTX/cubin"),
-    **{name: Target(name, "tpu", ("pallas_tpu", "xla"), facts=facts,
+    **{name: Target(name, "tpu", backends_for("tpu"), facts=facts,
                     description=f"{facts['device_kind']}: Pallas Mosaic, compiled via libtpu")
        for name, facts in _TPU_FACTS.items()},
 }

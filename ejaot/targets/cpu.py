@@ -24,9 +24,6 @@ def device_identity(target, device) -> dict:
     return {"device_kind": tc.cpu_device_kind(), "cpu_features": list(tc.cpu_features())}
 
 
-def disabled_checks(backend) -> list:
-    return []
-
 
 def kernel_binaries(exported, lowered_text: str, entry) -> tuple[dict, dict]:
     return {}, {}

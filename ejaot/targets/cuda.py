@@ -15,7 +15,7 @@ from .. import toolchain as tc
 from ..errors import TargetUnavailableError
 from .mlir_text import custom_call_strings
 
-TRITON_CALL = "triton_kernel_call_ffi"
+from ..backends.triton import TRITON_CALL
 
 
 def require_toolchain(target):
@@ -48,12 +48,6 @@ def device_identity(target, device) -> dict:
     return {"device_kind": device.device_kind,
             "compute_capability": getattr(device, "compute_capability", None)}
 
-
-def disabled_checks(backend) -> list:
-    if backend != "triton":
-        return []
-    from jax import export
-    return [export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
 
 
 def kernel_binaries(exported, mlir_text: str, entry) -> tuple[dict, dict]:

@@ -87,9 +87,6 @@ def device_identity(target, device) -> dict:
             "hardware_checked": False}
 
 
-def disabled_checks(backend) -> list:
-    return []
-
 
 def kernel_binaries(exported, mlir_text: str, entry) -> tuple[dict, dict]:
     """The Mosaic kernel(s) inside the module: each tpu_custom_call's serialized payload."""

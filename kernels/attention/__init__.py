@@ -64,5 +64,5 @@ SPEC = KernelSpec(
 def attention(query, key, value, attention_mask=None, bias=None, softmax_aux=None, **static):
     """The public function, traced and compiled on first use of each shape (the JIT path
     that ejaot's store replaces)."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key, value, attention_mask, bias, softmax_aux), static)

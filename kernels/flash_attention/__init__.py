@@ -55,5 +55,5 @@ SPEC = KernelSpec(
 
 def flash_attention(query, key, value, bias=None, q_segment_ids=None, kv_segment_ids=None, **static):
     """The public function (JIT path): the platform's kernel, compiled on first use."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key, value, bias, q_segment_ids, kv_segment_ids), static)

@@ -45,5 +45,5 @@ SPEC = KernelSpec(
 
 def flash_mla_attention(query, key, value, latent_key, latent_value, bias=None, **static):
     """The public function (JIT path): compiled on first use of each shape."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key, value, latent_key, latent_value, bias), static)

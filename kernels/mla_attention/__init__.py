@@ -70,5 +70,5 @@ SPEC = KernelSpec(
 
 def mla_attention(query, key_value, w_kc, w_vc, b_q=None, b_k=None, cu_seqlens=None, **static):
     """The public function (JIT path): the platform's kernel, compiled on first use."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key_value, w_kc, w_vc, b_q, b_k, cu_seqlens), static)

@@ -98,5 +98,5 @@ def page_attention(query, key_cache, value_cache, context_lens, block_tables, **
     """The public function (JIT path): the platform's kernel, compiled on first use.
     Keywords: attn_scale, attn_logits_soft_cap, sliding_window, and the seed's
     scheduling knobs (accepted, ignored; see the module docstring)."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key_cache, value_cache, context_lens, block_tables), kw)

@@ -91,6 +91,6 @@ SPEC = KernelSpec(
 def paged_mla_attention(query, latent_cache, w_kc, w_vc, context_lens, block_tables, b_q=None,
                         rope_cache=None, **static):
     """The public function (JIT path): the platform's kernel, compiled on first use."""
-    from ejaot.runtime.jit import call_jit
+    from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, latent_cache, w_kc, w_vc, context_lens, block_tables, b_q, rope_cache),
                     static)

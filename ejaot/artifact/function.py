@@ -5,8 +5,6 @@ the JIT fallback compiles it, so the two can never disagree.
 """
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
 
 from ..kernel_spec import KernelSpec
 from .binding import bind, freeze
@@ -47,26 +45,14 @@ def _structured_function(spec: KernelSpec, backend: str, present, static: dict, 
 
 
 def fallback_backend(spec: KernelSpec, platform: str) -> str:
-    """The backend the JIT path uses on this platform: the platform's kernel when its
-    toolchain is importable here, XLA otherwise."""
-    if platform in ("cuda", "gpu") and "triton" in spec.backends and triton_usable():
-        return "triton"
-    if platform == "tpu" and "pallas_tpu" in spec.backends:
-        return "pallas_tpu"
+    """The backend the JIT path uses on this platform: the kernel's most preferred backend
+    there whose toolchain is usable here (ejaot.backends), XLA otherwise."""
+    from ..backends import backends_for, get_backend
+    platform = {"gpu": "cuda"}.get(platform, platform)
+    for name in backends_for(platform):
+        if name in spec.backends and get_backend(name).jit_usable():
+            return name
     return "xla"
-
-
-def triton_usable() -> bool:
-    """Triton kernels can be traced here (jax-triton is importable)."""
-    return _importable("jax_triton")
-
-
-@lru_cache(maxsize=None)
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 _jitted: dict = {}

@@ -6,14 +6,14 @@ from functools import lru_cache
 
 from .. import toolchain as tc
 from ..registry import find_kernel
-from .. import record as _record
+from . import record as _record
 
 def local_platform(device) -> str:
     return {"gpu": "cuda"}.get(device.platform, device.platform)
 
 
 def record_problem(key: str, rec) -> str | None:
-    """A structural problem with a record, or None (the schema: ejaot/record.py)."""
+    """A structural problem with a record, or None (the schema: ejaot/artifact/record.py)."""
     return _record.problem(key, rec)
 
 

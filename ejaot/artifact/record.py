@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from .store.format import Undecodable
+from ..store.format import Undecodable
 
 RECORD_FORMAT = 1        # the record schema, stored in every record
 
