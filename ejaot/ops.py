@@ -22,7 +22,6 @@ Arguments that an ahead-of-time artifact cannot honour are never silently droppe
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -32,32 +31,13 @@ from .registry import get_kernel
 from .runtime.active import active
 from .artifact.function import call_jit
 from .targets import lowering_target
+# seed 004's SegmentIds and BlockSizes: the flash kernel's own (BlockSizes' tiles are the
+# Pallas TPU kernel's; an ejaot entry's tiles are its tuned config)
+from ejaot_kernels.flash_attention.tpu_blocks import BlockSizes, SegmentIds
 
 log = logging.getLogger("ejaot")
 
 _PLATFORM_BACKENDS = {"xla": "xla", "triton": "triton", "pallas": "pallas_tpu"}
-
-
-class SegmentIds(NamedTuple):
-    """Seed 004's SegmentIds: a query token sees a key token only when their ids match."""
-    q: Any
-    kv: Any
-
-
-class BlockSizes(NamedTuple):
-    """Seed 004's BlockSizes. Accepted for compatibility: ejaot's tile sizes are the
-    store's tuned configs, and results do not depend on them."""
-    block_q: int
-    block_k_major: int
-    block_k: int
-    block_b: int
-    block_q_major_dkv: int | None = None
-    block_k_major_dkv: int | None = None
-    block_k_dkv: int | None = None
-    block_q_dkv: int | None = None
-    block_k_major_dq: int | None = None
-    block_k_dq: int | None = None
-    block_q_dq: int | None = None
 
 
 def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):

@@ -53,8 +53,10 @@ def test_signatures_follow_the_seeds(name):
 
 def test_segment_ids_and_block_sizes_are_seed_004s():
     assert ops.SegmentIds._fields == ("q", "kv")
-    assert ops.BlockSizes._fields[:4] == ("block_q", "block_k_major", "block_k", "block_b")
-    assert "block_q_dq" in ops.BlockSizes._fields
+    import dataclasses
+    fields = [f.name for f in dataclasses.fields(ops.BlockSizes)]
+    assert fields[:4] == ["block_q", "block_k_major", "block_k", "block_b"] and "block_q_dq" in fields
+    assert ops.BlockSizes.get_default(1, 8, 512, 512, 128).block_q == 128
 
 
 @pytest.fixture
