@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from . import __version__
 from .errors import EjaotError
 
 
@@ -16,6 +17,7 @@ def _fail(msg: str, code: int = 2):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ejaot")
 def main():
     """Ahead-of-time compiled JAX kernel artifacts: build a store once, load it at
     server start-up in milliseconds."""

@@ -134,3 +134,13 @@ def test_finalize_and_verify_take_only_the_named_kernels(store_copy):
     assert code == 0 and "8 entries numerically verified" in text and "0 failures" in text
     # what finalize wrote is usable here: the same device identity the build records
     assert text.count("compiled usable") == 8 and "compiled skipped" not in text
+
+
+def test_version_and_typed_package():
+    import pathlib
+    import subprocess
+    import sys
+    import ejaot
+    out = subprocess.run([sys.executable, "-m", "ejaot.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"ejaot, version {ejaot.__version__}"
+    assert (pathlib.Path(ejaot.__file__).parent / "py.typed").exists()
