@@ -26,9 +26,5 @@ class StoreError(EjaotError):
     """A store cannot be opened or written (format, integrity, permissions)."""
 
 
-class BuildError(EjaotError):
-    """A build could not produce one or more entries."""
-
-
 class TargetUnavailableError(EjaotError):
     """A target's toolchain is missing on this host."""

@@ -26,8 +26,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
-
 
 @dataclass(frozen=True)
 class ArrayArg:

@@ -5,7 +5,6 @@ seconds and libtpu prints at import.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import os
 import sys
@@ -72,10 +71,6 @@ def cpu_features() -> tuple[str, ...]:
 def cpu_device_kind() -> str:
     import platform
     return f"cpu-{platform.machine()}"
-
-
-def fingerprint(obj: bytes) -> str:
-    return hashlib.sha256(obj).hexdigest()
 
 
 @lru_cache(maxsize=None)
