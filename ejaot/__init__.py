@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
-         miss_log: bool = True, require: bool = False):
+         miss_log: bool = True, require: bool = False, kernel_modules=None):
     """Opens an artifact store for serving; see ejaot.runtime.bundle.load."""
     from .runtime.bundle import load as _load
     return _load(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
-                 miss_log=miss_log, require=require)
+                 miss_log=miss_log, require=require, kernel_modules=kernel_modules)
 
 
 def use(store=None, **load_options):

@@ -27,6 +27,8 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
     except KeyError as e:
         raise StoreError(f"{root}: the store's {e.args[0]}") from None
     identity = target.platform_module.device_identity(target, device)
+    from .registry import trust_modules      # an operator's tool: the store's model packages may load
+    trust_modules({r.get("module") for r in index["entries"].values() if isinstance(r, dict)} - {None})
     counts = {"compiled": 0, "skipped": 0, "failed": 0, "refused": 0}
     for key, record in index["entries"].items():
         if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from functools import lru_cache
 
 from .kernel_spec import COLLECTION, KernelSpec
@@ -39,6 +40,7 @@ def register_module(module: str) -> dict[str, KernelSpec]:
     remembered, so a store of many such entries tries once."""
     if module in _import_failures:
         raise _import_failures[module]
+    _trusted.add(module)
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
@@ -60,11 +62,27 @@ def module_of(name: str) -> str | None:
     return _module_of.get(name)
 
 
+_trusted: set[str] = set()
+
+
+def trust_modules(modules) -> None:
+    """Outside modules this process may import when a store's records name them."""
+    _trusted.update(m for m in (modules or ()) if isinstance(m, str))
+
+
+def may_import(module: str) -> bool:
+    """A store never makes a server import a module by itself: only one the process has
+    already imported, one registered by a manifest, or one it trusted (ejaot.load's
+    kernel_modules)."""
+    return module in sys.modules or module in _trusted
+
+
 def find_kernel(name: str, module: str | None = None) -> KernelSpec | None:
     """The kernel called `name`, importing only its own folder (start-up is hot); an outside
-    kernel from `module`, imported now if need be (ImportError if it cannot be)."""
+    kernel from `module` when this process may import it (may_import; ImportError if it
+    cannot be)."""
     spec = _by_name.get(name)
-    if spec is None and module:
+    if spec is None and module and may_import(module):
         spec = register_module(module).get(name)
     if spec is None and isinstance(name, str) and name.isidentifier():
         try:
@@ -80,6 +98,10 @@ def find_kernel(name: str, module: str | None = None) -> KernelSpec | None:
 
 
 def get_kernel(name: str, module: str | None = None) -> KernelSpec:
+    """The build's lookup: an outside module named by a manifest (the operator's input) is
+    imported and registered."""
+    if module and name not in _by_name:
+        trust_modules([module])
     spec = find_kernel(name, module)
     if spec is None:
         raise KeyError(f"unknown kernel {name!r}; known kernels: {', '.join(all_kernels())}")

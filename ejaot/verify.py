@@ -102,7 +102,9 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
     rng = np.random.default_rng(seed)
     counts = {"numerics_ok": 0, "numerics_skipped": 0, "failed": 0}
     import ejaot
-    bundle = ejaot.load(root, miss_log=False)
+    # an operator's tool: the model packages the store names may be imported
+    modules = {r.get("module") for r in index["entries"].values() if isinstance(r, dict)}
+    bundle = ejaot.load(root, miss_log=False, kernel_modules=modules - {None})
     installed = all_kernels()
     def order(kv):
         return str(kv[1].get("dims")) if isinstance(kv[1], dict) else ""

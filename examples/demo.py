@@ -70,7 +70,7 @@ def child(args) -> dict:
     model = pkg.Model(cfg)
     if args.mode == "steps":
         from serving import StoredSteps
-        bundle = ejaot.load(args.store)
+        bundle = ejaot.load(args.store, kernel_modules=[f"{pkg.__name__}.steps"])
         model = StoredSteps(model, bundle, pkg.__name__, model=args.config)
     if args.mode == "weights":                  # untimed: the checkpoint the others load
         save_weights(pkg.init_params(cfg), args.weights)

@@ -230,3 +230,34 @@ def test_store_whose_package_is_missing_reports_it_and_serves_the_rest(toy, tmp_
     assert len(got["reasons"]) == 2
     assert all(f"module '{name}.steps', which cannot be imported here" in r for r in got["reasons"])
     assert "cannot be imported here" in got["err"] and "toy.step" in got["err"]
+
+
+def test_a_store_never_makes_the_server_import_a_module(toy, tmp_path):
+    """A record naming an importable module the server has not imported is refused (a
+    tampered store must not be able to run any installed module's import-time code); with
+    kernel_modules the server opts in."""
+    name, pkg, manifest = toy
+    (pkg / "steps.py").write_text(TOY_STEPS + "\nimport pathlib\npathlib.Path(__file__).with_name('IMPORTED').touch()\n")
+    build_toy(manifest, tmp_path / "store")
+    (pkg / "IMPORTED").unlink()                      # the build imported it; the server has not
+    code = textwrap.dedent(f"""
+        import json, sys, ejaot
+        sys.path.insert(0, {str(pkg.parent)!r})
+        b = ejaot.load({str(tmp_path / 'store')!r})
+        reasons = [r["reason"] for r in b.stats()["rejected"]]
+        imported_before = "{name}.steps" in sys.modules
+        b2 = ejaot.load({str(tmp_path / 'store')!r}, kernel_modules=["{name}.steps"])
+        b2.stats()
+        print(json.dumps({{"reasons": reasons, "imported_before": imported_before,
+                          "imported_after_opt_in": "{name}.steps" in sys.modules,
+                          "rejected_after": len(b2.stats()["rejected"])}}))
+        """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import json
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["reasons"] and all("has not imported" in r for r in got["reasons"])
+    assert got["imported_before"] is False                  # refusing it imported nothing
+    assert (pkg / "IMPORTED").exists()                       # ...until the server opted in
+    assert got["imported_after_opt_in"] is True and got["rejected_after"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .. import toolchain as tc
-from ..registry import find_kernel
+from ..registry import find_kernel, may_import
 from . import record as _record
 
 def local_platform(device) -> str:
@@ -41,9 +41,22 @@ def entry_problem(record: dict, platform: str) -> str | None:
 
 
 def outside_module_problem(kernel: str, module: str | None) -> str | None:
-    """Why an outside kernel's module cannot be imported here, or None."""
+    """Why an outside kernel's module cannot be used here, or None."""
     if module is None:
         return None
+    if not may_import(module):
+        import importlib.util
+        top = module.split(".")[0]
+        try:
+            found = importlib.util.find_spec(top) is not None     # finds, imports nothing
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return (f"kernel {kernel!r} comes from module {module!r}, which cannot be imported here "
+                    f"(no package {top!r}); install its package or put it on PYTHONPATH")
+        return (f"kernel {kernel!r} comes from module {module!r}, which this process has not "
+                "imported: a store never makes a server import a module; import it first or "
+                "pass kernel_modules=[...] to ejaot.load")
     try:
         find_kernel(kernel, module)
     except ImportError as e:

@@ -41,7 +41,7 @@ log = logging.getLogger("ejaot")
 
 
 def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
-         miss_log: bool = True, require: bool = False) -> "Bundle":
+         miss_log: bool = True, require: bool = False, kernel_modules=None) -> "Bundle":
     """Opens a store for serving. Never raises for a bad store: problems are reported by
     stats()["rejected"] and the affected calls are served by another tier or the JIT
     fallback (or raise BucketMissError in strict mode).
@@ -54,7 +54,13 @@ def load(root, strict: bool = False, device=None, eager: bool | str = False, tru
 
     require=True: raise StoreError when the store cannot serve at all here (missing, not a
     store, of another format, empty, or built for another platform) instead of serving
-    every call through the fallback. Problems go to the "ejaot" logger as warnings."""
+    every call through the fallback. Problems go to the "ejaot" logger as warnings.
+
+    kernel_modules: outside modules (a model's steps) this process may import when the
+    store's records name them; without it, only modules already imported are used: a
+    store never makes the server import a module by itself."""
+    from ..registry import trust_modules
+    trust_modules(kernel_modules)
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
                   miss_log=miss_log, require=require)
 
