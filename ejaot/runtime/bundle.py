@@ -20,7 +20,7 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -40,8 +40,9 @@ from .warmup import CallsFirst, WarmUp
 log = logging.getLogger("ejaot")
 
 
-def load(root, strict: bool = False, device=None, eager: bool | str = False, trusted_keys=None,
-         miss_log: bool = True, require: bool = False, kernel_modules=None) -> "Bundle":
+def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eager: bool | str = False,
+         trusted_keys: Any = None, miss_log: bool = True, require: bool = False,
+         kernel_modules: Iterable[str] | None = None) -> "Bundle":
     """Opens a store for serving. Never raises for a bad store: problems are reported by
     stats()["rejected"] and the affected calls are served by another tier or the JIT
     fallback (or raise BucketMissError in strict mode).
@@ -263,7 +264,7 @@ class Bundle:
         self._note_rejection(entry.key, entry.kernel, tier, reason)
 
     # -- serving --------------------------------------------------------------------------
-    def call(self, kernel: str, *args, **kwargs):
+    def call(self, kernel: str, *args: Any, **kwargs: Any) -> Any:
         """Runs `kernel` on the arrays, returning what the kernel's public function returns.
         Eager calls run the compiled tier; under any JAX trace (jit, grad, vmap,
         eval_shape) the portable tier is inlined into the traced program."""
@@ -326,12 +327,19 @@ class Bundle:
             raise BucketMissError(self._miss_message(spec, call, group, reason))
         dtypes = {a.name: str(call.inputs[a.name].dtype) for a in spec.inputs
                   if not a.is_tree and call.inputs[a.name] is not None}
-        self.misses.record(sig or repr((spec.name, call.dims, call.dtype, call.static)), spec.name,
-                           call.dims, call.dtype, call.present, call.static, reason, dtypes)
+        hit = self.misses.record(sig or repr((spec.name, call.dims, call.dtype, call.static)), spec.name,
+                                 call.dims, call.dtype, call.present, call.static, reason, dtypes)
         if self.store_problem is None:   # a store-wide problem was said once at load
             log.warning("%s: %s (%s); served by the JIT fallback, recorded in the miss log",
                         spec.name, reason, ", ".join(f"{k}={v}" for k, v in call.dims.items()))
-        return Plan("fallback", "jit", self._make_fallback(spec, call))
+        run = self._make_fallback(spec, call)
+        if hit is not None:              # the miss log counts this signature's calls in memory
+            fallback = run
+
+            def run(args, kwargs):
+                hit()
+                return fallback(args, kwargs)
+        return Plan("fallback", "jit", run)
 
     def _runner(self, entry: StoredEntry, tracing: bool):
         if not tracing:
@@ -440,8 +448,55 @@ class Bundle:
             return msg + f"; the store's {len(rejected)} entries of it were rejected, e.g.: {rejected[0]['reason']}"
         return msg + "; the store has no entries for it"
 
+    # -- coverage (what `ejaot misses` asks) ---------------------------------------------------
+    def covers(self, kernel: str, dims: dict, dtype: str, present=(), static: dict | None = None,
+               dtypes: dict | None = None) -> bool:
+        """Whether a call of `kernel` with these dims, dtype, optional inputs present and
+        static arguments (as a miss log line records them) would be served by a stored
+        entry accepted here, exact or padded, rather than by the JIT fallback. The same
+        bucket-group search as a call's; nothing is deserialized."""
+        found = self._group_of(kernel, dims, dtype, present, static)
+        if found is None:
+            return False
+        spec, group, want = found
+        for a in spec.inputs:      # fixed-dtype inputs (int32 tables) must match, as for a call
+            given = (dtypes or {}).get(a.name)
+            if given is not None and not a.is_tree and given != spec.dtype_of(a, dtype):
+                return False
+        return any(all(w <= p for w, p in zip(want, pdims)) for pdims, _ in group.members)
+
+    def bucket_grid(self, kernel: str, dims: dict, dtype: str, present=(),
+                    static: dict | None = None) -> dict[str, list[int]]:
+        """The stored values of each paddable dim among the entries that could serve such a
+        call (its bucket group: same kernel, dtype, optional inputs, statics and fixed
+        dims), ascending; {} when there are none."""
+        found = self._group_of(kernel, dims, dtype, present, static)
+        if found is None:
+            return {}
+        _, group, _ = found
+        return {d: sorted({p[i] for p, _ in group.members}) for i, d in enumerate(group.paddable)}
+
+    def _group_of(self, kernel, dims, dtype, present, static):
+        """(spec, bucket group, the call's paddable dims) for a described call, or None."""
+        spec = find_kernel(kernel) if isinstance(kernel, str) else None
+        if spec is None and isinstance(kernel, str) and (kernel in self._pending or kernel in self._opened):
+            self._ensure_kernel(kernel)
+            spec = find_kernel(kernel)
+        if spec is None:
+            return None
+        try:
+            given = set(present)
+            present = tuple(a.name for a in spec.inputs if a.optional and a.name in given)
+            dims = spec.resolve_dims({k: int(v) for k, v in dims.items()})
+            gkey, want = _bucket_key(spec, dtype, present, spec.canonical_static(static or {}), dims)
+            self._ensure_kernel(spec.name)
+            group = self._groups.get(gkey)
+        except (TypeError, ValueError, KeyError):     # a malformed description covers nothing
+            return None
+        return None if group is None else (spec, group, want)
+
     # -- reporting --------------------------------------------------------------------------
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         entries = self.entries        # checks every kernel's records, so all rejections are listed
         with self._lock:
             counts = dict(self._counts)
@@ -458,7 +513,7 @@ class Bundle:
             "warmup_errors": [run.error for run in self._warm_runs if run.error],
         }
 
-    def warmup(self, threads: int | None = None, kernels=None) -> dict:
+    def warmup(self, threads: int | None = None, kernels: str | Iterable[str] | None = None) -> dict[str, int]:
         """Verifies and deserializes every entry's compiled tier now (portable tier where
         there is none) instead of on first use; returns how many entries got which tier.
         `kernels`: only these kernels' entries.
