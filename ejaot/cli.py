@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -325,76 +324,6 @@ def _matching(index, kernels) -> list[tuple]:
             if kernels is None or not isinstance(r, dict) or r.get("kernel") in kernels]
 
 
-_VERIFY_HOST = re.compile(r"host: jax (?P<jax>\S+), jaxlib (?P<jaxlib>\S+), platform (?P<platform>\S+), "
-                          r"device (?P<device>.*); numerics up to (?P<max_elements>\S+)-element")
-_VERIFY_STORE = re.compile(r"store: target (?P<target>.*), (?P<entries>\d+) entries$")
-_VERIFY_SUMMARY = re.compile(r"summary: (\d+) entries numerically verified, (\d+) not run here, (\d+) failures")
-
-
-class _VerifyJson:
-    """verify's report lines as JSON Lines, each with "type": host, store, entry, note or
-    summary (the last; "ok" is the command's verdict)."""
-
-    def __init__(self, index, max_elements: int):
-        self.max_elements = max_elements
-        self.by_prefix: dict = {}
-        for key, r in (index or {"entries": {}})["entries"].items():
-            self.by_prefix.setdefault(str(key)[:12], []).append((key, r))
-        self.summary = None
-
-    def line(self, text: str) -> None:
-        m = _VERIFY_HOST.match(text)
-        if m:
-            return _echo_json({"type": "host", **m.groupdict(), "max_elements": self.max_elements})
-        m = _VERIFY_STORE.match(text)
-        if m:
-            return _echo_json({"type": "store", "ok": True, "target": m["target"], "entries": int(m["entries"])})
-        if text.startswith("FAIL store: "):
-            return _echo_json({"type": "store", "ok": False, "error": text[len("FAIL store: "):]})
-        m = _VERIFY_SUMMARY.match(text)
-        if m:
-            self.summary = {"numerically_verified": int(m[1]), "not_run": int(m[2]), "failures": int(m[3])}
-            return None
-        if text.startswith("note: "):
-            return _echo_json({"type": "note", "text": text[len("note: "):]})
-        if text.startswith(("ok   ", "FAIL ")):
-            return _echo_json(self._entry(text))
-        return _echo_json({"type": "note", "text": text})
-
-    def _entry(self, text: str) -> dict:
-        ok = text.startswith("ok ")
-        rest = text[5:]
-        out = {"type": "entry", "ok": ok, "key": rest[:12], "kernel": None, "dtype": None, "dims": None,
-               "static": None, "detail": rest}
-        hits = self.by_prefix.get(rest[:12], [])
-        for key, r in hits:
-            r = r if isinstance(r, dict) else {}
-            for label in (f"{str(key)[:12]} {r.get('kernel')} {r.get('dtype')} {r.get('dims')}", str(key)[:12]):
-                if rest.startswith(label + ": "):
-                    out.update(key=key if len(hits) == 1 else rest[:12], kernel=r.get("kernel"),
-                               dtype=r.get("dtype"), dims=r.get("dims"), static=r.get("static"),
-                               detail=rest[len(label) + 2:])
-                    break
-        d = out["detail"]
-        out["sha256_ok"] = "sha256 ok" in d
-        for tier in ("compiled", "portable"):
-            m = re.search(rf"\b{tier} (usable|skipped)", d)
-            out[tier] = m[1] if m else None
-        if "numerics: " in d:
-            out["numerics"] = "failed" if ("MISMATCH" in d or "FAILED" in d) else \
-                ("none" if "no usable tier" in d else "ok")
-        elif "numerics skipped" in d:
-            out["numerics"] = "skipped"
-        elif "not runnable here" in d:
-            out["numerics"] = "not run"
-        else:
-            out["numerics"] = None
-        return out
-
-    def finish(self, ok: bool) -> None:
-        _echo_json({"type": "summary", "ok": ok, **(self.summary or {})})
-
-
 @main.command()
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--numerics/--no-numerics", default=True, show_default=True,
@@ -410,30 +339,21 @@ class _VerifyJson:
 def verify(store_dir, numerics, max_elements, kernels, as_json):
     """Check every payload's sha256, this host's compatibility with each tier, and
     (where the device can run them) the numerics against the reference."""
-    from .verify import default_max_elements, verify_store
-    if max_elements is None:
-        import jax
-        max_elements = default_max_elements(jax.local_devices()[0])
+    from .verify import render, verify_store
     index = _index_or_none(store_dir)
     only = _check_kernel_filter(kernels, index)
     progress = _Progress("verify", total=len(_matching(index, only)), lines=False)
-    sink = _VerifyJson(index, max_elements) if as_json else None
 
-    def echo(line: str) -> None:
-        if sink is not None:
-            if progress.bar is not None:
-                click.echo("\r\033[K", nl=False, err=True)
-            sink.line(line)
-            if progress.bar is not None:
-                progress.bar.render_progress()
+    def on_event(event: dict) -> None:
+        if as_json:
+            progress.echo(json.dumps(event, sort_keys=True, default=_jsonable))
         else:
-            progress.echo(line)
-        if line.startswith(("ok   ", "FAIL ")) and not line.startswith("FAIL store:"):
-            progress.advance(1, line[5:17])
-    ok = verify_store(store_dir, numerics=numerics, max_elements=max_elements, echo=echo, kernels=only)
+            progress.echo(render(event))
+        if event["type"] == "entry":
+            progress.advance(1, f"{event['key'][:12]} {event['kernel']}")
+    ok = verify_store(store_dir, numerics=numerics, max_elements=max_elements, echo=None, on_event=on_event,
+                      kernels=only)
     progress.finish()
-    if sink is not None:
-        sink.finish(ok)
     sys.exit(0 if ok else 1)
 
 

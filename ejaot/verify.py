@@ -78,90 +78,114 @@ def default_max_elements(device) -> int:
     return max(CPU_MAX_ELEMENTS, int(limit) // 16) if limit else CPU_MAX_ELEMENTS
 
 
-def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, kernels=None) -> bool:
-    """kernels: only entries of these kernels (None: all). max_elements: None for the
-    device's default (default_max_elements)."""
+def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, kernels=None,
+                 on_event=None) -> bool:
+    """Returns whether every checked entry is fine. Reports as events (dicts with a "type":
+    host, store, entry, note, summary; see `render`) to on_event, and as text lines to
+    echo (None: no text). kernels: only entries of these kernels (None: all). max_elements:
+    None for the device's default (default_max_elements)."""
     import jax
+
+    def emit(event: dict) -> None:
+        if on_event is not None:
+            on_event(event)
+        if echo is not None:
+            echo(render(event))
+
     store = FileStore(root)
     device = jax.local_devices()[0]
     platform = compat.local_platform(device)
     if max_elements is None:
         max_elements = default_max_elements(device)
-    echo(f"host: jax {tc.version_of('jax')}, jaxlib {tc.version_of('jaxlib')}, platform {platform}, "
-         f"device {device.device_kind}; numerics up to {max_elements:.3g}-element intermediates")
+    emit({"type": "host", "jax": tc.version_of("jax"), "jaxlib": tc.version_of("jaxlib"), "platform": platform,
+          "device": device.device_kind, "max_elements": max_elements})
     try:
         index = store.read_index()
     except FileNotFoundError:
-        echo(f"FAIL store: no index at {store.index_path}")
+        emit({"type": "store", "ok": False, "error": f"no index at {store.index_path}"})
         return False
     except EjaotError as e:
-        echo(f"FAIL store: {e}")
+        emit({"type": "store", "ok": False, "error": str(e)})
         return False
-    echo(f"store: target {index.get('target')}, {len(index['entries'])} entries")
-    ok = True
+    emit({"type": "store", "ok": True, "target": index.get("target"), "entries": len(index["entries"])})
     rng = np.random.default_rng(seed)
-    counts = {"numerics_ok": 0, "numerics_skipped": 0, "failed": 0}
     import ejaot
     # an operator's tool: the model packages the store names may be imported
     modules = {r.get("module") for r in index["entries"].values() if isinstance(r, dict)}
     bundle = ejaot.load(root, miss_log=False, kernel_modules=modules - {None})
-    installed = all_kernels()
-    def order(kv):
-        return str(kv[1].get("dims")) if isinstance(kv[1], dict) else ""
-    for key, record in sorted(index["entries"].items(), key=order):
+    check = _EntryCheck(store, bundle, device, platform, numerics, max_elements, rng)
+    results = []
+    for key, record in sorted(index["entries"].items(), key=_by_dims):
         if kernels is not None and isinstance(record, dict) and record.get("kernel") not in kernels:
             continue
+        results.append(check(key, record))
+        emit(results[-1])
+    for r in bundle.stats()["rejected"]:
+        if kernels is None or r["kernel"] in kernels:
+            what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
+            emit({"type": "note", "text": f"{what} {str(r['entry'])[:12]} rejected: {r['reason']}"})
+    ok = all(r["ok"] for r in results)
+    emit({"type": "summary", "ok": ok,
+          "numerically_verified": sum(r["numerics"] == "ok" for r in results),
+          "not_run": sum(r["numerics"] in ("skipped", "not run") for r in results),
+          "failures": sum(r["failures"] for r in results)})
+    return ok
+
+
+def _by_dims(item):
+    return str(item[1].get("dims")) if isinstance(item[1], dict) else ""
+
+
+class _EntryCheck:
+    """One entry's verdict as an "entry" event: sha256 of every payload, each tier's
+    usability on this host, and (where it runs here) numerics of each usable tier."""
+
+    def __init__(self, store, bundle, device, platform, numerics, max_elements, rng):
+        self.store, self.bundle, self.device, self.platform = store, bundle, device, platform
+        self.numerics, self.max_elements, self.rng = numerics, max_elements, rng
+        self.installed = all_kernels()
+
+    def __call__(self, key, record) -> dict:
+        event = {"type": "entry", "ok": False, "key": str(key), "kernel": None, "dtype": None, "dims": None,
+                 "static": None, "sha256_ok": False, "error": None, "not_runnable": None,
+                 "compiled": None, "portable": None, "numerics": None, "numerics_detail": None,
+                 "tiers": {}, "failures": 1}
         if not isinstance(record, dict):
-            echo(f"FAIL {str(key)[:12]}: record is not a table")
-            ok = False
-            counts["failed"] += 1
-            continue
-        label = f"{str(key)[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
-        problems = []
+            return {**event, "error": "record is not a table"}
+        event.update(kernel=record.get("kernel"), dtype=record.get("dtype"), dims=record.get("dims"),
+                     static=record.get("static"))
         problem = compat.record_problem(key, record)
         if problem:
-            echo(f"FAIL {label}: {problem}")
-            ok = False
-            counts["failed"] += 1
-            continue
+            return {**event, "error": problem}
+        problems = []
         for kind, ref in record["payloads"].items():
             try:
-                store.read_blob(ref.get("sha256"), ref.get("size"))
+                self.store.read_blob(ref.get("sha256"), ref.get("size"))
             except EjaotError as e:
                 problems.append(f"{kind}: {e}")
         if problems:
-            echo(f"FAIL {label}: " + "; ".join(problems))
-            ok = False
-            counts["failed"] += 1
-            continue
-        tiers = []
-        why = compat.entry_problem(record, platform)
+            return {**event, "error": "; ".join(problems)}
+        event.update(sha256_ok=True, ok=True, failures=0)
+        why = compat.entry_problem(record, self.platform)
         if why:
-            echo(f"ok   {label}: sha256 ok; not runnable here: {why}")
-            counts["numerics_skipped"] += 1
-            continue
-        c = compat.compiled_problem(record, device)
+            return {**event, "not_runnable": why, "numerics": "not run"}
+        c = compat.compiled_problem(record, self.device)
         p = compat.portable_problem(record)
-        tiers.append("compiled " + ("usable" if not c else f"skipped ({c})"))
-        tiers.append("portable " + ("usable" if not p else f"skipped ({p})"))
-        entry = bundle.entries.get(key)
-        spec = installed.get(record["kernel"]) or find_kernel(record["kernel"], record.get("module"))
-        if not numerics or entry is None:
-            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers))
-            continue
-        if spec.footprint and spec.footprint(record["dims"]) > max_elements:
-            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers) + f"; numerics skipped (over --max-elements)")
-            counts["numerics_skipped"] += 1
-            continue
-        inputs, args = entry_arguments(spec, record, rng)
+        event.update(compiled=c or "usable", portable=p or "usable")
+        entry = self.bundle.entries.get(key)
+        spec = self.installed.get(record["kernel"]) or find_kernel(record["kernel"], record.get("module"))
+        if not self.numerics or entry is None:
+            return event
+        if spec.footprint and spec.footprint(record["dims"]) > self.max_elements:
+            return {**event, "numerics": "skipped", "numerics_detail": "over --max-elements"}
+        import jax
+        inputs, args = entry_arguments(spec, record, self.rng)
         try:
             want = jax.block_until_ready(reference_outputs(spec, record, inputs))
         except Exception as e:  # e.g. the XLA reference does not fit the device's memory
-            echo(f"ok   {label}: sha256 ok; " + "; ".join(tiers)
-                 + f"; numerics skipped: the reference failed ({type(e).__name__}: {str(e)[:120]})")
-            counts["numerics_skipped"] += 1
-            continue
-        results = []
+            return {**event, "numerics": "skipped",
+                    "numerics_detail": f"the reference failed ({type(e).__name__}: {str(e)[:120]})"}
+        tiers = {}
         for tier, fn in (("compiled", entry.compiled() if not c else None),
                          ("portable", entry.portable() if not p else None)):
             if fn is None:
@@ -169,28 +193,50 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
             try:
                 got = jax.block_until_ready(fn(*args))
             except Exception as e:  # a tier that cannot run here is a failure of that entry
-                results.append(f"{tier} FAILED to run ({type(e).__name__}: {str(e)[:120]})")
-                ok = False
-                counts["failed"] += 1
+                tiers[tier] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
                 continue
             passed, err = all_close(got, want, record["dtype"])
-            results.append(f"{tier} {'ok' if passed else 'MISMATCH'} (err/tol {err:.3f})")
-            ok &= passed
-            if not passed:
-                counts["failed"] += 1
-        good = all("MISMATCH" not in r and "FAILED" not in r for r in results)
-        if results:
-            counts["numerics_ok"] += good
-        echo(("ok   " if good else "FAIL ") + f"{label}: sha256 ok; "
-             + "; ".join(tiers) + "; numerics: " + ("; ".join(results) or "no usable tier"))
-    for r in bundle.stats()["rejected"]:
-        if kernels is not None and r["kernel"] not in kernels:
-            continue
-        what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
-        echo(f"note: {what} {str(r['entry'])[:12]} rejected: {r['reason']}")
-    echo(f"summary: {counts['numerics_ok']} entries numerically verified, {counts['numerics_skipped']} "
-         f"not run here, {counts['failed']} failures")
-    return ok
+            tiers[tier] = {"ok": passed, "err_over_tol": err}
+        failures = sum(not t["ok"] for t in tiers.values())
+        return {**event, "ok": failures == 0, "failures": failures, "tiers": tiers,
+                "numerics": ("failed" if failures else "ok") if tiers else "none"}
+
+
+def render(event: dict) -> str:
+    """An event of verify_store as its line of text."""
+    kind = event["type"]
+    if kind == "host":
+        return (f"host: jax {event['jax']}, jaxlib {event['jaxlib']}, platform {event['platform']}, "
+                f"device {event['device']}; numerics up to {event['max_elements']:.3g}-element intermediates")
+    if kind == "store":
+        return (f"store: target {event['target']}, {event['entries']} entries" if event["ok"]
+                else f"FAIL store: {event['error']}")
+    if kind == "note":
+        return f"note: {event['text']}"
+    if kind == "summary":
+        return (f"summary: {event['numerically_verified']} entries numerically verified, {event['not_run']} "
+                f"not run here, {event['failures']} failures")
+    key = event["key"][:12]
+    if event["kernel"] is None and event["error"]:
+        return f"FAIL {key}: {event['error']}"
+    label = f"{key} {event['kernel']} {event['dtype']} {event['dims']}"
+    if event["error"]:
+        return f"FAIL {label}: {event['error']}"
+    if event["not_runnable"]:
+        return f"ok   {label}: sha256 ok; not runnable here: {event['not_runnable']}"
+    parts = ["sha256 ok"] + [f"{tier} " + ("usable" if event[tier] == "usable" else f"skipped ({event[tier]})")
+                             for tier in ("compiled", "portable")]
+    if event["numerics"] == "skipped":
+        detail = event["numerics_detail"]
+        parts.append(f"numerics skipped ({detail})" if detail.startswith("over") else f"numerics skipped: {detail}")
+    elif event["numerics"] == "none":
+        parts.append("numerics: no usable tier")
+    elif event["numerics"] is not None:
+        parts.append("numerics: " + "; ".join(
+            f"{tier} FAILED to run ({t['error']})" if "error" in t
+            else f"{tier} {'ok' if t['ok'] else 'MISMATCH'} (err/tol {t['err_over_tol']:.3f})"
+            for tier, t in event["tiers"].items()))
+    return ("ok   " if event["ok"] else "FAIL ") + f"{label}: " + "; ".join(parts)
 
 
 def all_close(got, want, dtype) -> tuple[bool, float]:
