@@ -9,7 +9,7 @@ Run on the GPU host, from anywhere (the repo is found from this file's path):
     python3 benchmarks/gpu_mla_check.py --quick --out /tmp/mla_quick.json
 
 Two ways to get the kernel:
-  * default (JIT): imports `ejaot_kernels.mla_attention.triton_gpu`, which needs
+  * default (JIT): imports `ejaot_kernels._shared.mla_triton`, which needs
     `jax_triton` (and a triton it works with) importable on the GPU host;
   * artifacts: `--export DIR` on a CPU build host with the CUDA extras (it lowers every
     case for --cc, default 90, through jax.export), then `--artifacts DIR` on the GPU host,
@@ -185,14 +185,16 @@ def make_kernel_fn(c, config):
     """The Triton attention alone: fn(q_lat [B,S,H,R], kv, valid_lens, b_q, b_k) -> out_lat
     (paged: fn(q_lat, latent_cache, context_lens, block_tables, b_q, rope_cache))."""
     import jax.numpy as jnp
-    from ejaot_kernels.mla_attention import triton_gpu as tg
+    from ejaot_kernels._shared import mla_triton as tg
+    from ejaot_kernels.mla_attention.configs import triton_heuristic
+    from ejaot_kernels.triton_support import resolve_config
     from ejaot_kernels.paged_mla_attention.configs import decode_dims
     dims = dict(decode_dims(dims_of(c)) if c["PS"] else dims_of(c), rope_dim=c["E"])
     scale = (c["D"] + c["E"]) ** -0.5
 
     def static(q_lat):
-        cfg = tg.resolve_config("mla_attention", config, tg.triton_heuristic, dims,
-                                {"causal": c["causal"], "softmax_scale": None})
+        cfg = resolve_config("mla_attention", config, triton_heuristic, dims,
+                             {"causal": c["causal"], "softmax_scale": None})
         return tg.make_static(cfg, dims, jnp.dtype(q_lat.dtype).itemsize, page_size=c["PS"])
 
     def fn(q_lat, kv, vl, bq, bk):

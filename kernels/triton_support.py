@@ -1,6 +1,7 @@
 """What every Triton backend of the collection shares: the guarded triton import (a host
-without triton can import a backend module and learn it cannot lower) and the local GPU's
-compute capability for the JIT path (an empty config on a GPU host)."""
+without triton can import a backend module and learn it cannot lower), the local GPU's
+compute capability for the JIT path (an empty config on a GPU host), and the constants and
+device functions the kernels have in common (LOG2E, tanh)."""
 from __future__ import annotations
 
 try:
@@ -12,6 +13,18 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 
     def jit(fn):
         return fn
+
+# log2(e): the kernels run their softmax in the log2 domain (exp2), with the softmax
+# scale times LOG2E folded into one multiply
+LOG2E = 1.4426950408889634
+
+
+@jit
+def tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1); exp(2x) = exp2(x * 2 log2 e). Exact limits at +-inf,
+    # abs error ~1e-7 near 0.
+    e = tl.math.exp2(x * 2.8853900817779268)
+    return 1.0 - 2.0 / (e + 1.0)
 
 
 def local_compute_capability(kernel: str) -> int:

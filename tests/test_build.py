@@ -117,7 +117,8 @@ def test_editing_the_hopper_flash_kernel_leaves_cpu_and_tpu_entries_fresh(monkey
         monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
         return {b: spec.source_hash(b) for b in ("xla", "pallas_tpu", "triton")}
     plain = hashes_with("no-such-file.py")
-    for edited in ("flash_attention/gluon_sm90.py", "kernels/triton_support.py", "mla_attention/gluon_pipeline.py"):
+    for edited in ("flash_attention/gluon_sm90.py", "kernels/triton_support.py", "_shared/gluon_pipeline.py",
+                   "_shared/gluon_support.py"):
         h = hashes_with(edited)
         assert h["xla"] == plain["xla"] and h["pallas_tpu"] == plain["pallas_tpu"], edited
         assert h["triton"] != plain["triton"], edited

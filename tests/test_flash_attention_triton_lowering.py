@@ -38,7 +38,7 @@ _SCRIPT = textwrap.dedent(r'''
         return result
     jt_lib.compile_ttir_inplace = _recording_compile
     from ejaot_kernels.flash_attention.configs import triton_heuristic
-    from ejaot_kernels.mla_attention import gluon_pipeline
+    from ejaot_kernels._shared import gluon_pipeline
 
     TARGET = "triton_kernel_call_ffi"
     CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TARGET)]

@@ -19,8 +19,9 @@ serving kernel is deterministic.
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from .statics import (check_dims, norm_bool, norm_dtype, norm_positive_float,
-                      norm_scale, norm_window, pack_outputs, prepare_call)
+from ejaot_kernels._shared.statics import norm_bool, norm_positive_float, norm_scale, norm_window
+
+from .statics import check_dims, norm_dtype, pack_outputs, prepare_call
 
 SPEC = KernelSpec(
     name="attention",

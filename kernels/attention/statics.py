@@ -1,35 +1,8 @@
-"""Static-argument normalization and call hooks for `attention` (no jax import)."""
+"""Static-argument normalization and call hooks for `attention` (no jax import); the
+normalizers other kernels use too are in ejaot_kernels._shared.statics."""
 from __future__ import annotations
 
-import math
-
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def norm_bool(name):
-    def norm(v):
-        if not isinstance(v, bool):
-            raise ValueError(f"{name} must be true or false, got {v!r}")
-        return v
-    return norm
-
-
-def norm_positive_float(name):
-    def norm(v):
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-            raise ValueError(f"{name} must be a positive number or none, got {v!r}")
-        return float(v)
-    return norm
-
-
-def norm_scale(v):
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"softmax_scale must be a finite number or none, got {v!r}")
-    return float(v)
 
 
 def norm_dtype(name):
@@ -42,18 +15,6 @@ def norm_dtype(name):
             raise ValueError(f"{name} must be one of {list(_DTYPES)} or none, got {v!r}")
         return s
     return norm
-
-
-def norm_window(v):
-    """int w -> [w, w]; (left, right) -> [left, right]; none -> none."""
-    if v is None:
-        return None
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = (v, v)
-    if (isinstance(v, (list, tuple)) and len(v) == 2
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)):
-        return [int(v[0]), int(v[1])]
-    raise ValueError(f"sliding_window must be a non-negative int or [left, right], got {v!r}")
 
 
 def check_dims(dims, static):

@@ -1,7 +1,7 @@
 """`flash_attention`: blockwise attention for prefill and training (forward + backward).
 
 Public layout [batch, seq, heads, head_dim] (GQA/MQA: kv_heads divides q_heads).
-Semantics are those of `attention` (see ejaot_kernels.attention): bottom-right causal,
+Semantics are those of `attention` (kernels/attention/__init__.py): bottom-right causal,
 sliding_window (left, right), logits_soft_cap, softmax_scale (default 1/sqrt(head_dim)),
 additive bias; plus segment ids: query i sees key j only when
 q_segment_ids[b, i] == kv_segment_ids[b, j] (packed sequences, seed 004's SegmentIds).
@@ -13,7 +13,7 @@ platform; also the reference and the fallback). Each is differentiable (custom V
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from ejaot_kernels.attention.statics import norm_bool, norm_positive_float, norm_scale, norm_window
+from ejaot_kernels._shared.statics import norm_bool, norm_positive_float, norm_scale, norm_window
 from .configs import (check_dims, tpu_candidates, tpu_heuristic, triton_candidates,
                       triton_heuristic)
 

@@ -10,13 +10,6 @@ def check_dims(dims, static):
         raise ValueError(f"head_dim={dims['head_dim']} is not supported (32, 64, 128 or 256)")
 
 
-def _pow2_at_most(n, cap):
-    b = 16
-    while b * 2 <= min(n, cap):
-        b *= 2
-    return b
-
-
 def _compute_capability(target) -> int:
     facts = getattr(target, "facts", None) or {}
     return int(facts.get("compute_capability", 90))
@@ -55,11 +48,17 @@ def _triton_config(dims, cc, fwd, dkdv, dq):
             "dq_num_warps": dq[2], "dq_num_stages": dq[3]}
 
 
+def gluon_head_dim_ok(head_dim) -> bool:
+    """The head dims the Gluon forward (gluon_sm90.py) tiles: 64 and 128. The heuristic
+    (_gluon_ok) and triton_gpu._make_static, which honours a config's `gluon`, both ask."""
+    return head_dim in (64, 128)
+
+
 def _gluon_ok(dims, static, cc) -> bool:
     """Where the Gluon forward applies (gluon_sm90.py): Hopper, head_dim 64 or 128, plain
     scores (no soft cap, no window; a bias or segment ids at call time fall back to the
     Triton forward), and 128-row query blocks."""
-    return (cc >= 90 and dims["head_dim"] in (64, 128) and static.get("logits_soft_cap") is None
+    return (cc >= 90 and gluon_head_dim_ok(dims["head_dim"]) and static.get("logits_soft_cap") is None
             and static.get("sliding_window") is None and dims["seq"] > 64)
 
 

@@ -29,9 +29,9 @@ count 2; released one step late, hence STAGES >= 3), turn[w] (warpgroup w may is
 tail (the producer zeroed the rows of the last V tile past kv_len: a zero weight times a
 NaN there would still be NaN).
 
-Compiled with Triton's Gluon pipeline and launched with all 12 warps (mla_attention's
-gluon_pipeline.py). Only importable where triton with Gluon is installed; touches no
-device at import."""
+Compiled with Triton's Gluon pipeline and launched with all 12 warps (triton_gpu.py routes
+it there: _shared/gluon_pipeline.py). Only importable where triton with Gluon is installed;
+touches no device at import."""
 from __future__ import annotations
 
 try:
@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - older triton, or none
     def _gluon_jit(fn):
         return fn
 
+from ejaot_kernels._shared.gluon_support import zero_tail as _zero_tail  # noqa: E402
 
 CONSUMER_REGS = gl.constexpr(232) if gl is not None else 232   # per thread, each consumer warpgroup
 BLOCK_M = 128        # query rows per program: two consumer warpgroups of 64
@@ -69,16 +70,6 @@ def _softmax(s, m_i, l_i, kv_len, q_pos, qk_scale: gl.constexpr, MASKED: gl.cons
     p = gl.exp2(s * qk_scale - m_use[:, None])
     alpha = gl.exp2(m_i - m_use)
     return p, alpha, l_i * alpha + gl.sum(p, axis=1), m_new
-
-
-@_gluon_jit
-def _zero_tail(v, n_valid, BLOCK_N: gl.constexpr, D: gl.constexpr, L: gl.constexpr):
-    """Zeroes rows n_valid.. of a landed V tile, in column blocks of 64."""
-    CW: gl.constexpr = 64 if D >= 64 else D
-    keep = (gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)) < n_valid)[:, None]
-    for c in gl.static_range(D // CW):
-        part = v.slice(c * CW, CW, dim=1)
-        part.store(gl.where(keep, part.load(L), 0.0).to(v.dtype))
 
 
 @_gluon_jit

@@ -40,22 +40,14 @@ import dataclasses
 import functools
 import math
 
-from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+from ejaot_kernels._shared.gluon_pipeline import install_compile_hook, route_through_gluon_pipeline
+from ejaot_kernels.triton_support import LOG2E, jit as _jit, resolve_config, tanh as _tanh, tl
 
-from .configs import triton_heuristic
-
-LOG2E = 1.4426950408889634
+from .configs import gluon_head_dim_ok, triton_heuristic
 
 # ----------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------
-
-
-@_jit
-def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, abs error ~1e-7 near 0.
-    e = tl.math.exp2(x * 2.8853900817779268)
-    return 1.0 - 2.0 / (e + 1.0)
 
 
 @_jit
@@ -584,11 +576,6 @@ def _bwd_dkdv_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DK, DV, DBia
 # JAX side
 # ----------------------------------------------------------------------------------------
 
-_FWD_KEYS = ("block_m", "block_n", "num_warps", "num_stages")
-_BWD_KEYS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages",
-             "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Static:
     causal: bool
@@ -671,7 +658,7 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
         dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
-        gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and d in (64, 128),
+        gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
     )
 
 
@@ -719,8 +706,7 @@ def _kv_descriptors(k, v, block_n: int, gluon: bool = False):
     kernel inside XLA's command buffers (CUDA graphs; README, Serving). gluon: the
     descriptors carry the shared layout the Gluon kernel allocates its K/V slots with."""
     import jax_triton as jt
-    from ejaot_kernels.mla_attention.gluon_pipeline import compile_with_gluon_pipeline
-    compile_with_gluon_pipeline()       # completes the descriptors' metadata for jax-triton
+    install_compile_hook()       # completes the descriptors' metadata for jax-triton
     b, t, hk, d = k.shape
     extra = {}
     if gluon:
@@ -756,11 +742,12 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
 
 def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
     """The Gluon forward (gluon_sm90.py): BLOCK_M query rows per program, launched with the
-    producer's 4 warps (gluon_pipeline.py adds the consumers' 8)."""
+    producer's 4 warps (_shared/gluon_pipeline.py adds the consumers' 8)."""
     import jax
     import jax.numpy as jnp
     import jax_triton as jt
     from . import gluon_sm90
+    route_through_gluon_pipeline(gluon_sm90._fwd_sm90)     # compiled as Gluon, launched with 12 warps
     b, s, hq, d = q.shape
     # Q's rows and at least 3 K/V slots in the 227 KB a Hopper block may use
     fit = (227 * 1024 - 1024 - gluon_sm90.BLOCK_M * d * 2) // (2 * block_n * d * 2)

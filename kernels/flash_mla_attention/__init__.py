@@ -15,7 +15,7 @@ Queries and keys share one length (seed 000), so causal needs no alignment choic
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from ejaot_kernels.attention.statics import norm_bool, norm_scale
+from ejaot_kernels._shared.statics import norm_bool, norm_scale
 
 SPEC = KernelSpec(
     name="flash_mla_attention",

@@ -22,7 +22,7 @@ The XLA backend computes either the naive form (decompress K/V) or the absorbed 
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from ejaot_kernels.attention.statics import norm_bool, norm_scale
+from ejaot_kernels._shared.statics import norm_bool, norm_scale
 from .configs import (check_dims, choose_form, tpu_candidates, tpu_heuristic, triton_candidates,
                       triton_heuristic, xla_heuristic)
 from .statics import prepare_call

@@ -90,7 +90,7 @@ def tpu_candidates(dims, static, target):
     return out or [base]
 
 
-# -- Triton (GPU): the absorbed-form decode kernel in triton_gpu.py ----------------------
+# -- Triton (GPU): the absorbed-form decode kernels of _shared/mla_triton.py -------------
 # Seed 001's FlashMLAConfig(block_q, block_k, num_warps, num_stages) candidates were
 # (64, 64, 4, 1), (128, 128, 4, 2), (256, 256, 8, 2); the kernel here blocks heads
 # (block_h rows of (query, head) pairs, sharing every kv block) and kv tokens (block_n),

@@ -51,7 +51,7 @@ over page blocks) and `xla` (every platform; the reference and the fallback).
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from ejaot_kernels.attention.statics import norm_positive_float
+from ejaot_kernels._shared.statics import norm_positive_float
 from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic
 from .statics import SEED_CALL_KWARGS, norm_attn_scale, norm_sliding_window, prepare_call
 
@@ -90,7 +90,6 @@ SPEC = KernelSpec(
     call_kwargs=SEED_CALL_KWARGS,
     example_inputs="ejaot_kernels.page_attention.examples:make_inputs",
     footprint=lambda d: d["num_seqs"] * d["q_heads"] * d["max_blocks"] * d["page_size"],
-    doc=__doc__,
 )
 
 

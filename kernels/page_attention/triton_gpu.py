@@ -40,23 +40,14 @@ from __future__ import annotations
 
 import math
 
-from ejaot_kernels.triton_support import jit as _jit, next_pow2, resolve_config, tl, triton
+from ejaot_kernels.triton_support import LOG2E, jit as _jit, next_pow2, resolve_config, tanh as _tanh, tl
 
 from .configs import triton_heuristic
-
-LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------
-
-
-@_jit
-def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1); exp(2x) = exp2(x * 2 log2 e). Exact limits at +-inf.
-    e = tl.math.exp2(x * 2.8853900817779268)
-    return 1.0 - 2.0 / (e + 1.0)
 
 
 @_jit

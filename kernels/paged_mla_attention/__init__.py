@@ -37,13 +37,13 @@ Padding: num_seqs and max_blocks may be padded to a bucket (padded sequences get
 real table attends to the same tokens as without padding); no valid_lens are needed.
 
 Backends: `triton` (NVIDIA GPUs: the mla_attention decode kernels reading pages through
-the block table; kernels/mla_attention/triton_gpu.py), `pallas_tpu` (TPUs: a Mosaic
+the block table; kernels/_shared/mla_triton.py), `pallas_tpu` (TPUs: a Mosaic
 kernel that DMAs only the pages each context needs; pallas_tpu.py) and `xla` (every
 platform; the reference and the fallback).
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
-from ejaot_kernels.attention.statics import norm_scale
+from ejaot_kernels._shared.statics import norm_scale
 from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic
 from .statics import prepare_call
 
@@ -84,7 +84,6 @@ SPEC = KernelSpec(
     footprint=lambda d: d["page_size"] * max(
         d["total_pages"] * d["kv_lora_rank"],
         d["num_seqs"] * d["max_blocks"] * max(d["kv_lora_rank"], d["q_heads"])),
-    doc=__doc__,
 )
 
 

@@ -26,8 +26,8 @@ def decode_dims(dims) -> dict:
 
 def fit_page(config, page_size) -> dict:
     """The config as the kernel that runs it sees it: the kernel that tiles this page size
-    (mla_attention.configs.page_kernel, which triton_gpu.make_static applies too). So an
-    entry's config names the kernel it runs, and candidates that would run the same
+    (mla_attention.configs.page_kernel, which _shared.mla_triton.make_static applies too).
+    So an entry's config names the kernel it runs, and candidates that would run the same
     kernel are timed once."""
     cfg = dict(config)
     kernel = mla_configs.page_kernel(cfg.get("kernel") or "dot", page_size)

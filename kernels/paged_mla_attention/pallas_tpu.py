@@ -26,11 +26,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from ejaot_kernels._shared.mla_projections import absorb_query, expand_output
 from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.page_attention.pallas_tpu import SMEM_TABLE_ENTRIES, interpret_params, page_ok, tokens_ok
 
 from .configs import tpu_heuristic
-from .xla import absorb_query, call_dims, expand_output, unpack
+from .xla import call_dims, unpack
 
 F32 = jnp.float32
 _NEG = float(jnp.finfo(jnp.float32).min)

@@ -1,6 +1,7 @@
-"""`paged_mla_attention` in Triton (through jax-triton): mla_attention's decode kernels
-(kernels/mla_attention/triton_gpu.py) with the latent cache and rope keys read page by
-page through the block table, between the same two XLA projections:
+"""`paged_mla_attention` in Triton (through jax-triton): the MLA decode kernels that
+mla_attention runs too (the shared Triton MLA library, kernels/_shared/mla_triton.py) with
+the latent cache and rope keys read page by page through the block table, between the same
+two XLA projections (kernels/_shared/mla_projections.py):
 
   1. XLA: q_lat[s, h] = q[s, h] @ w_kc[:, g(h)]^T
   2. Triton: for each (sequence, block of 64 heads, kv split) one program streams the
@@ -18,8 +19,8 @@ Only importable where triton is installed; jax and jax_triton are imported on fi
 """
 from __future__ import annotations
 
-from ejaot_kernels.mla_attention.triton_gpu import (absorb_query, expand_output, latent_attention,
-                                                    latent_dtype, make_static)
+from ejaot_kernels._shared.mla_projections import absorb_query, expand_output
+from ejaot_kernels._shared.mla_triton import latent_attention, latent_dtype, make_static
 from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.triton_support import resolve_config
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ejaot_kernels._shared.mla_projections import absorb_query, expand_output
 from ejaot_kernels.mla_attention.xla import default_scale, masked_softmax
 from ejaot_kernels.page_attention.xla import safe_pages, token_keep
 
@@ -43,26 +44,6 @@ def call_dims(q, cache, w_kc, tables, b_q) -> dict:
     return dict(num_seqs=s, q_heads=hq, kv_heads=w_kc.shape[1], head_dim=d, kv_lora_rank=r,
                 rope_dim=b_q.shape[-1] if b_q is not None else 0, total_pages=pages, page_size=ps,
                 max_blocks=tables.shape[1])
-
-
-def absorb_query(q, w_kc):
-    """q_lat[s, h] = q[s, h] @ w_kc[:, g(h)]^T, [num_seqs, q_heads, rank], in q's dtype
-    (accumulated in f32)."""
-    s, hq, d = q.shape
-    r, hk = w_kc.shape[:2]
-    q_lat = jnp.einsum("skgd,rkd->skgr", q.reshape(s, hk, hq // hk, d), w_kc.astype(q.dtype),
-                       preferred_element_type=F32)
-    return q_lat.astype(q.dtype).reshape(s, hq, r)
-
-
-def expand_output(out_lat, w_vc, dtype):
-    """out[s, h] = out_lat[s, h] @ w_vc[:, g(h)]; out_lat stays f32 into this (small)
-    up-projection: it is a sum over all the keys."""
-    s, hq, r = out_lat.shape
-    hk, d = w_vc.shape[1:]
-    out = jnp.einsum("skgr,rkd->skgd", out_lat.reshape(s, hk, hq // hk, r), w_vc.astype(F32),
-                     preferred_element_type=F32)
-    return out.reshape(s, hq, d).astype(dtype)
 
 
 def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):

@@ -1,28 +1,43 @@
-"""Compiling a Gluon kernel with Triton's own Gluon pipeline under jax-triton.
+"""Compiling Gluon kernels with Triton's own Gluon pipeline under jax-triton: a compile hook
+that the Triton backends install, and route their Gluon kernels through, by calling
+`install_compile_hook` / `route_through_gluon_pipeline` before they lower a kernel that
+needs it (importing this module changes nothing).
 
 jax-triton 0.4.1 runs every module, Gluon ones included, through Triton's TTIR -> TTGIR
 passes. A Gluon module is TTGIR already, with explicit layouts, and those passes are not
-meant for it. For the single-role Hopper kernel they happen to help (measured on an H100:
-its logits loop ran 2774 cycles per block under Triton's Gluon pipeline, 2069 under
-jax-triton's), so it keeps jax-triton's pipeline. The warp-specialized kernel cannot: the
-passes add layout conversions whose shared-memory scratch the allocator cannot overlap
-across concurrently running partitions (262,732 bytes, over the 232,448 a block may use;
-230,156 under the Gluon pipeline). flash_attention's ping-pong forward cannot either: the
-passes wait for each Q K^T product as soon as it is issued. Triton compiles Gluon with
-`gluon_to_ttgir`; the kernels named here are routed there, and launched with all their
-warps.
+meant for it. For mla_attention's single-role Hopper kernel they happen to help (measured
+on an H100: its logits loop ran 2774 cycles per block under Triton's Gluon pipeline, 2069
+under jax-triton's), so it keeps jax-triton's pipeline. The warp-specialized MLA kernel
+cannot: the passes add layout conversions whose shared-memory scratch the allocator cannot
+overlap across concurrently running partitions (262,732 bytes, over the 232,448 a block may
+use; 230,156 under the Gluon pipeline). flash_attention's ping-pong forward cannot either:
+the passes wait for each Q K^T product as soon as it is issued. Triton compiles Gluon with
+`gluon_to_ttgir`; the kernels routed here go there, and are launched with all their warps.
 
 Every kernel compiled through the hook also gets its host-side TMA descriptors' metadata
 completed: jax-triton 0.4.1 requires an `is_im2col` key in each entry that Triton 3.7.1
 does not write (its own launcher reads it with a default of False, as jax-triton does
-where it uses it). Idempotent; a no-op without jax-triton."""
+where it uses it). Both calls are idempotent; no-ops without jax-triton."""
 from __future__ import annotations
 
-# mla_attention's warp-specialized decode; flash_attention's ping-pong forward (gluon_sm90.py)
-GLUON_PIPELINE_KERNELS = frozenset({"_mla_decode_sm90_ws", "_fwd_sm90"})
+# Entry-function names of the kernels routed through the Gluon pipeline (each backend
+# adds its own: route_through_gluon_pipeline)
+_ROUTED: set[str] = set()
+# A routed kernel's total warp count (its worker partitions' included), by compiled name
+_TOTAL_WARPS: dict[str, int] = {}
 
 
-def compile_with_gluon_pipeline() -> None:
+def route_through_gluon_pipeline(*kernels) -> None:
+    """Compile these Gluon kernels (JIT functions, or their names) with Triton's Gluon
+    pipeline and launch them with all their warps; installs the hook. Call before lowering
+    them."""
+    _ROUTED.update(k if isinstance(k, str) else k.__name__ for k in kernels)
+    install_compile_hook()
+
+
+def install_compile_hook() -> None:
+    """Installs the compile hook in jax-triton (once per process): every kernel's TMA
+    descriptor metadata completed, routed kernels compiled as Gluon."""
     try:
         import jax_triton.triton_lib as lib
     except ImportError:  # pragma: no cover - hosts without jax-triton never lower
@@ -33,7 +48,7 @@ def compile_with_gluon_pipeline() -> None:
 
     def compile_ptx_routed(module, backend, options, capability):
         name = module.get_entry_func_name()
-        if name not in GLUON_PIPELINE_KERNELS:
+        if name not in _ROUTED:
             return compile_ptx(module, _DescMetaCompleted(backend), options, capability)
         result = compile_ptx(module, _GluonStages(backend), options, capability)
         # a warp-specialized kernel runs more warps than it was launched with: its worker
@@ -47,9 +62,6 @@ def compile_with_gluon_pipeline() -> None:
     compile_ptx_routed.ejaot_gluon_pipeline = True
     lib.compile_ttir_to_ptx_inplace = compile_ptx_routed
     lib.triton_kernel_call_lib = _LaunchWithTotalWarps(lib.triton_kernel_call_lib)
-
-
-_TOTAL_WARPS: dict[str, int] = {}
 
 
 class _LaunchWithTotalWarps:
