@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eager: bool | str = False,
          trusted_keys: Any = None, miss_log: bool = True, require: bool = False,
-         kernel_modules: Iterable[str] | None = None) -> Bundle:
+         kernel_modules: Iterable[str] | None = None, mesh: Any = None) -> Bundle:
     """Opens an artifact store for serving; see ejaot.runtime.bundle.load (and docs/api.md)."""
     from .runtime.bundle import load as _load
     return _load(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
-                 miss_log=miss_log, require=require, kernel_modules=kernel_modules)
+                 miss_log=miss_log, require=require, kernel_modules=kernel_modules, mesh=mesh)
 
 
 def use(store: str | os.PathLike | Bundle | None = None, **load_options: Any) -> Bundle | None:

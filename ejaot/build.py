@@ -152,6 +152,12 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
         report.failed.append((e.describe(), msg))
 
+    # Multi-chip entries compile on that many devices: a platform whose device count is
+    # fixed when jax starts (the host CPU) is asked for them now, before any worker starts.
+    devices = max((e.layout.devices for e in todo if e.layout is not None), default=1)
+    if devices > 1 and hasattr(target.platform_module, "reserve_devices"):
+        target.platform_module.reserve_devices(devices)
+
     # In-process only when it is safe: the CPU target, or a fresh process whose jax is not
     # yet imported (other targets must set up their toolchain before jax loads).
     in_process = jobs == 1 and (target.platform == "cpu" or "jax" not in sys.modules)

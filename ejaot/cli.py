@@ -200,7 +200,13 @@ def _entry_summary(key, r) -> dict:
         "tiers": sorted(_TIER_OF_PAYLOAD[k] for k in payloads if k in _TIER_OF_PAYLOAD),
         "binaries": sorted(k for k in payloads if k not in _TIER_OF_PAYLOAD),
         "toolchain": r.get("toolchain"), "built_at": r.get("built_at"),
+        **_mesh_summary(r),          # mesh (None: one device), devices, shard
     }
+
+
+def _mesh_summary(r) -> dict:
+    from .mesh import summary
+    return summary(r)
 
 
 def _numeric_order(row: dict):
@@ -234,12 +240,14 @@ def ls_cmd(store_dir, as_json):
             _echo_json(row)
         sys.exit(1 if failed else 0)
     click.echo(f"target {index.get('target')}: {len(rows) + len(failed)} entries")
-    table = [("KEY", "KERNEL", "DTYPE", "DIMS", "STATIC", "TIERS", "BINARIES")]
+    meshed = any(row["mesh"] for row in rows)      # a MESH column only for a multi-chip store
+    table = [("KEY", "KERNEL", "DTYPE", "DIMS", "STATIC") + (("MESH",) if meshed else ()) + ("TIERS", "BINARIES")]
     for row in rows:
         table.append((
             row["key"][:12], row["kernel"], str(row["dtype"]),
             " ".join(f"{k}={v}" for k, v in (row["dims"] or {}).items()),
             ",".join(f"{k}={v}" for k, v in (row["static"] or {}).items() if v not in (None, False)) or "-",
+            *([",".join(f"{a}={n}" for a, n in (row["mesh"] or {}).items()) or "-"] if meshed else []),
             ",".join(row["tiers"]) or "-", ",".join(row["binaries"]) or "-"))
     if rows:
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

@@ -39,6 +39,10 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             echo(f"skip {label}: {problem}")
             counts["skipped"] += 1
             continue
+        if "mesh" in record:     # compiled over a mesh of devices, which finalize does not build
+            echo(f"skip {label}: a multi-chip entry (mesh {record['mesh']}); its portable tier serves here")
+            counts["skipped"] += 1
+            continue
         if not force and compat.compiled_problem(record, device) is None:
             counts["skipped"] += 1
             continue

@@ -41,8 +41,13 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     t0 = time.perf_counter()
     # any of the target's backends may appear: a model's step inlines the kernels it calls
     checks = [c for b in target.backends for c in get_backend(b).disabled_checks()]
+    if entry.layout is not None:      # multi-chip: the kernel per device, over an abstract mesh
+        from . import lower_mesh
+        jitted = lower_mesh.sharded(entry, fn)
+    else:
+        jitted = jax.jit(fn)
     with lowering_for(target):
-        exported = jax.export.export(jax.jit(fn), platforms=(target.platform,),
+        exported = jax.export.export(jitted, platforms=(target.platform,),
                                      disabled_checks=checks)(*_avals(entry))
     payloads = {"exported": bytes(exported.serialize())}
     meta = {
@@ -61,13 +66,19 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     payloads.update(binaries)
     meta.update(binary_meta)
 
-    device, why_not = platform.compile_device(target)
+    if entry.layout is not None:
+        from . import lower_mesh
+        avals, mesh, why_not = lower_mesh.compile_shardings(entry, exported, target, platform)
+        device = None if mesh is None else mesh.devices.flat[0]
+    else:
+        device, why_not = platform.compile_device(target)
+        if device is not None:
+            avals = _avals(entry, jax.sharding.SingleDeviceSharding(device))
     if device is None:
         meta["notes"].append(f"no compiled tier: {why_not}")
         return payloads, meta
     t0 = time.perf_counter()
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    compiled = jax.jit(exported.call, donate_argnums=donate).lower(*_avals(entry, sharding)).compile()
+    compiled = jax.jit(exported.call, donate_argnums=donate).lower(*avals).compile()
     meta["timings"]["compile_s"] = round(time.perf_counter() - t0, 4)
     try:
         raw, exe_meta = codec.encode(compiled)
@@ -76,6 +87,8 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
         return payloads, meta
     payloads["executable"] = raw
     meta["executable"] = {**exe_meta, **platform.device_identity(target, device)}
+    if entry.layout is not None and hasattr(platform, "mesh_identity"):
+        meta["executable"].update(platform.mesh_identity(target, entry.layout.devices))
     meta["analysis"] = _analysis(compiled)
     if hasattr(platform, "roofline"):
         meta["roofline"] = platform.roofline(meta["analysis"], target)

@@ -17,6 +17,10 @@
     # static_variants = [{ sliding_window = [4096, 0] }]
     # optional: explicit buckets, merged over the single-valued dims
     # buckets = [{ batch = 2, seq = 384 }]
+    # optional: multi-chip entries (ejaot/mesh.py): the mesh's axes (a list of sizes builds
+    # each), and which of the kernel's dimension groups each axis splits
+    # mesh = { tp = [4, 8] }
+    # shard = { heads = "tp" }
 
     [[kernel]]                             # a kernel from outside the collection: a model's
     name = "llama_demo.decode_step"        # own step, declared as a KernelSpec in an
@@ -57,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import mesh as _mesh
 from .errors import ManifestError
 from .kernel_spec import KernelSpec
 from .registry import all_kernels, register_module
@@ -74,7 +79,7 @@ _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "float32": 4, "int32": 4, "u
 
 _TOP_KEYS = {"format", "kernel", "description"}
 _BLOCK_KEYS = {"name", "module", "dtypes", "targets", "inputs", "dims", "static", "static_variants",
-               "buckets"}
+               "buckets", "mesh", "shard"}
 
 
 class ManifestWarning(UserWarning):
@@ -92,11 +97,12 @@ class KernelBlock:
     present: tuple[str, ...]                  # optional inputs passed
     targets: tuple[str, ...] | None           # None: every target
     module: str | None = None                 # an outside kernel's module
+    layouts: tuple = (None,)                  # ejaot.mesh.Layout per mesh; None: one device
 
     @property
     def count(self) -> int:
         """Entries this table plans for a target it applies to (before cross-table dedup)."""
-        return len(self.buckets) * len(self.dtypes) * len(self.statics)
+        return len(self.buckets) * len(self.dtypes) * len(self.statics) * len(self.layouts)
 
     def applies_to(self, target: Target) -> bool:
         return ((self.targets is None or target.name in self.targets)
@@ -355,6 +361,7 @@ class _Draft:
     base: dict
     variants: list[dict]
     product: bool                # the product of dims is built (besides explicit buckets)
+    meshes: list | None = None   # (axes, shard) per mesh (ejaot.mesh.check_table); None: one device
 
     @property
     def n_buckets(self) -> int:
@@ -362,11 +369,12 @@ class _Draft:
 
     @property
     def count(self) -> int:
-        return self.n_buckets * len(self.dtypes) * len(self.variants)
+        return self.n_buckets * len(self.dtypes) * len(self.variants) * len(self.meshes or [None])
 
     @property
     def breakdown(self) -> str:
-        return f"{self.n_buckets:,} buckets × {len(self.dtypes)} dtypes × {len(self.variants)} static sets"
+        meshes = f" × {len(self.meshes)} meshes" if self.meshes else ""
+        return f"{self.n_buckets:,} buckets × {len(self.dtypes)} dtypes × {len(self.variants)} static sets{meshes}"
 
     def applies_to(self, target: Target) -> bool:
         return ((self.targets is None or target.name in self.targets)
@@ -467,8 +475,9 @@ def _check_block(t: Any, where: str, fail) -> _Draft:
                 raise fail(f"{table_where}.{k}", f"unknown static argument of {spec.name}; "
                                                  f"expected one of {list(spec.static_names)}")
     product = "buckets" not in t or any(len(v) > 1 for v in dims.values())
+    meshes = _mesh.check_table(t, where, spec, fail)
     return _Draft(spec, where, t, module, tuple(dtypes), targets, tuple(present), dims, buckets,
-                  base, variants, product)
+                  base, variants, product, meshes)
 
 
 def _check_dim(x, key, fail, expected) -> None:
@@ -521,8 +530,15 @@ def _expand(d: _Draft, fail) -> KernelBlock:
                 except Exception as e:
                     why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
                     raise fail(d.where, f"bucket {b} with static {_show(s)}: {why}") from None
+    layouts = (None,)
+    if d.meshes is not None:
+        layouts = tuple(_mesh.make_layout(axes, shard, spec) for axes, shard in d.meshes)
+        for layout in layouts:
+            for b, origin in buckets:
+                for s in statics:
+                    _mesh.check_bucket(layout, b, s, spec, d.where, origin, fail)
     return KernelBlock(spec, d.where, tuple(b for b, _ in buckets), d.dtypes, tuple(statics),
-                       d.present, d.targets, d.module)
+                       d.present, d.targets, d.module, layouts)
 
 
 def _expand_buckets(d: _Draft, fail) -> list[tuple[dict, str]]:

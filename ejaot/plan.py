@@ -7,6 +7,7 @@ so an unchanged key means the stored artifact can be reused as it is.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgpack
 from . import toolchain as tc
 from .kernel_spec import KernelSpec
 from .manifest import DEFAULT_MAX_ENTRIES, Manifest, check_entry_limit
+from .mesh import Layout
 from .registry import get_kernel
 from .targets import Target
 from . import tuning
@@ -38,6 +40,7 @@ class EntrySpec:
     source_hash: str
     toolchain: dict = field(default_factory=dict)
     module: str | None = None             # an outside kernel's module (None: the collection)
+    layout: Layout | None = None          # a multi-chip entry's mesh (None: one device)
 
     @property
     def spec(self) -> KernelSpec:
@@ -51,6 +54,8 @@ class EntrySpec:
                    source_hash=self.source_hash, toolchain=self.toolchain)
         if self.module is not None:
             out["module"] = self.module
+        if self.layout is not None:       # absent for one device: single-device keys are unchanged
+            out.update(self.layout.identity())
         return out
 
     @property
@@ -65,7 +70,8 @@ class EntrySpec:
     def describe(self) -> str:
         dims = " ".join(f"{k}={v}" for k, v in self.dims.items())
         stat = ",".join(f"{k}={v}" for k, v in self.static.items() if v not in (None, False))
-        return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip()
+        mesh = f" {self.layout.describe()}" if self.layout is not None else ""
+        return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip() + mesh
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -92,7 +98,8 @@ def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_M
     ManifestError naming the largest tables, raised before any entry is planned."""
     check_entry_limit(manifest.path, [(b.where, b.kernel.name, b.count,
                                        f"{len(b.buckets):,} buckets × {len(b.dtypes)} dtypes × "
-                                       f"{len(b.statics)} static sets")
+                                       f"{len(b.statics)} static sets"
+                                       + (f" × {len(b.layouts)} meshes" if len(b.layouts) > 1 else ""))
                                       for b in manifest.blocks if b.applies_to(target)],
                       target.name, max_entries)
     entries: dict[str, EntrySpec] = {}
@@ -107,15 +114,16 @@ def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_M
                                    f"no implementation for {target.name} (has {sorted(spec.backends)})"))
             continue
         tools = tc.toolchain(target.platform, backend)
-        for dims in block.buckets:
-            for dtype in block.dtypes:
-                for static in block.statics:
-                    config, source = tuning.choose_config(spec, backend, target, dims, dtype, static, tools)
-                    e = EntrySpec(kernel=spec.name, backend=backend, target=target.name,
-                                  platform=target.platform, dims=dict(dims), dtype=dtype,
-                                  present=tuple(a.name for a in spec.inputs if a.name in block.present),
-                                  static=dict(static), config=config, config_source=source,
-                                  source_hash=spec.source_hash(backend), toolchain=tools,
-                                  module=block.module)
-                    entries.setdefault(e.key, e)
+        for dims, dtype, static, layout in itertools.product(block.buckets, block.dtypes, block.statics,
+                                                             block.layouts):
+            # a multi-chip entry's kernel runs on one device's shard: its config is for those dims
+            local = dims if layout is None else layout.local_dims(dims)
+            config, source = tuning.choose_config(spec, backend, target, local, dtype, static, tools)
+            e = EntrySpec(kernel=spec.name, backend=backend, target=target.name,
+                          platform=target.platform, dims=dict(dims), dtype=dtype,
+                          present=tuple(a.name for a in spec.inputs if a.name in block.present),
+                          static=dict(static), config=config, config_source=source,
+                          source_hash=spec.source_hash(backend), toolchain=tools,
+                          module=block.module, layout=layout)
+            entries.setdefault(e.key, e)
     return list(entries.values()), skipped

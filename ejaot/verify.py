@@ -186,8 +186,14 @@ class _EntryCheck:
             return {**event, "numerics": "skipped",
                     "numerics_detail": f"the reference failed ({type(e).__name__}: {str(e)[:120]})"}
         tiers = {}
-        for tier, fn in (("compiled", entry.compiled() if not c else None),
-                         ("portable", entry.portable() if not p else None)):
+        runners = (("compiled", entry.compiled() if not c else None),
+                   ("portable", entry.portable() if not p else None))
+        if "mesh" in record:              # a multi-chip entry runs on a mesh of this host's devices
+            from .runtime.meshed import verify_tiers
+            runners, why = verify_tiers(entry, spec, record, not c, not p)
+            if why:
+                return {**event, "not_runnable": f"needs {why}", "numerics": "not run"}
+        for tier, fn in runners:
             if fn is None:
                 continue
             try:

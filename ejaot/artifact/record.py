@@ -155,12 +155,29 @@ def named_aval(v, path):
     string(v[2], path + "[2]")
 
 
+def mesh_axis(v, path):
+    list_of(lambda v, p: None, 2)(v, path)
+    string(v[0], path + "[0]")
+    positive(v[1], path + "[1]")
+
+
+def partition_entry(v, path):
+    """One dimension of a partition spec: None, an axis name, or a list of names."""
+    if v is None or isinstance(v, str):
+        return
+    list_of(string)(v, path)
+
+
+mesh_axes = list_of(mesh_axis)
+partition = list_of(list_of(partition_entry))
+
 payload_ref = table({"sha256": hex64, "size": non_negative}, open_=False)
 
 EXECUTABLE = table({"codec": integer, "name": string, "in_avals": list_of(aval), "out_avals": list_of(aval),
                     "kept_var_idx": list_of(non_negative)},
                    {"device_kind": string, "cpu_features": list_of(string), "hardware_checked": lambda v, p: (
-                       None if isinstance(v, bool) else _fail(p, "is not true or false", v))})
+                       None if isinstance(v, bool) else _fail(p, "is not true or false", v)),
+                    "mesh": mesh_axes, "in_specs": partition, "out_specs": partition})
 
 RECORD = table(
     {"key": hex64, "format": integer, "kernel": string, "backend": string, "target": string,
@@ -170,7 +187,8 @@ RECORD = table(
      "exported": table({"calling_convention_version": integer, "platforms": list_of(string)})},
     {"executable": EXECUTABLE, "module": string, "donated": list_of(non_negative),
      "signer": string, "signature": lambda v, p: None if isinstance(v, bytes) else _fail(p, "is not bytes", v),
-     "config": map_of(plain), "valid_length_dims": list_of(string), "notes": list_of(string)})
+     "config": map_of(plain), "valid_length_dims": list_of(string), "notes": list_of(string),
+     "mesh": mesh_axes, "shard": map_of(string), "split": map_of(string)})
 
 
 def problem(key, record) -> str | None:
@@ -191,6 +209,15 @@ def problem(key, record) -> str | None:
         return "record key does not match its index slot"
     if record["format"] != RECORD_FORMAT:
         return f"record format {record['format']!r}, this ejaot reads {RECORD_FORMAT}"
+    meshed = [k for k in ("mesh", "shard", "split") if k in record]
+    if meshed and len(meshed) != 3:
+        return f"record has {meshed} but not all of mesh, shard and split"
+    if meshed:
+        axes = [a for a, _ in record["mesh"]]
+        if not axes or len(set(axes)) != len(axes):
+            return "record field 'mesh' has no axes or repeats one"
+        if not set(record["shard"].values()) | set(record["split"].values()) <= set(axes):
+            return "record shards over an axis its mesh does not have"
     donated = record.get("donated", [])
     if any(i >= len(record["inputs"]) for i in donated):
         return "record field 'donated' names inputs the entry does not have"
@@ -217,4 +244,7 @@ def spec_problem(record: dict, spec) -> str | None:
     got = [(n, tuple(s), d) for n, s, d in record["inputs"]]
     if got != [(n, tuple(s), d) for n, s, d in want]:
         return "record inputs do not match the kernel's arrays at these dims"
+    if "mesh" in record:
+        from ..mesh import record_problem
+        return record_problem(record, spec)
     return None

@@ -33,6 +33,8 @@ from ..artifact import compat
 from ..artifact.binding import bind, freeze, split_args
 from .entry import StoredEntry
 from ..artifact.function import fallback_backend, jitted
+from . import meshed
+from .meshed import MeshRouter
 from .misslog import MissLog
 from .traced import eager, transformable
 from .warmup import CallsFirst, WarmUp
@@ -42,7 +44,7 @@ log = logging.getLogger("ejaot")
 
 def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eager: bool | str = False,
          trusted_keys: Any = None, miss_log: bool = True, require: bool = False,
-         kernel_modules: Iterable[str] | None = None) -> "Bundle":
+         kernel_modules: Iterable[str] | None = None, mesh: Any = None) -> "Bundle":
     """Opens a store for serving. Never raises for a bad store: problems are reported by
     stats()["rejected"] and the affected calls are served by another tier or the JIT
     fallback (or raise BucketMissError in strict mode).
@@ -59,11 +61,15 @@ def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eage
 
     kernel_modules: outside modules (a model's steps) this process may import when the
     store's records name them; without it, only modules already imported are used: a
-    store never makes the server import a module by itself."""
+    store never makes the server import a module by itself.
+
+    mesh: a jax.sharding.Mesh for multi-chip entries (ejaot/runtime/meshed.py): calls traced
+    without sharded arrays use its entries, and warm-up deserializes them onto it. Eager
+    calls whose arrays are sharded find their mesh entries from the arrays alone."""
     from ..registry import trust_modules
     trust_modules(kernel_modules)
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
-                  miss_log=miss_log, require=require)
+                  miss_log=miss_log, require=require, mesh=mesh)
 
 
 def _bucket_key(spec: KernelSpec, dtype: str, present: tuple, static: dict, dims: dict):
@@ -94,7 +100,7 @@ class Plan:
 
 class Bundle:
     def __init__(self, root, strict=False, device=None, eager=False, trusted_keys=None, miss_log=True,
-                 require=False):
+                 require=False, mesh=None):
         import jax
         self.root = str(root)
         self.strict = strict
@@ -116,6 +122,7 @@ class Bundle:
         self._warm: WarmUp | None = None            # the eager="background" run
         self._warm_runs: list[WarmUp] = []          # every warm-up run, for stats()
         self._calls_first = CallsFirst()
+        self._meshes = MeshRouter(mesh)
         self.store_problem: str | None = None
         self.misses = MissLog(self.store.misses_path if miss_log else None)
         self._verifier = None
@@ -211,7 +218,7 @@ class Bundle:
         if problem is not None:
             self._reject_record(key, record, "entry", problem)
             return None
-        entry = StoredEntry(key, record, self.store, self.device, self._on_tier_rejected)
+        entry = self._meshes.entry(key, record, self.store, self.device, self._on_tier_rejected)
         entry.portable_block = compat.portable_problem(record)
         entry.compiled_block = compat.compiled_problem(record, self.device)
         if entry.portable_block and entry.compiled_block:
@@ -220,6 +227,7 @@ class Bundle:
         spec = find_kernel(record["kernel"], record.get("module"))
         gkey, pdims = _bucket_key(spec, record["dtype"], tuple(record["present"]),
                                   spec.canonical_static(record["static"]), record["dims"])
+        gkey = self._meshes.group_key(gkey, record)      # unchanged for a single-device entry
         for tier, why in (("compiled", entry.compiled_block), ("portable", entry.portable_block)):
             if why and not why.startswith("no "):
                 self._note_rejection(key, record.get("kernel"), tier, why)
@@ -270,7 +278,7 @@ class Bundle:
         eval_shape) the portable tier is inlined into the traced program."""
         tracing = not eager()
         try:
-            sig = (kernel, tracing,
+            sig = (kernel, tracing and self._meshes.trace_key((*args, *kwargs.values())),
                    tuple(_sig_part(a) for a in args),
                    tuple((k, _sig_part(v)) for k, v in kwargs.items()))
             plan = self._plans.get(sig)
@@ -309,6 +317,8 @@ class Bundle:
 
     def _plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
         gkey, want = _bucket_key(spec, call.dtype, call.present, call.static, call.dims)
+        # arrays split over a mesh: that mesh's entries (ejaot/runtime/meshed.py)
+        gkey, placement, mesh_miss = self._meshes.route(spec, call, tracing, gkey, self._groups)
         group = self._groups.get(gkey)
         dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call)
                         if d is not None)       # a tree's leaves were checked by bind
@@ -316,13 +326,14 @@ class Bundle:
             for pdims, entry in group.members:
                 if not all(w <= p for w, p in zip(want, pdims)):
                     continue
-                runner, tier = self._runner(entry, tracing)
+                runner, tier = self._runner(entry, tracing, placement)
                 if runner is None:
                     continue
                 path = "exact" if pdims == want else "padded"
-                return Plan(path, tier, self._make_run(spec, call, entry, runner, path, tracing), entry)
-        reason = ("no bucket covers this shape" if group is not None
-                  else "no stored entry for this kernel, dtype, inputs and static arguments")
+                return Plan(path, tier, self._make_run(spec, call, entry, runner, path, tracing, placement),
+                            entry)
+        reason = mesh_miss or ("no bucket covers this shape" if group is not None
+                               else "no stored entry for this kernel, dtype, inputs and static arguments")
         if self.strict:
             raise BucketMissError(self._miss_message(spec, call, group, reason))
         dtypes = {a.name: str(call.inputs[a.name].dtype) for a in spec.inputs
@@ -341,20 +352,23 @@ class Bundle:
                 return fallback(args, kwargs)
         return Plan("fallback", "jit", run)
 
-    def _runner(self, entry: StoredEntry, tracing: bool):
+    def _runner(self, entry: StoredEntry, tracing: bool, placement=None):
         if not tracing:
-            exe = entry.compiled()
+            exe = entry.compiled() if placement is None else entry.compiled_on(placement.mesh)
             if exe is not None:
                 return exe, "compiled"
         fn = entry.portable()
         return (fn, "portable") if fn is not None else (None, None)
 
-    def _make_run(self, spec: KernelSpec, call, entry: StoredEntry, runner, path: str, tracing: bool):
+    def _make_run(self, spec: KernelSpec, call, entry: StoredEntry, runner, path: str, tracing: bool,
+                  placement=None):
         import jax
         import jax.numpy as jnp
         names = [n for n, _, _ in _artifact_inputs(spec, call)]
         static = call.static
         valid = np.array([call.dims[d] for d in spec.valid_length_dims], np.int32)
+        if placement is not None:         # an eager call on a mesh: arrays onto the entry's shardings
+            runner = meshed.place(runner, entry, spec, call, placement, valid)
         bucket = {**call.dims, **entry.record["dims"]}
         pads = []                         # per artifact input leaf: None or (widths, value)
         for a in spec.inputs:
@@ -567,7 +581,8 @@ def _sig_part(v):
     value, a tree's structure and leaves; a callable (attention's init_bias) only as
     "given", so a fresh lambda per call does not grow the plan cache."""
     if hasattr(v, "shape") and hasattr(v, "dtype"):
-        return (tuple(v.shape), v.dtype)
+        # the sharding too: the same shapes split over a mesh are served by other entries
+        return (tuple(v.shape), v.dtype, getattr(v, "sharding", None))
     if callable(v):
         return ("<callable>",)
     if isinstance(v, (dict, list, tuple)) and v and not isinstance(v, str):

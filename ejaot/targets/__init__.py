@@ -34,11 +34,14 @@ _TPU_FACTS = {
     "tpu-v4": dict(topology="v4:1x1x1", chips_per_host_bounds=(1, 1, 1), vmem_bytes=16 << 20,
                    mxu=128, peak_bf16_flops=275e12, hbm_bytes_per_s=1228e9, device_kind="TPU v4"),
     "tpu-v5e": dict(topology="v5e:1x1", chips_per_host_bounds=(1, 1, 1), vmem_bytes=128 << 20,
-                    mxu=128, peak_bf16_flops=197e12, hbm_bytes_per_s=819e9, device_kind="TPU v5 lite"),
+                    mxu=128, peak_bf16_flops=197e12, hbm_bytes_per_s=819e9, device_kind="TPU v5 lite",
+                    # multi-chip entries: chips -> (compile-only topology, chips per host), one host
+                    topologies={"4": ("v5e:2x2", (2, 2, 1)), "8": ("v5e:2x4", (2, 4, 1))}),
     "tpu-v5p": dict(topology="v5p:1x1x1", chips_per_host_bounds=(1, 1, 1), vmem_bytes=95 << 20,
                     mxu=128, peak_bf16_flops=459e12, hbm_bytes_per_s=2765e9, device_kind="TPU v5"),
     "tpu-v6e": dict(topology="v6e:1x1", chips_per_host_bounds=(1, 1, 1), vmem_bytes=128 << 20,
-                    mxu=256, peak_bf16_flops=918e12, hbm_bytes_per_s=1640e9, device_kind="TPU v6 lite"),
+                    mxu=256, peak_bf16_flops=918e12, hbm_bytes_per_s=1640e9, device_kind="TPU v6 lite",
+                    topologies={"4": ("v6e:2x2", (2, 2, 1)), "8": ("v6e:2x4", (2, 4, 1))}),
 }
 
 TARGETS: dict[str, Target] = {

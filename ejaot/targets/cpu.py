@@ -18,6 +18,28 @@ def compile_device(target):
     return jax.devices("cpu")[0], None
 
 
+def compile_devices(target, count: int):
+    """`count` host devices for a multi-chip entry's compiled tier, or (None, reason).
+    XLA makes several CPU devices only when asked before it starts (reserve_devices)."""
+    import jax
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+        return None, (f"the mesh needs {count} devices and this process has {len(devices)} CPU "
+                      f"device(s): start it with XLA_FLAGS=--xla_force_host_platform_device_count={count}")
+    return devices[:count], None
+
+
+def reserve_devices(count: int) -> None:
+    """Before jax starts (here, or in build workers, which inherit the environment): ask XLA
+    for `count` host devices, unless the environment already sets a count."""
+    import os
+    import sys
+    flags = os.environ.get("XLA_FLAGS", "")
+    if count <= 1 or "jax" in sys.modules or "xla_force_host_platform_device_count" in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def device_identity(target, device) -> dict:
     # XLA's CPU backend emits code for the build host's ISA: a loader must have every
     # feature the builder had, or the executable could fault on an illegal instruction.

@@ -44,6 +44,10 @@ def compile_device(target):
     return None, "GPU executables are compiled on a GPU host: run `ejaot finalize DIR` there"
 
 
+def compile_devices(target, count: int):
+    return None, "GPU executables are compiled on a GPU host: run `ejaot finalize DIR` there"
+
+
 def device_identity(target, device) -> dict:
     return {"device_kind": device.device_kind,
             "compute_capability": getattr(device, "compute_capability", None)}

@@ -80,6 +80,32 @@ def compile_device(target):
     return _topology_devices[target.name], None
 
 
+def compile_devices(target, count: int):
+    """The chips of the target's compile-only topology with `count` chips (its facts'
+    `topologies`), or (None, reason)."""
+    found = target.facts.get("topologies", {}).get(str(count))
+    if found is None:
+        known = sorted(int(n) for n in target.facts.get("topologies", {}))
+        return None, (f"{target.name} has no compile-only topology of {count} chips here "
+                      f"(known: {known or 'none'})")
+    name, bounds = found
+    if name not in _topology_devices:
+        from jax.experimental import topologies
+        try:
+            with _quiet_native_stderr():
+                topo = topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                                    chips_per_host_bounds=tuple(bounds))
+        except Exception as e:  # libtpu missing, too old for this generation, or locked
+            raise TargetUnavailableError(f"no compile-only topology for {name}: {e}") from None
+        _topology_devices[name] = list(topo.devices)
+    return _topology_devices[name][:count], None
+
+
+def mesh_identity(target, count: int) -> dict:
+    """A multi-chip executable's topology, in place of the one-chip default."""
+    return {"topology": target.facts["topologies"][str(count)][0], "chips": count}
+
+
 def device_identity(target, device) -> dict:
     return {"device_kind": device.device_kind, "topology": target.facts["topology"],
             "libtpu": tc.version_of("libtpu"),
