@@ -1,5 +1,5 @@
-"""What the GPU kernel checks (gpu_flash_check.py, gpu_paged_check.py, gpu_mla_check.py)
-share: their common command-line options, the import set-up for export (CPU host) and
+"""What the GPU kernel checks (gpu_paged_check.py, gpu_mla_check.py; flash_attention's timing
+is benchmarks/gpu/'s suite) share: their common command-line options, the import set-up for export (CPU host) and
 artifacts (GPU host) modes, loading an exported case, and the error measure."""
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ if [ "$MODE" = product ]; then   # the store-level run: tuning, then start-up
       --max-footprint 1e12 --out "$OUT" > "$OUT/startup.txt" 2>&1; echo "startup rc=$?"; tail -16 "$OUT/startup.txt"
   exit 0
 fi
-for k in flash paged mla; do
+for k in paged mla; do     # flash_attention: bash benchmarks/gpu/run.sh
   if [ -d .gpu/$k ]; then
     timeout 400 $PY benchmarks/gpu_${k}_check.py --artifacts .gpu/$k --out "$OUT/$k.json" $Q > "$OUT/$k.txt" 2>&1
     echo "$k rc=$?"; tail -25 "$OUT/$k.txt"

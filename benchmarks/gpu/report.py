@@ -1,0 +1,152 @@
+"""gpu_results.json (benchmarks/gpu/suite.py) -> the Markdown tables for BENCHMARKS.md: a
+header with the run's command, device, date, commit and measured device rates, then one
+table per kernel (columns: time, TFLOP/s, GB/s, % of the measured matmul rate, % of the
+measured copy bandwidth, bound, cuDNN's rate and our ratio to it).
+
+    python -m benchmarks.gpu.report gpu_results.json [--out tables.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TITLES = {
+    "flash_attention": "flash_attention (forward; forward + backward)",
+    "mla_attention": "mla_attention decode (contiguous latent cache)",
+    "paged_mla_attention": "paged_mla_attention decode (paged latent cache)",
+    "page_attention": "page_attention decode (paged GQA)",
+}
+BYTES_NOTE = {
+    "flash_attention": "Q, K, V read and O written once (fwd+bwd: also O, dO read, dQ, dK, dV written); "
+                       "FLOPs 4·B·Hq·S·T·D, halved when causal, ×3.5 for fwd+bwd",
+    "mla_attention": "latent cache + rope keys read once, w_kc and w_vc, query, rope query and output; "
+                     "FLOPs 2·B·H·T·(576 + 512) at DeepSeek-V3 shapes",
+    "paged_mla_attention": "the pages the contexts use (latent + rope), w_kc and w_vc, query, rope query, "
+                           "output, block table and context lengths; FLOPs as mla_attention",
+    "page_attention": "K and V of the pages the contexts use, query, output, block table and context "
+                      "lengths; FLOPs 4·Hq·D·Σ context",
+}
+ORDER = ("flash_attention", "mla_attention", "paged_mla_attention", "page_attention")
+
+
+def _num(x, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _rate(x) -> str:
+    """Three significant figures without an exponent: 644, 18.4, 0.0184."""
+    if x is None:
+        return "–"
+    return f"{x:.0f}" if abs(x) >= 100 else (f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}")
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def case_label(row: dict) -> str:
+    """The row's id without its kernel name and mode (those are the table's and a column)."""
+    parts = row["id"].split(" ", 2)
+    return parts[2] if len(parts) == 3 else row["id"]
+
+
+def cudnn_cells(row: dict) -> tuple[str, str]:
+    c = row.get("cudnn")
+    if not c:
+        return "–", "–"
+    if c.get("status") == "ok":
+        return _rate(c.get("tflops")), (f"{c['ratio']:.2f}×" if c.get("ratio") is not None else "–")
+    if c.get("status") == "skipped":
+        return "skipped¹", "–"
+    return "error²", "–"
+
+
+def header(doc: dict) -> list[str]:
+    rates = doc.get("device_rates") or {}
+    copy, mm = rates.get("copy") or {}, rates.get("matmul") or {}
+    dev = doc.get("device") or {}
+    copy_s = f"{copy['gbps']:.0f} GB/s" if "gbps" in copy else f"not measured ({copy.get('error')})"
+    mm_s = (f"{mm['tflops']:.1f} TFLOP/s (n = {mm['n']})" if "tflops" in mm
+            else f"not measured ({mm.get('error')})")
+    ridge = rates.get("ridge_flops_per_byte")
+    lines = [
+        f"Command: `{doc.get('command')}` · device: {dev.get('kind')} ({dev.get('platform')}) · "
+        f"{doc.get('date')} · commit {doc.get('commit')} · jax {doc.get('jax')}"
+        + (" · **smoke run (tiny shapes; not a benchmark)**" if doc.get("mode") == "smoke" else ""),
+        "",
+        f"Measured in the same process: device-to-device copy {copy_s} (jitted `jnp.copy`, read + write "
+        f"counted), dense bf16 matmul {mm_s}"
+        + (f"; ridge point {ridge:.0f} FLOP/byte." if ridge else "."),
+    ]
+    t = (doc.get("settings") or {})
+    lines += ["", f"Each figure: median over {t.get('iters')} samples of back-to-back calls through "
+              "`ejaot.load(store).call` (whole call), host wall clock with `block_until_ready` per sample, "
+              "after warm-up; % matmul and % copy are of the rates above; bound: arithmetic intensity "
+              "(minimum bytes) against the ridge point."]
+    return lines
+
+
+def kernel_table(kernel: str, rows: list[dict]) -> list[str]:
+    flash = kernel == "flash_attention"
+    cols = ["case"] + (["mode"] if flash else []) + ["µs", "TFLOP/s", "GB/s", "% matmul", "% copy", "bound"]
+    cols += ["cuDNN TFLOP/s", "vs cuDNN"] if flash else []
+    out = [f"**{TITLES.get(kernel, kernel)}**", "", "| " + " | ".join(cols) + " |",
+           "|" + "|".join(["---"] * (2 if flash else 1) + ["---:"] * (len(cols) - (2 if flash else 1))) + "|"]
+    notes = []
+    for r in rows:
+        label = case_label(r)
+        if r.get("warning"):
+            label += " †"
+            notes.append(f"† {r['id']}: {r['warning']}")
+        lead = [label] + ([r.get("mode", "")] if flash else [])
+        if r.get("error"):
+            out.append("| " + " | ".join(lead + [f"error: {r['error'][:120]}"] + [""] * (len(cols) - len(lead) - 1))
+                       + " |")
+            continue
+        cells = lead + [_num(r["time"]["median_s"] * 1e6, ".1f"), _rate(r.get("tflops")),
+                        _rate(r.get("gbps")), _pct(r.get("frac_matmul")), _pct(r.get("frac_copy")),
+                        r.get("bound") or "–"]
+        if flash:
+            cells += list(cudnn_cells(r))
+        out.append("| " + " | ".join(cells) + " |")
+    reasons = sorted({(r.get("cudnn") or {}).get("reason") for r in rows
+                      if (r.get("cudnn") or {}).get("status") == "skipped"} - {None})
+    errors = sorted({f"{r['id']}: {(r.get('cudnn') or {}).get('error')}" for r in rows
+                     if (r.get("cudnn") or {}).get("status") == "error"})
+    notes += [f"¹ cuDNN not run: {x}" for x in reasons] + [f"² cuDNN failed: {x}" for x in errors]
+    if flash:
+        back = sorted({r["backward"] for r in rows if r.get("backward")})
+        notes += [f"fwd+bwd: the backward is {b}." for b in back]
+    notes.append("GB/s: the minimum traffic of one call, " + BYTES_NOTE[kernel] + " (benchmarks/gpu/roofline.py).")
+    return out + ([""] + notes if notes else [])
+
+
+def render(doc: dict) -> str:
+    by_kernel: dict = {}
+    for r in doc.get("rows", []):
+        by_kernel.setdefault(r["kernel"], []).append(r)
+    lines = header(doc)
+    for k in sorted(by_kernel, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
+        lines += [""] + kernel_table(k, by_kernel[k])
+    if doc.get("errors"):
+        lines += ["", "Run-level errors: " + "; ".join(doc["errors"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", help="gpu_results.json")
+    p.add_argument("--out", help="write the Markdown here (default: stdout)")
+    a = p.parse_args(argv)
+    text = render(json.loads(Path(a.results).read_text()))
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,662 @@
+"""The GPU kernel benchmark suite: times the kernels of a store made by `ejaot build` (and, on
+the GPU host, `ejaot finalize`) through `ejaot.load(store).call(...)`, against the card's own
+measured copy bandwidth and matmul rate, and writes one JSON document.
+
+    python -m benchmarks.gpu.suite --store DIR --out gpu_results.json [--verify-json F]
+    python -m benchmarks.gpu.suite --store DIR --out F --smoke     # CPU, tiny shapes
+
+(benchmarks/gpu/run.sh does build/reuse -> finalize -> verify -> this; report.py turns the
+JSON into BENCHMARKS.md tables.)
+
+What it measures, in one process:
+
+1. The device's rates, never a constant: copy bandwidth, a jitted `jnp.copy` of a large
+   buffer (1 GiB on a GPU, less when memory is short), bytes = 2 x size (read + write);
+   dense matmul rate, jitted `a @ b` of n x n bfloat16 matrices (float32 accumulation) at a
+   couple of sizes (4096, 8192, 16384 on a GPU), FLOPs = 2 n^3, the best size kept. Both
+   timed like the kernels (timing.py), median per call.
+2. Every entry of flash_attention, mla_attention, paged_mla_attention and page_attention in
+   the store (or those of --kernel), called through the bundle on device-made random inputs
+   (paged kernels: every sequence a full context, max_blocks x page_size tokens, on distinct
+   shuffled pages): the whole call, as a server makes it. Eager calls run the compiled tier
+   (the portable one when the store has none usable here). flash_attention also gets a
+   forward+backward row: `jax.jit` of `jax.vjp` through `bundle.call`, where the forward is
+   the stored portable tier inlined and the backward is the kernel's JIT function (the store
+   holds forwards only; grad recomputes the forward there, on the backend named in the
+   row's "backward" field: triton where jax_triton is importable, else xla).
+3. Per row: FLOPs and minimum bytes (roofline.py), TFLOP/s, GB/s, their fractions of the
+   measured matmul rate and copy bandwidth, the bound (arithmetic intensity against the
+   measured ridge point) and, for flash_attention, cuDNN on the same inputs
+   (`jax.nn.dot_product_attention(..., implementation="cudnn")`) and our rate over its rate;
+   where cuDNN is not tried (not a CUDA device, statics it cannot express) or fails, the
+   reason is recorded. One row's failure is recorded in that row and the others go on; the
+   JSON is rewritten after every row.
+
+Input sets rotate (timing.py) so that the bytes touched across consecutive calls exceed
+--rotate-mib (256 MiB on a GPU): a small case's inputs are not served from L2.
+
+Output schema (schema "ejaot.gpu_bench/1"): one JSON object
+
+    schema        "ejaot.gpu_bench/1"
+    mode          "gpu" | "smoke"
+    command       the command line as given (run.sh passes its own with --command)
+    date          UTC, ISO 8601, when the run started
+    commit        `git rev-parse --short HEAD` (+ "-dirty" when tracked files changed), else
+                  $EJAOT_COMMIT, else "unknown"
+    jax, jaxlib   versions
+    device        {kind, platform, count, memory_bytes (bytes_limit, or null)}
+    host          hostname
+    store         {path, target, entries (all), timed_entries}
+    settings      {iters, warmup, min_sample_s, rotate_bytes, cudnn}
+    device_rates  {copy: {gbps, gbps_best, bytes, time, method},
+                   matmul: {tflops, tflops_best, n, dtype, sizes: [{n, tflops, time} | {n, error}],
+                            method},
+                   ridge_flops_per_byte}
+                  ("gbps"/"tflops" from median times, "_best" from the fastest sample;
+                   a failed measurement is {error})
+    verify        {ok, summary} from `ejaot verify --json` (--verify-json), else null
+    rows          one per kernel case:
+        id          readable name, e.g. "flash_attention fwd B2 S8192 Hq16 Hk16 D128 causal"
+        kernel, mode    mode: "fwd" | "fwd+bwd" (flash_attention) | "decode"
+        entry       the store entry's key
+        dtype, dims, static, backend, config_source (the record's)
+        served      {path: exact|padded|fallback, tier: compiled|portable|jit} of the timed call
+        backward    (fwd+bwd rows) what ran the backward
+        flops, bytes, bytes_parts (paged/MLA: cache, weights, io, tables)
+        time        timing.time_call's result: median_s, min_s, samples_s, reps, iters, ...
+        tflops, gbps, intensity, frac_matmul, frac_copy, ridge, bound ("compute"|"memory"),
+                    frac_roofline   (roofline.roofline, from the median time)
+        cudnn       flash rows: {status: "ok", time, tflops, ratio (ours/cuDNN rate)} |
+                    {status: "skipped", reason} | {status: "error", error}; else null
+        verify      {ok, numerics, tiers, error} from the verify JSON for this entry, else null
+        warning     null, or why the timed call was not served by the store's entry (a JIT
+                    fallback still runs and is timed, but measures the wrong thing)
+        error       null, or "Type: message" (then the rate fields may be missing)
+    errors        run-level problems (a device-rate measurement that failed, ...)
+    elapsed_s     wall time of the run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform as _platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = "ejaot.gpu_bench/1"
+KERNELS = ("flash_attention", "mla_attention", "paged_mla_attention", "page_attention")
+SHARED = {"key_cache", "value_cache", "latent_cache", "rope_cache", "w_kc", "w_vc"}   # same in every input set
+MAX_SETS = 16
+
+GPU_DEFAULTS = dict(iters=20, warmup=3, min_sample_s=0.02, rotate_mib=256.0, copy_mib=1024.0,
+                    matmul_sizes="4096,8192,16384")
+SMOKE_DEFAULTS = dict(iters=3, warmup=1, min_sample_s=0.002, rotate_mib=1.0, copy_mib=8.0,
+                      matmul_sizes="128,256")
+
+
+def ensure_kernel_collection() -> None:
+    """ejaot_kernels importable: installed (pip/-e), else this tree's kernels/ folder."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    if importlib.util.find_spec("ejaot_kernels") is None:
+        spec = importlib.util.spec_from_file_location(
+            "ejaot_kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["ejaot_kernels"] = mod
+        spec.loader.exec_module(mod)
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode == 0 and head.stdout.strip():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                   capture_output=True, text=True, timeout=10)
+            return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("EJAOT_COMMIT") or "unknown"
+
+
+def _err(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"
+
+
+def _timing_record(t: dict) -> dict:
+    return {k: t[k] for k in ("median_s", "min_s", "samples_s", "reps", "iters", "warmup", "arg_sets", "method")}
+
+
+# ---------------------------------------------------------------------------------------
+# the device's own rates
+# ---------------------------------------------------------------------------------------
+
+def measure_copy(nbytes: int, timing: dict) -> dict:
+    """Device-to-device copy bandwidth: jax.jit(jnp.copy) of an nbytes float32 buffer,
+    counted as 2 x nbytes (read + write) per call."""
+    import jax
+    import jax.numpy as jnp
+    from .timing import time_call
+    n = max(1, nbytes // 4)
+    x = jnp.arange(n, dtype=jnp.float32)
+    copy = jax.jit(jnp.copy)
+    t = time_call(copy, [(x,)], **timing)
+    moved = 2 * n * 4
+    out = {"gbps": moved / t["median_s"] / 1e9, "gbps_best": moved / t["min_s"] / 1e9, "bytes": n * 4,
+           "time": _timing_record(t),
+           "method": "jax.jit(jnp.copy) of a float32 buffer of `bytes`; GB/s = 2 x bytes (read + write) / time"}
+    del x
+    return out
+
+
+def measure_matmul(sizes, timing: dict, dtype: str = "bfloat16") -> dict:
+    """Dense matmul rate: jax.jit(a @ b), n x n `dtype` matrices (XLA's default precision:
+    float32 accumulation on GPUs), 2 n^3 FLOPs per call; the best size is kept."""
+    import jax
+    import jax.numpy as jnp
+    from .timing import time_call
+    rows = []
+    mm = jax.jit(jnp.matmul)
+    for n in sizes:
+        try:
+            ka, kb = jax.random.split(jax.random.key(n))
+            a = jax.random.normal(ka, (n, n), dtype)
+            b = jax.random.normal(kb, (n, n), dtype)
+            t = time_call(mm, [(a, b)], **timing)
+            rows.append({"n": n, "tflops": 2.0 * n ** 3 / t["median_s"] / 1e12,
+                         "tflops_best": 2.0 * n ** 3 / t["min_s"] / 1e12, "time": _timing_record(t)})
+            del a, b
+        except Exception as e:  # noqa: BLE001 - a size that does not fit is reported, the others count
+            rows.append({"n": n, "error": _err(e)})
+    ok = [r for r in rows if "tflops" in r]
+    if not ok:
+        raise RuntimeError("no matmul size ran: " + "; ".join(r["error"] for r in rows))
+    best = max(ok, key=lambda r: r["tflops"])
+    return {"tflops": best["tflops"], "tflops_best": max(r["tflops_best"] for r in ok), "n": best["n"],
+            "dtype": dtype, "sizes": rows,
+            "method": f"jax.jit(jnp.matmul) of n x n {dtype} matrices; TFLOP/s = 2 n^3 / time; best n kept"}
+
+
+# ---------------------------------------------------------------------------------------
+# the cases
+# ---------------------------------------------------------------------------------------
+
+def case_id(kernel: str, mode: str, dims: dict, static: dict, dtype: str) -> str:
+    d = dims
+    if kernel == "flash_attention":
+        s = f"B{d['batch']} S{d['seq']}" + (f" T{d['kv_seq']}" if d["kv_seq"] != d["seq"] else "")
+        s += f" Hq{d['q_heads']} Hk{d['kv_heads']} D{d['head_dim']} " + ("causal" if static.get("causal") else "full")
+        extra = [f"{k}={static[k]}" for k in ("sliding_window", "logits_soft_cap", "softmax_scale")
+                 if static.get(k) is not None]
+        s += "".join(" " + x for x in extra)
+    elif kernel == "mla_attention":
+        s = (f"B{d['batch']} S{d['seq']} T{d['kv_seq']} H{d['q_heads']} R{d['kv_lora_rank']}+{d['rope_dim']} "
+             f"D{d['head_dim']}")
+    elif kernel == "paged_mla_attention":
+        s = (f"B{d['num_seqs']} T{d['max_blocks'] * d['page_size']} page{d['page_size']} H{d['q_heads']} "
+             f"R{d['kv_lora_rank']}+{d['rope_dim']} D{d['head_dim']}")
+    else:
+        s = (f"B{d['num_seqs']} T{d['max_blocks'] * d['page_size']} page{d['page_size']} Hq{d['q_heads']} "
+             f"Hk{d['kv_heads']} D{d['head_dim']}")
+    return f"{kernel} {mode} {s}" + ("" if dtype == "bfloat16" else f" {dtype}")
+
+
+def make_arg_sets(spec, record, n_sets: int, seed: int):
+    """n_sets dicts {argument name: device array} for the entry's present arguments. Floats:
+    normal, made on the device (w_kc, w_vc scaled by 1/sqrt(rank) as the kernels' examples
+    do); caches and weights shared by all sets; context_lens full (max_blocks x page_size);
+    block tables of distinct pages, shuffled, across sets while the cache has enough."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    dims, dtype = record["dims"], record["dtype"]
+    present = set(record["present"])
+    args = [a for a in spec.inputs if not a.optional or a.name in present]
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    shared: dict = {}
+    example = None
+    sets = []
+    if "block_tables" in {a.name for a in args}:
+        b, mb, pages = dims["num_seqs"], dims["max_blocks"], dims["total_pages"]
+        order = rng.permutation(pages)
+        need = b * mb
+        tables = [np.resize(np.roll(order, -i * need), need).reshape(b, mb).astype(np.int32) for i in range(n_sets)]
+    for i in range(n_sets):
+        one = {}
+        for a in args:
+            if a.name in SHARED and a.name in shared:
+                one[a.name] = shared[a.name]
+                continue
+            shape = spec.shape_of(a, dims)
+            adt = spec.dtype_of(a, dtype)
+            if a.name == "context_lens":
+                x = jnp.full(shape, dims["max_blocks"] * dims["page_size"], jnp.int32)
+            elif a.name == "block_tables":
+                x = jnp.asarray(tables[i])
+            elif np.issubdtype(np.dtype(jnp.dtype(adt)), np.floating):
+                key, sub = jax.random.split(key)
+                scale = 1.0 / math.sqrt(dims["kv_lora_rank"]) if a.name in ("w_kc", "w_vc") else 1.0
+                x = (jax.random.normal(sub, shape, jnp.float32) * scale).astype(adt)
+            else:   # any other integer input: the kernel's own example generator
+                if example is None:
+                    example = spec.make_inputs(dims, dtype, tuple(record["present"]), record["static"], rng)
+                x = jnp.asarray(example[a.name])
+            one[a.name] = x
+            if a.name in SHARED:
+                shared[a.name] = x
+        sets.append(one)
+    jax.block_until_ready(sets)
+    return sets
+
+
+def flops_bytes(kernel: str, mode: str, dims: dict, dtype: str, static: dict, present=(), context_lens=None):
+    """(flops, bytes, bytes_parts or None) of one call, by roofline.py's formulas. Paged
+    kernels: context_lens None means every sequence a full table (max_blocks x page_size)."""
+    from . import roofline as rl
+    d = dims
+    if context_lens is None and "max_blocks" in d:
+        context_lens = [d["max_blocks"] * d["page_size"]] * d["num_seqs"]
+    with_rope = "b_q" in present
+    if kernel == "flash_attention":
+        a = (d["batch"], d["q_heads"], d["seq"], d["kv_seq"], d["head_dim"])
+        causal = bool(static.get("causal"))
+        if mode == "fwd":
+            return (rl.flash_fwd_flops(*a, causal),
+                    rl.flash_fwd_bytes(d["batch"], d["q_heads"], d["kv_heads"], d["seq"], d["kv_seq"],
+                                       d["head_dim"], dtype), None)
+        return (rl.flash_fwd_bwd_flops(*a, causal),
+                rl.flash_fwd_bwd_bytes(d["batch"], d["q_heads"], d["kv_heads"], d["seq"], d["kv_seq"],
+                                       d["head_dim"], dtype), None)
+    if kernel == "mla_attention":
+        e = d["rope_dim"] if with_rope else 0
+        parts = rl.mla_decode_bytes(d["batch"], d["q_heads"], d["kv_seq"], d["head_dim"], d["kv_lora_rank"],
+                                    d["rope_dim"], dtype, seq=d["seq"], kv_heads=d["kv_heads"], with_rope=with_rope)
+        flops = rl.mla_decode_flops(d["batch"], d["q_heads"], d["kv_seq"], d["kv_lora_rank"], e, seq=d["seq"])
+        if static.get("causal") and d["seq"] > 1:    # bottom-right causal: query i sees T - S + i + 1 keys
+            flops *= (d["kv_seq"] - (d["seq"] - 1) / 2) / d["kv_seq"]
+        return flops, parts["total"], parts
+    if kernel == "paged_mla_attention":
+        e = d["rope_dim"] if with_rope else 0
+        parts = rl.paged_mla_decode_bytes(context_lens, d["q_heads"], d["head_dim"], d["kv_lora_rank"],
+                                          d["rope_dim"], d["page_size"], d["max_blocks"], dtype,
+                                          kv_heads=d["kv_heads"], with_rope=with_rope)
+        flops = rl.mla_decode_flops(1, d["q_heads"], sum(int(c) for c in context_lens), d["kv_lora_rank"], e)
+        return flops, parts["total"], parts
+    parts = rl.paged_decode_bytes(context_lens, d["q_heads"], d["kv_heads"], d["head_dim"], d["page_size"],
+                                  d["max_blocks"], dtype)
+    return rl.paged_decode_flops(context_lens, d["q_heads"], d["head_dim"]), parts["total"], parts
+
+
+class Suite:
+    """The results document, rewritten (atomically) whenever it changes."""
+
+    def __init__(self, out_path: Path, doc: dict, verify_entries: dict):
+        self.out_path, self.doc, self.verify_entries = out_path, doc, verify_entries
+
+    def add_row(self, row: dict) -> dict:
+        row["verify"] = self.verify_entries.get(row["entry"])
+        self.doc["rows"].append(row)
+        return row
+
+    def save(self):
+        tmp = self.out_path.with_name(self.out_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, default=str))
+        os.replace(tmp, self.out_path)
+
+
+def served_delta(before: dict, after: dict) -> dict:
+    """{path, tier} of the calls made between two bundle.stats() snapshots."""
+    def moved(key):
+        return [k for k, v in after[key].items() if v > before[key].get(k, 0)]
+    paths, tiers = moved("calls"), moved("tiers")
+    return {"path": paths[0] if len(paths) == 1 else (paths or None), "tier": tiers[0] if len(tiers) == 1 else (tiers or None)}
+
+
+def check_served(row: dict, bundle, key: str) -> None:
+    """A call the store did not serve is still timed, but flagged: row["warning"] says why
+    (the bundle's rejection of that entry, where it has one)."""
+    served = row.get("served") or {}
+    if served.get("path") in ("exact", "padded"):
+        return
+    why = [f"{r.get('tier')}: {r.get('reason')}" for r in bundle.rejections_of(row["kernel"])
+           if str(r.get("entry")) == key]
+    row["warning"] = (f"served by {served.get('path')} ({served.get('tier')}), not by the store's entry"
+                      + (": " + "; ".join(why) if why else ""))
+
+
+def cudnn_skip_reason(platform: str, record: dict) -> str | None:
+    static = record["static"]
+    if platform != "cuda":     # ejaot's name for jax's "gpu" platform on NVIDIA devices
+        return f"cuDNN needs an NVIDIA GPU; this run's device platform is {platform}"
+    if record["dtype"] not in ("bfloat16", "float16"):
+        return f"cuDNN flash attention takes bfloat16/float16, not {record['dtype']}"
+    if record.get("present"):
+        return f"not compared: optional inputs {list(record['present'])} are not passed to jax.nn.dot_product_attention here"
+    unsupported = [k for k in ("sliding_window", "logits_soft_cap", "softmax_scale") if static.get(k) is not None]
+    if unsupported:
+        return f"not compared: static arguments {unsupported} are not passed to jax.nn.dot_product_attention here"
+    if record["dims"]["seq"] != record["dims"]["kv_seq"] and static.get("causal"):
+        return "not compared: causal with seq != kv_seq (ejaot aligns bottom-right, cuDNN top-left)"
+    return None
+
+
+def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, want_cudnn):
+    import jax
+    import jax.numpy as jnp
+    from . import roofline as rl
+    from .timing import time_call
+    from ejaot.artifact.function import fallback_backend
+    static = {k: v for k, v in record["static"].items() if v is not None}
+    names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
+    arg_sets = [tuple(s[n] for n in names) for s in sets]
+    rows = []
+    skip = cudnn_skip_reason(platform, record) if want_cudnn else "disabled (--no-cudnn)"
+
+    def call(*arrays):
+        return bundle.call("flash_attention", *arrays, **static)
+
+    def fwd_bwd(q, k, v, ct):
+        _, pull = jax.vjp(call, q, k, v)
+        return pull(ct)
+
+    def cudnn_fwd(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=bool(static.get("causal")), implementation="cudnn")
+
+    def cudnn_fwd_bwd(q, k, v, ct):
+        _, pull = jax.vjp(cudnn_fwd, q, k, v)
+        return pull(ct)
+
+    cts = None
+    for mode in ("fwd", "fwd+bwd"):
+        row = suite.add_row(base_row(record, key, "flash_attention", mode))
+        rows.append(row)
+        try:
+            flops, nbytes, _ = flops_bytes("flash_attention", mode, record["dims"], record["dtype"], static)
+            row.update(flops=flops, bytes=nbytes, bytes_parts=None)
+            if mode == "fwd":
+                fn, fargs = call, arg_sets
+                before = bundle.stats()
+                jax.block_until_ready(fn(*fargs[0]))
+                row["served"] = served_delta(before, bundle.stats())
+                check_served(row, bundle, key)
+            else:
+                if cts is None:
+                    ks = jax.random.split(jax.random.key(7), len(arg_sets))
+                    cts = [jax.random.normal(k, a[0].shape, jnp.float32).astype(a[0].dtype) for k, a in zip(ks, arg_sets)]
+                fn = jax.jit(fwd_bwd)
+                fargs = [(*a[:3], ct) for a, ct in zip(arg_sets, cts)]
+                before = bundle.stats()
+                jax.block_until_ready(fn(*fargs[0]))
+                row["served"] = served_delta(before, bundle.stats())
+                check_served(row, bundle, key)
+                row["backward"] = (f"the kernel's JIT function on the {fallback_backend(spec, bundle.platform)} "
+                                   "backend (jax.vjp through bundle.call: the stored forward inlined, the "
+                                   "backward differentiates the JIT function, recomputing its forward)")
+            t = time_call(fn, fargs, **timing)
+            row["time"] = _timing_record(t)
+            row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),
+                                   rates.get("copy_bytes_per_s")))
+        except Exception as e:  # noqa: BLE001 - the row records it, the suite goes on
+            row["error"] = _err(e)
+            row["traceback"] = traceback.format_exc(limit=8)
+        # cuDNN on the same inputs
+        if skip is not None:
+            row["cudnn"] = {"status": "skipped", "reason": skip}
+        else:
+            try:
+                if mode == "fwd":
+                    cfn, cargs = jax.jit(cudnn_fwd), [a[:3] for a in arg_sets]
+                else:
+                    cfn, cargs = jax.jit(cudnn_fwd_bwd), fargs
+                ct_ = time_call(cfn, cargs, **timing)
+                c = {"status": "ok", "time": _timing_record(ct_), "tflops": row["flops"] / ct_["median_s"] / 1e12,
+                     "call": f"jax.nn.dot_product_attention(q, k, v, is_causal={bool(static.get('causal'))}, "
+                             f"implementation='cudnn')" + (" under jax.vjp" if mode != "fwd" else "")}
+                if "tflops" in row:
+                    c["ratio"] = row["tflops"] / c["tflops"]
+                row["cudnn"] = c
+            except Exception as e:  # noqa: BLE001
+                row["cudnn"] = {"status": "error", "error": _err(e)}
+        suite.save()
+    return rows
+
+
+def run_decode(suite, bundle, spec, key, record, sets, timing, rates):
+    import jax
+    from . import roofline as rl
+    from .timing import time_call
+    kernel = record["kernel"]
+    static = {k: v for k, v in record["static"].items() if v is not None}
+    names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
+    row = suite.add_row(base_row(record, key, kernel, "decode"))
+    try:
+        ctx = None
+        if "context_lens" in names:
+            import numpy as np
+            ctx = [int(c) for c in np.asarray(sets[0]["context_lens"])]
+        flops, nbytes, parts = flops_bytes(kernel, "decode", record["dims"], record["dtype"], static,
+                                           tuple(record["present"]), ctx)
+        row.update(flops=flops, bytes=nbytes, bytes_parts=parts)
+
+        def call(**arrays):
+            return bundle.call(kernel, **arrays, **static)
+
+        kw_sets = [dict((n, s[n]) for n in names) for s in sets]
+
+        def fn(i):
+            return call(**kw_sets[i])
+        idx = [(i,) for i in range(len(kw_sets))]
+        before = bundle.stats()
+        jax.block_until_ready(fn(0))
+        row["served"] = served_delta(before, bundle.stats())
+        check_served(row, bundle, key)
+        t = time_call(fn, idx, **timing)
+        row["time"] = _timing_record(t)
+        row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),
+                               rates.get("copy_bytes_per_s")))
+    except Exception as e:  # noqa: BLE001
+        row["error"] = _err(e)
+        row["traceback"] = traceback.format_exc(limit=8)
+    suite.save()
+    return [row]
+
+
+def base_row(record, key, kernel, mode) -> dict:
+    return {"id": case_id(kernel, mode, record["dims"], record["static"], record["dtype"]), "kernel": kernel,
+            "mode": mode, "entry": key, "dtype": record["dtype"], "dims": record["dims"],
+            "static": record["static"], "present": record["present"], "backend": record.get("backend"),
+            "config_source": (record.get("config_source") or {}).get("kind"), "served": None, "cudnn": None,
+            "verify": None, "warning": None, "error": None}
+
+
+def _order(item):
+    key, rec = item
+    d = rec["dims"]
+    return (KERNELS.index(rec["kernel"]), sorted(rec["static"].items(), key=str).__str__(),
+            tuple(sorted((k, v) for k, v in d.items() if isinstance(v, int))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Times a store's kernels against the device's measured rates.")
+    p.add_argument("--store", required=True, help="a store built by `ejaot build` (finalized on the GPU host)")
+    p.add_argument("--out", default="gpu_results.json", help="JSON results (rewritten after every row)")
+    p.add_argument("--smoke", action="store_true", help="tiny device-rate sizes and few iterations (CPU smoke test)")
+    p.add_argument("--kernel", action="append", default=[], choices=KERNELS, help="only these kernels (repeatable)")
+    p.add_argument("--iters", type=int, help="timed samples per measurement (default 20; smoke 3)")
+    p.add_argument("--warmup", type=int, help="waited-for warm-up calls (default 3; smoke 1)")
+    p.add_argument("--min-sample-s", type=float, help="seconds one sample lasts, about (default 0.02)")
+    p.add_argument("--rotate-mib", type=float, help="input sets rotate until they span this many MiB (default 256)")
+    p.add_argument("--copy-mib", type=float, help="copy-bandwidth buffer size (default 1024, at most 1/8 of memory)")
+    p.add_argument("--matmul-sizes", help="comma-separated n for the n x n bf16 matmul (default 4096,8192,16384)")
+    p.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN comparison")
+    p.add_argument("--verify-json", help="`ejaot verify --json` output to attach per entry")
+    p.add_argument("--command", help="the command line to record (default: this process's)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def read_verify(path: str | None) -> tuple[dict | None, dict]:
+    if not path or not Path(path).exists():
+        return None, {}
+    entries, summary = {}, None
+    for line in Path(path).read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("type") == "entry":
+            entries[ev.get("key")] = {"ok": ev.get("ok"), "numerics": ev.get("numerics"),
+                                      "tiers": ev.get("tiers"), "error": ev.get("error")}
+        elif ev.get("type") == "summary":
+            summary = ev
+    return ({"ok": summary.get("ok") if summary else None, "summary": summary}, entries)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    defaults = SMOKE_DEFAULTS if args.smoke else GPU_DEFAULTS
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    t_start = time.perf_counter()
+    ensure_kernel_collection()
+    import jax
+    import jaxlib
+    import ejaot
+    from ejaot.artifact import compat
+    from ejaot.registry import all_kernels
+    from ejaot.store.filestore import FileStore
+
+    dev = jax.devices()[0]
+    platform = compat.local_platform(dev)
+    try:
+        mem = (dev.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - a backend without memory stats
+        mem = None
+    timing = dict(warmup=args.warmup, iters=args.iters, min_sample_s=args.min_sample_s)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    verify, verify_entries = read_verify(args.verify_json)
+    doc = {
+        "schema": SCHEMA, "mode": "smoke" if args.smoke else "gpu",
+        "command": args.command or " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.gpu.suite",
+                                                                      *(argv if argv is not None else sys.argv[1:])]),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+        "device": {"kind": dev.device_kind, "platform": platform, "count": jax.device_count(), "memory_bytes": mem},
+        "host": _platform.node(), "store": {"path": str(args.store)},
+        "settings": {**timing, "rotate_bytes": int(args.rotate_mib * 2 ** 20), "cudnn": not args.no_cudnn},
+        "device_rates": {}, "verify": verify, "rows": [], "errors": [], "elapsed_s": None,
+    }
+    suite = Suite(out_path, doc, verify_entries)
+    suite.save()
+
+    # 1. the device's rates
+    copy_bytes = int(args.copy_mib * 2 ** 20)
+    if mem:
+        copy_bytes = min(copy_bytes, mem // 8)
+    rates = {}
+    try:
+        doc["device_rates"]["copy"] = measure_copy(copy_bytes, timing)
+        rates["copy_bytes_per_s"] = doc["device_rates"]["copy"]["gbps"] * 1e9
+    except Exception as e:  # noqa: BLE001
+        doc["device_rates"]["copy"] = {"error": _err(e)}
+        doc["errors"].append(f"copy bandwidth: {_err(e)}")
+    gc.collect()
+    try:
+        sizes = [int(s) for s in str(args.matmul_sizes).split(",") if s]
+        doc["device_rates"]["matmul"] = measure_matmul(sizes, timing)
+        rates["matmul_flops_per_s"] = doc["device_rates"]["matmul"]["tflops"] * 1e12
+    except Exception as e:  # noqa: BLE001
+        doc["device_rates"]["matmul"] = {"error": _err(e)}
+        doc["errors"].append(f"matmul rate: {_err(e)}")
+    if len(rates) == 2:
+        doc["device_rates"]["ridge_flops_per_byte"] = rates["matmul_flops_per_s"] / rates["copy_bytes_per_s"]
+    gc.collect()
+    suite.save()
+    print(f"# {dev.device_kind} ({platform}), jax {jax.__version__}: copy "
+          f"{doc['device_rates']['copy'].get('gbps', float('nan')):.1f} GB/s, bf16 matmul "
+          f"{doc['device_rates']['matmul'].get('tflops', float('nan')):.2f} TFLOP/s", flush=True)
+
+    # 2. the store's entries
+    try:
+        index = FileStore(args.store).read_index()
+    except Exception as e:  # noqa: BLE001
+        doc["errors"].append(f"store: {_err(e)}")
+        doc["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+        suite.save()
+        print(f"cannot read the store: {_err(e)}", file=sys.stderr)
+        return 2
+    wanted = set(args.kernel or KERNELS)
+    picked = sorted(((k, r) for k, r in index["entries"].items()
+                     if isinstance(r, dict) and r.get("kernel") in wanted), key=_order)
+    doc["store"].update(target=index.get("target"), entries=len(index["entries"]), timed_entries=len(picked))
+    bundle = ejaot.load(args.store, miss_log=False)
+    specs = all_kernels()
+    rotate_bytes = doc["settings"]["rotate_bytes"]
+    for n, (key, record) in enumerate(picked):
+        spec = specs[record["kernel"]]
+        sets = None
+        try:
+            # input sets: enough that consecutive calls touch rotate_bytes of distinct data
+            mode = "fwd" if record["kernel"] == "flash_attention" else "decode"
+            _, touched, _ = flops_bytes(record["kernel"], mode, record["dims"], record["dtype"], record["static"],
+                                        tuple(record["present"]))
+            n_sets = min(MAX_SETS, max(1, math.ceil(rotate_bytes / touched)))
+            sets = make_arg_sets(spec, record, n_sets, args.seed + n)
+            if record["kernel"] == "flash_attention":
+                rows = run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, not args.no_cudnn)
+            else:
+                rows = run_decode(suite, bundle, spec, key, record, sets, timing, rates)
+        except Exception as e:  # noqa: BLE001 - inputs that could not be made: one row says so
+            row = suite.add_row(base_row(record, key, record["kernel"],
+                                          "fwd" if record["kernel"] == "flash_attention" else "decode"))
+            row["error"] = _err(e)
+            row["traceback"] = traceback.format_exc(limit=8)
+            rows = [row]
+        for row in rows:
+            print(summary_line(row), flush=True)
+        del sets
+        gc.collect()
+        doc["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+        suite.save()
+    doc["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+    suite.save()
+    n_err = sum(1 for r in doc["rows"] if r["error"])
+    print(f"wrote {out_path}: {len(doc['rows'])} rows, {n_err} with errors, {doc['elapsed_s']} s", flush=True)
+    n_warn = sum(1 for r in doc["rows"] if r.get("warning"))
+    if n_warn:
+        print(f"{n_warn} rows were not served by the store (their 'warning' says why)", flush=True)
+    return 0 if doc["rows"] and not n_err and not n_warn and not doc["errors"] else 1
+
+
+def summary_line(row: dict) -> str:
+    if row.get("error"):
+        return f"  {row['id']}: ERROR {row['error']}"
+    if row.get("warning"):
+        print(f"  WARNING {row['id']}: {row['warning']}", flush=True)
+    s = f"  {row['id']}: {row['time']['median_s'] * 1e6:.1f} us, {row['tflops']:.2f} TFLOP/s, {row['gbps']:.1f} GB/s"
+    if "bound" in row:
+        s += f" ({row['bound']}-bound; {100 * row['frac_matmul']:.0f}% matmul, {100 * row['frac_copy']:.0f}% copy)"
+    c = row.get("cudnn") or {}
+    if c.get("status") == "ok" and "ratio" in c:
+        s += f"; {c['ratio']:.2f}x cuDNN"
+    elif c.get("status") in ("skipped", "error"):
+        s += f"; cuDNN {c['status']}"
+    return s
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""benchmarks/gpu/: the FLOP and byte formulas against hand-computed values, the GPU
+manifest's plan, and the suite's CPU smoke mode end to end on a tiny store (schema of
+gpu_results.json, and the Markdown report made from it)."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.gpu import report, roofline as rl, suite
+from benchmarks.gpu.timing import time_call
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_DIR = REPO / "benchmarks" / "gpu"
+
+
+# ---------------------------------------------------------------------------------------
+# formulas (the numbers worked out by hand in the comments)
+# ---------------------------------------------------------------------------------------
+
+def test_flash_flops():
+    # 4 * B2 * H16 * 8192 * 8192 * D128 = 2^2 * 2 * 2^4 * 2^26 * 2^7 = 2^40
+    assert rl.flash_fwd_flops(2, 16, 8192, 8192, 128, causal=False) == 2.0 ** 40
+    assert rl.flash_fwd_flops(2, 16, 8192, 8192, 128, causal=True) == 2.0 ** 39
+    # fwd+bwd: the backward counts 2.5 x the forward
+    assert rl.flash_fwd_bwd_flops(2, 16, 8192, 8192, 128, causal=True) == 3.5 * 2.0 ** 39
+    # 4 * 1 * 32 * 4096 * 4096 * 128 / 2 = 137438953472
+    assert rl.flash_fwd_flops(1, 32, 4096, 4096, 128, causal=True) == 137_438_953_472
+
+
+def test_flash_bytes():
+    # B1 S4096 Hq32 Hk8 D128 bf16: q = 4096*32*128 = 16777216, kv = 4096*8*128 = 4194304
+    # fwd: (2q + 2kv) * 2 bytes; fwd+bwd: (6q + 6kv) * 2 bytes
+    assert rl.flash_fwd_bytes(1, 32, 8, 4096, 4096, 128, "bfloat16") == 83_886_080
+    assert rl.flash_fwd_bwd_bytes(1, 32, 8, 4096, 4096, 128, "bfloat16") == 251_658_240
+    assert rl.flash_fwd_bytes(1, 32, 8, 4096, 4096, 128, "float32") == 2 * 83_886_080
+
+
+def test_mla_decode():
+    # DeepSeek-V3, batch 64, 128 heads, 4096 tokens: 2 * 64 * 128 * 4096 * (576 + 512)
+    assert rl.mla_decode_flops(64, 128, 4096) == 73_014_444_032
+    assert rl.mla_decode_flops(128, 16, 4096) == 2 * 128 * 16 * 4096 * 1088
+    parts = rl.mla_decode_bytes(64, 128, 4096, 128, 512, 64, "bfloat16")
+    assert parts["cache"] == 64 * 4096 * 576 * 2 == 301_989_888          # latent + rope keys, once
+    assert parts["weights"] == 2 * 512 * 128 * 128 * 2 == 33_554_432     # w_kc + w_vc
+    assert parts["io"] == (2 * 64 * 128 * 128 + 64 * 64) * 2 == 4_202_496  # q, out, b_q
+    assert parts["total"] == 339_746_816
+    no_rope = rl.mla_decode_bytes(64, 128, 4096, 128, 512, 64, "bfloat16", with_rope=False)
+    assert no_rope["cache"] == 64 * 4096 * 512 * 2
+
+
+def test_paged_decode():
+    assert rl.paged_tokens([0, 1, 16, 17, -3], 16) == 0 + 16 + 16 + 32 + 0
+    # page_attention, 64 seqs x 4096, Hq32/Hk8 D128 bf16
+    ctx = [4096] * 64
+    assert rl.paged_decode_flops(ctx, 32, 128) == 4 * 32 * 128 * 262_144 == 2 ** 32
+    parts = rl.paged_decode_bytes(ctx, 32, 8, 128, 16, 256, "bfloat16")
+    assert parts == {"cache": 2 * 262_144 * 8 * 128 * 2, "io": 2 * 64 * 32 * 128 * 2,
+                     "tables": (64 * 256 + 64) * 4, "total": 1_073_741_824 + 1_048_576 + 65_792}
+    # a partial last page is read whole
+    assert rl.paged_decode_bytes([17], 4, 2, 8, 16, 2, "float32")["cache"] == 2 * 32 * 2 * 8 * 4
+    # paged MLA: the same cache bytes as the contiguous form, plus the tables
+    mla = rl.paged_mla_decode_bytes(ctx, 128, 128, 512, 64, 64, 64, "bfloat16")
+    assert mla["cache"] == 301_989_888 and mla["tables"] == (64 * 64 + 64) * 4
+    assert mla["total"] == 301_989_888 + 33_554_432 + 4_202_496 + 16_640
+
+
+def test_roofline_bound():
+    # ridge = 1000 / 100 = 10 FLOP/byte
+    assert rl.ridge_point(1000.0, 100.0) == 10.0
+    assert rl.bound(100, 10, 1000.0, 100.0) == "compute"      # intensity 10: at the ridge
+    assert rl.bound(100, 11, 1000.0, 100.0) == "memory"
+    r = rl.roofline(flops=2e12, nbytes=1e9, seconds=0.01, matmul_flops_per_s=400e12, copy_bytes_per_s=2e12)
+    assert r["tflops"] == pytest.approx(200.0) and r["gbps"] == pytest.approx(100.0)
+    assert r["intensity"] == 2000.0 and r["ridge"] == 200.0 and r["bound"] == "compute"
+    assert r["frac_matmul"] == pytest.approx(0.5) and r["frac_copy"] == pytest.approx(0.05)
+    assert r["frac_roofline"] == pytest.approx(0.5)
+    m = rl.roofline(flops=1e9, nbytes=1e9, seconds=1e-3, matmul_flops_per_s=400e12, copy_bytes_per_s=2e12)
+    assert m["bound"] == "memory" and m["frac_roofline"] == pytest.approx(0.5)    # 1 TB/s of 2
+    assert "bound" not in rl.roofline(1.0, 1.0, 1.0, None, 2e12)
+
+
+def test_suite_case_counts_match_the_formulas():
+    d = {"batch": 2, "seq": 8192, "kv_seq": 8192, "q_heads": 16, "kv_heads": 16, "head_dim": 128}
+    f, b, _ = suite.flops_bytes("flash_attention", "fwd+bwd", d, "bfloat16", {"causal": True})
+    assert f == 3.5 * 2.0 ** 39 and b == rl.flash_fwd_bwd_bytes(2, 16, 16, 8192, 8192, 128, "bfloat16")
+    d = {"num_seqs": 64, "max_blocks": 256, "page_size": 16, "q_heads": 32, "kv_heads": 8, "head_dim": 128,
+         "total_pages": 16384}
+    f, b, parts = suite.flops_bytes("page_attention", "decode", d, "bfloat16", {})
+    assert f == 2 ** 32 and b == parts["total"] == 1_074_856_192
+
+
+def test_time_call_reports_median_and_min():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return x
+    t = time_call(fn, [(1,), (2,)], warmup=2, iters=5, reps=3)
+    assert t["reps"] == 3 and t["iters"] == 5 and len(t["samples_s"]) == 5 and t["arg_sets"] == 2
+    assert t["min_s"] <= t["median_s"] and "block_until_ready" in t["method"]
+    assert len(calls) == 2 + 5 * 3 and set(calls) == {1, 2}
+
+
+# ---------------------------------------------------------------------------------------
+# the GPU manifest and the smoke run
+# ---------------------------------------------------------------------------------------
+
+def test_gpu_manifest_plans_the_suites_buckets():
+    from ejaot.manifest import load_manifest
+    from ejaot.plan import plan
+    from ejaot.targets import get_target
+    target = get_target("gpu-sm90")
+    entries, skipped = plan(load_manifest(GPU_DIR / "manifest.toml", target=target), target)
+    assert not skipped
+    by_kernel = {}
+    for e in entries:
+        by_kernel.setdefault(e.kernel, []).append(e)
+    assert sorted(by_kernel) == sorted(suite.KERNELS)
+    assert len(by_kernel["flash_attention"]) == 7
+    mla = {(e.dims["batch"], e.dims["q_heads"]) for e in by_kernel["mla_attention"]}
+    assert mla == {(64, 16), (64, 128), (128, 16), (128, 128)}
+    assert all(e.dims["kv_seq"] == 4096 and e.dims["kv_lora_rank"] == 512 and e.dims["rope_dim"] == 64
+               for e in by_kernel["mla_attention"])
+    # every paged bucket's cache holds all of its sequences' full contexts on distinct pages
+    for e in by_kernel["page_attention"] + by_kernel["paged_mla_attention"]:
+        assert e.dims["num_seqs"] * e.dims["max_blocks"] <= e.dims["total_pages"]
+        assert e.dims["max_blocks"] * e.dims["page_size"] == 4096
+    assert all(e.backend == "triton" for e in entries)
+
+
+TOP_KEYS = {"schema", "mode", "command", "date", "commit", "jax", "jaxlib", "device", "host", "store", "settings",
+            "device_rates", "verify", "rows", "errors", "elapsed_s"}
+ROW_KEYS = {"id", "kernel", "mode", "entry", "dtype", "dims", "static", "backend", "config_source", "served",
+            "flops", "bytes", "time", "tflops", "gbps", "intensity", "frac_matmul", "frac_copy", "ridge", "bound",
+            "cudnn", "verify", "warning", "error"}
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    from ejaot.build import build
+    from ejaot.verify import verify_store
+    tmp = tmp_path_factory.mktemp("gpu_bench")
+    manifest = tmp / "smoke.toml"
+    shutil.copy(GPU_DIR / "smoke.toml", manifest)
+    store = tmp / "store"
+    rep = build(manifest, "cpu", store, jobs=1)
+    assert rep.ok and len(rep.built) == 5, rep.summary()
+    events = []
+    verify_store(store, echo=None, on_event=events.append, max_elements=1 << 20)
+    (tmp / "verify.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    out = tmp / "gpu_results.json"
+    rc = suite.main(["--store", str(store), "--out", str(out), "--smoke", "--iters", "2",
+                     "--verify-json", str(tmp / "verify.jsonl")])
+    return rc, json.loads(out.read_text())
+
+
+def test_smoke_run_schema(smoke_results):
+    rc, doc = smoke_results
+    assert TOP_KEYS <= set(doc), TOP_KEYS - set(doc)
+    assert doc["schema"] == suite.SCHEMA and doc["mode"] == "smoke" and doc["errors"] == []
+    assert doc["device"]["platform"] == "cpu" and doc["jax"] and doc["commit"] and doc["date"].endswith("Z")
+    rates = doc["device_rates"]
+    assert rates["copy"]["gbps"] > 0 and rates["matmul"]["tflops"] > 0 and rates["matmul"]["n"] in (128, 256)
+    assert rates["ridge_flops_per_byte"] == pytest.approx(rates["matmul"]["tflops"] * 1e3 / rates["copy"]["gbps"])
+    assert doc["verify"]["ok"] is True
+    rows = doc["rows"]
+    assert doc["store"]["timed_entries"] == 5 and len(rows) == 7      # flash: fwd and fwd+bwd rows
+    assert sorted(r["mode"] for r in rows if r["kernel"] == "flash_attention") == ["fwd", "fwd", "fwd+bwd", "fwd+bwd"]
+    for r in rows:
+        assert r["error"] is None, (r["id"], r["error"], r.get("traceback"))
+        assert ROW_KEYS <= set(r), (r["id"], ROW_KEYS - set(r))
+        assert r["time"]["median_s"] > 0 and r["time"]["min_s"] <= r["time"]["median_s"]
+        assert r["bound"] in ("compute", "memory")
+        assert r["tflops"] == pytest.approx(r["flops"] / r["time"]["median_s"] / 1e12)
+        assert r["frac_copy"] == pytest.approx(r["gbps"] / rates["copy"]["gbps"])
+        assert r["verify"]["ok"] is True
+        # served by the store, or flagged (another process may edit a kernel's source meanwhile)
+        assert r["served"]["path"] in ("exact", "padded") or r["warning"], r
+        if r["kernel"] == "flash_attention":
+            assert r["cudnn"]["status"] == "skipped" and "cpu" in r["cudnn"]["reason"]
+        else:
+            assert r["cudnn"] is None
+    assert rc == (1 if any(r["warning"] for r in rows) else 0)
+
+
+def test_smoke_run_counts(smoke_results):
+    _, doc = smoke_results
+    by_id = {r["id"]: r for r in doc["rows"]}
+    # flash B1 S128 Hq4 Hk2 D32: 4 * 1 * 4 * 128 * 128 * 32 = 8388608 full, half causal
+    assert by_id["flash_attention fwd B1 S128 Hq4 Hk2 D32 full"]["flops"] == 8_388_608
+    assert by_id["flash_attention fwd B1 S128 Hq4 Hk2 D32 causal"]["flops"] == 4_194_304
+    assert by_id["flash_attention fwd+bwd B1 S128 Hq4 Hk2 D32 causal"]["flops"] == 3.5 * 4_194_304
+    # q = 128*4*32 = 16384, kv = 128*2*32 = 8192: (2q + 2kv) * 2 bytes
+    assert by_id["flash_attention fwd B1 S128 Hq4 Hk2 D32 full"]["bytes"] == 98_304
+    # page_attention 2 seqs, full 64-token contexts (4 pages of 16), Hq4 Hk2 D32:
+    # K+V 2*128 tokens*2 heads*32*2 B = 32768, q+out 2*2*4*32*2 = 1024, tables (2*4 + 2)*4 = 40
+    page = by_id["page_attention decode B2 T64 page16 Hq4 Hk2 D32"]
+    assert page["bytes"] == 33_832 and page["flops"] == 4 * 4 * 32 * 128
+    # mla B2 T128 H4 R64+16 D32: flops 2*2*4*128*(80 + 64); bytes cache 2*128*80*2 = 40960,
+    # weights 2*64*4*32*2 = 32768, io (2*2*4*32 + 2*16)*2 = 1088
+    mla = by_id["mla_attention decode B2 S1 T128 H4 R64+16 D32"]
+    assert mla["flops"] == 2 * 2 * 4 * 128 * 144 and mla["bytes"] == 40_960 + 32_768 + 1_088
+    assert mla["bytes_parts"] == {"cache": 40_960, "weights": 32_768, "io": 1_088, "total": 74_816}
+
+
+def test_report_tables(smoke_results):
+    _, doc = smoke_results
+    md = report.render(doc)
+    assert doc["command"] in md and doc["commit"] in md and doc["device"]["kind"] in md
+    for title in report.TITLES.values():
+        assert f"**{title}**" in md
+    assert md.count("| case |") == 4
+    assert "| case | mode | µs | TFLOP/s | GB/s | % matmul | % copy | bound | cuDNN TFLOP/s | vs cuDNN |" in md
+    assert "cuDNN not run: cuDNN needs an NVIDIA GPU" in md
+    # a failed row renders as an error line, not a crash
+    broken = json.loads(json.dumps(doc))
+    broken["rows"][0].update(error="RuntimeError: boom", time=None, tflops=None)
+    assert "error: RuntimeError: boom" in report.render(broken)
