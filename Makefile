@@ -40,6 +40,11 @@ $(VENV)/.ray-installed: $(VENV)/.base-installed requirements/ray.txt
 	$(PIP) -r requirements/ray.txt
 	@touch $@
 
+# `make bench`'s plot (benchmarks/plot.py): matplotlib, for the bench target only.
+$(VENV)/.bench-installed: $(VENV)/.base-installed requirements/bench.txt
+	$(PIP) -r requirements/bench.txt
+	@touch $@
+
 # Cross-compiling for TPU targets: libtpu beside the venv.
 $(VENV)/.tpu-installed: $(VENV)/.base-installed requirements/tpu-extras.txt
 	$(PIP) --no-deps --target $(EXTRAS)/tpu -r requirements/tpu-extras.txt
@@ -64,9 +69,17 @@ fuzz: $(VENV)/.base-installed
 	EJAOT_FUZZ_MUTATIONS=1000 EJAOT_LOAD_SECONDS=60 $(PYTHON) -m pytest -q -s \
 	  tests/test_fuzz_store.py tests/test_record_schema.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
 
-bench: $(VENV)/.base-installed $(VENV)/.tpu-installed
+# Measures -> bench-results/; the start-up figures also -> benchmarks/results/*.json, and
+# benchmarks/plot.py draws those with the recorded GPU results -> benchmarks/results/summary.png.
+bench: $(VENV)/.base-installed $(VENV)/.tpu-installed $(VENV)/.bench-installed
 	$(PYTHON) -m benchmarks.startup --manifest $(MANIFEST) --out bench-results
+	$(PYTHON) -m benchmarks.plot record startup bench-results/startup.json \
+	  --command "make bench (python -m benchmarks.startup --manifest $(MANIFEST))"
 	$(PYTHON) -m benchmarks.tpu_compile --manifest $(MANIFEST) --out bench-results
+	JAX_PLATFORMS=cpu $(PYTHON) examples/demo.py > bench-results/demo.out
+	$(PYTHON) -m benchmarks.plot record demo bench-results/demo.out \
+	  --command "make bench (python examples/demo.py)"
+	$(PYTHON) -m benchmarks.plot
 
 # A decoder served from a store, start-up measured in fresh processes (examples/demo.py);
 # its last line is one JSON object.
