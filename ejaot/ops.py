@@ -6,7 +6,7 @@
     out, weights = ops.attention(q, k, v, causal=True)
 
 Each function keeps ejkernel's name, argument names and order, layouts, defaults and return
-value (the seeds in the design documents), and dispatches through the process-wide store
+value, and dispatches through the process-wide store
 chosen by `ejaot.use` (see ejaot.runtime.active): exact bucket, padded bucket, or the JIT
 fallback, under jax.jit or eagerly. With no store they compile just in time, so the same
 model code runs with or without a store.
@@ -31,7 +31,7 @@ from .registry import get_kernel
 from .runtime.active import active
 from .artifact.function import call_jit
 from .targets import lowering_target
-# seed 004's SegmentIds and BlockSizes: the flash kernel's own (BlockSizes' tiles are the
+# ejkernel's SegmentIds and BlockSizes: the flash kernel's own (BlockSizes' tiles are the
 # Pallas TPU kernel's; an ejaot entry's tiles are its tuned config)
 from ejaot_kernels.flash_attention.tpu_blocks import BlockSizes, SegmentIds
 
@@ -90,7 +90,7 @@ def attention(query, key, value, attention_mask=None, bias=None, init_bias=None,
               softmax_scale: float | None = None, logits_soft_cap: float | None = None,
               dtype=jnp.bfloat16, softmax_dtype=None, dropout_prob: float = 0.0,
               causal: bool = False, sliding_window: int | tuple[int, int] | None = None):
-    """Seed 002's `attention`: returns (outputs [batch, seq, q_heads, v_head_dim],
+    """ejkernel's `attention`: returns (outputs [batch, seq, q_heads, v_head_dim],
     weights [batch, q_heads, seq, kv_len])."""
     _refuse_dropout("attention", dropout_prob, not deterministic)
     if init_bias is not None and bias is None and attention_mask is None:
@@ -179,7 +179,7 @@ def _segments_from_cu(name, cu, x, outside: int):
 
 def mla_attention(query, key_value, w_kc, w_vc, b_q=None, b_k=None, cu_seqlens=None, /, *,
                   softmax_scale: float | None = None, causal: bool = False, platform=None, cfg=None):
-    """Seed 001's `mla_attention`: [batch, seq, q_heads, head_dim] out."""
+    """ejkernel's `mla_attention`: [batch, seq, q_heads, head_dim] out."""
     _refuse_cfg("mla_attention", cfg)
     return _dispatch("mla_attention",
                      dict(query=query, key_value=key_value, w_kc=w_kc, w_vc=w_vc, b_q=b_q, b_k=b_k,
@@ -189,7 +189,7 @@ def mla_attention(query, key_value, w_kc, w_vc, b_q=None, b_k=None, cu_seqlens=N
 
 def flash_mla_attention(query, key, value, latent_key, latent_value, bias=None,
                         causal: bool = False, softmax_scale: float | None = None):
-    """Seed 000's `flash_mla_attention`: heads-first [batch, heads, seq, head_dim]."""
+    """ejkernel's `flash_mla_attention`: heads-first [batch, heads, seq, head_dim]."""
     return _dispatch("flash_mla_attention",
                      dict(query=query, key=key, value=value, latent_key=latent_key,
                           latent_value=latent_value, bias=bias),
@@ -202,7 +202,7 @@ def page_attention(query, key_cache, value_cache, context_lens, block_tables,
                    attn_logits_soft_cap: float | None = None,
                    pages_per_compute_block: int | None = None, megacore_mode: str | None = None,
                    inline_seq_dim: bool = True, sliding_window: int | None = None):
-    """Seed 003's `page_attention`: one query token per sequence over a paged KV cache.
+    """ejkernel's `page_attention`: one query token per sequence over a paged KV cache.
     The scheduling knobs (max_context_len, num_splits, mask_value, pages_per_compute_block,
     megacore_mode, inline_seq_dim) do not change results; each entry's config sets them."""
     return _dispatch("page_attention",
@@ -214,7 +214,7 @@ def page_attention(query, key_cache, value_cache, context_lens, block_tables,
 
 def paged_mla_attention(query, latent_cache, w_kc, w_vc, context_lens, block_tables, b_q=None,
                         rope_cache=None, *, softmax_scale: float | None = None):
-    """ejaot's MLA decode over a paged latent cache (not in ejkernel's seeds; see
+    """ejaot's MLA decode over a paged latent cache (not in ejkernel; see
     ejaot_kernels.paged_mla_attention)."""
     return _dispatch("paged_mla_attention",
                      dict(query=query, latent_cache=latent_cache, w_kc=w_kc, w_vc=w_vc,

@@ -15,43 +15,43 @@ from ejaot.errors import CallError
 from conftest import REPO, qkv
 from reference import attention_reference
 
-# (name, kind) of every parameter, in order, as the seeds give them
-SEED_SIGNATURES = {
-    "attention": [  # seed 002
+# (name, kind) of every parameter, in order, as ejkernel's public functions have them
+EJKERNEL_SIGNATURES = {
+    "attention": [  # ejkernel.attention
         "query", "key", "value", "attention_mask", "bias", "init_bias", "deterministic",
         "dropout_rng", "softmax_aux", "softmax_scale", "logits_soft_cap", "dtype",
         "softmax_dtype", "dropout_prob", "causal", "sliding_window"],
-    "flash_mla_attention": [  # seed 000
+    "flash_mla_attention": [  # ejkernel.flash_mla_attention
         "query", "key", "value", "latent_key", "latent_value", "bias", "causal", "softmax_scale"],
-    "mla_attention": [  # seed 001: arrays positional-only, options keyword-only
+    "mla_attention": [  # ejkernel.mla_attention: arrays positional-only, options keyword-only
         ("query", "POSITIONAL_ONLY"), ("key_value", "POSITIONAL_ONLY"), ("w_kc", "POSITIONAL_ONLY"),
         ("w_vc", "POSITIONAL_ONLY"), ("b_q", "POSITIONAL_ONLY"), ("b_k", "POSITIONAL_ONLY"),
         ("cu_seqlens", "POSITIONAL_ONLY"), ("softmax_scale", "KEYWORD_ONLY"),
         ("causal", "KEYWORD_ONLY"), ("platform", "KEYWORD_ONLY"), ("cfg", "KEYWORD_ONLY")],
-    "page_attention": [  # seed 003
+    "page_attention": [  # ejkernel.page_attention
         "query", "key_cache", "value_cache", "context_lens", "block_tables", "attn_scale",
         "max_context_len", "num_splits", ("mask_value", "KEYWORD_ONLY"),
         ("attn_logits_soft_cap", "KEYWORD_ONLY"), ("pages_per_compute_block", "KEYWORD_ONLY"),
         ("megacore_mode", "KEYWORD_ONLY"), ("inline_seq_dim", "KEYWORD_ONLY"),
         ("sliding_window", "KEYWORD_ONLY")],
 }
-SEED_DEFAULTS = {
+EJKERNEL_DEFAULTS = {
     "attention": dict(deterministic=True, dtype=jnp.bfloat16, dropout_prob=0.0, causal=False),
     "page_attention": dict(num_splits=0, mask_value=-2.381976426469702e38, inline_seq_dim=True),
     "flash_mla_attention": dict(causal=False, softmax_scale=None),
 }
 
 
-@pytest.mark.parametrize("name", sorted(SEED_SIGNATURES))
-def test_signatures_follow_the_seeds(name):
+@pytest.mark.parametrize("name", sorted(EJKERNEL_SIGNATURES))
+def test_signatures_follow_ejkernel(name):
     params = list(inspect.signature(getattr(ops, name)).parameters.values())
-    want = [(p, "POSITIONAL_OR_KEYWORD") if isinstance(p, str) else p for p in SEED_SIGNATURES[name]]
+    want = [(p, "POSITIONAL_OR_KEYWORD") if isinstance(p, str) else p for p in EJKERNEL_SIGNATURES[name]]
     assert [(p.name, p.kind.name) for p in params] == want
-    for arg, default in SEED_DEFAULTS.get(name, {}).items():
+    for arg, default in EJKERNEL_DEFAULTS.get(name, {}).items():
         assert inspect.signature(getattr(ops, name)).parameters[arg].default == default
 
 
-def test_segment_ids_and_block_sizes_are_seed_004s():
+def test_segment_ids_and_block_sizes_are_ejkernels():
     assert ops.SegmentIds._fields == ("q", "kv")
     import dataclasses
     fields = [f.name for f in dataclasses.fields(ops.BlockSizes)]

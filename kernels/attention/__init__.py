@@ -1,4 +1,4 @@
-"""`attention`: multi-head attention with GQA/MQA, masks, bias, sinks (seed 002).
+"""`attention`: multi-head attention with GQA/MQA, masks, bias, sinks (ejkernel's `attention`).
 
 Layout [batch, seq, heads, head_dim]. Semantics, in order of application:
   logits = (q · k) * softmax_scale (default 1/sqrt(head_dim)), in softmax_dtype
@@ -8,7 +8,7 @@ Layout [batch, seq, heads, head_dim]. Semantics, in order of application:
       (causal is aligned bottom-right, as in FlashAttention: the last query sees
       every key, which is what chunked prefill over a cache needs); within
       sliding_window (left, right) of i + (kv_len - q_len); attention_mask[b, 0, i, j]
-      when no bias is given (seed 002: bias takes precedence over the mask)
+      when no bias is given (as in ejkernel: bias takes precedence over the mask)
   softmax over the kept keys plus the sink logits softmax_aux[h, :] (sinks take
   probability mass and contribute no value); a query row that keeps no key and has no
   sink returns zeros instead of NaN.

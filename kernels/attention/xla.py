@@ -24,7 +24,7 @@ def attention_impl(inputs, valid_lens, *, config, causal, sliding_window, logits
                    softmax_scale, dtype, softmax_dtype, return_weights):
     mask, bias = inputs.get("attention_mask"), inputs.get("bias")
     return attention_core(inputs["query"], inputs["key"], inputs["value"], valid_lens,
-                          bias=bias, keep_mask=mask if bias is None else None,  # seed 002: bias wins
+                          bias=bias, keep_mask=mask if bias is None else None,  # as ejkernel: bias wins
                           sinks=inputs.get("softmax_aux"), causal=causal, sliding_window=sliding_window,
                           logits_soft_cap=logits_soft_cap, softmax_scale=softmax_scale, dtype=dtype,
                           softmax_dtype=softmax_dtype, return_weights=return_weights)

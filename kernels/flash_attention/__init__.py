@@ -4,7 +4,7 @@ Public layout [batch, seq, heads, head_dim] (GQA/MQA: kv_heads divides q_heads).
 Semantics are those of `attention` (kernels/attention/__init__.py): bottom-right causal,
 sliding_window (left, right), logits_soft_cap, softmax_scale (default 1/sqrt(head_dim)),
 additive bias; plus segment ids: query i sees key j only when
-q_segment_ids[b, i] == kv_segment_ids[b, j] (packed sequences, seed 004's SegmentIds).
+q_segment_ids[b, i] == kv_segment_ids[b, j] (packed sequences, ejkernel's SegmentIds).
 Keys past the valid kv length are masked, which keeps padded buckets exact. Inputs are
 bfloat16/float16/float32; accumulation is float32.
 

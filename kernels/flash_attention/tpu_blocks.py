@@ -1,4 +1,4 @@
-"""Tile sizes and segment ids of the Pallas TPU flash attention (seed 004's interface).
+"""Tile sizes and segment ids of the Pallas TPU flash attention (ejkernel's interface).
 
 Pure Python (no jax import), so configs and the planner may use it freely.
 """

@@ -1,4 +1,4 @@
-"""`flash_mla_attention`: attention through shared latent projections (seed 000).
+"""`flash_mla_attention`: attention through shared latent projections (ejkernel's `flash_mla_attention`).
 
 Layout heads-first: query, key, value [batch, heads, seq, head_dim]; latent_key,
 latent_value [head_dim, latent_dim] (shared by every head); optional additive bias
@@ -11,7 +11,7 @@ Semantics:
   keep key j for query i when j < valid length; and j <= i if causal
   p = softmax over kept keys (a row with no kept key is zeros)
   output = (p @ v_l) @ latent_value^T   [batch, heads, seq, head_dim], query's dtype
-Queries and keys share one length (seed 000), so causal needs no alignment choice.
+Queries and keys share one length (as in ejkernel), so causal needs no alignment choice.
 """
 from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 

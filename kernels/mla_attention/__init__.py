@@ -1,4 +1,4 @@
-"""`mla_attention`: multi-head latent attention over a compressed KV cache (seed 001).
+"""`mla_attention`: multi-head latent attention over a compressed KV cache (ejkernel's `mla_attention`).
 
 Layout: query [batch, seq, q_heads, head_dim]; key_value [batch, kv_seq, kv_lora_rank]
 (the compressed cache, shared by every head); w_kc, w_vc [kv_lora_rank, kv_heads,

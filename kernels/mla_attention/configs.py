@@ -91,7 +91,7 @@ def tpu_candidates(dims, static, target):
 
 
 # -- Triton (GPU): the absorbed-form decode kernels of _shared/mla_triton.py -------------
-# Seed 001's FlashMLAConfig(block_q, block_k, num_warps, num_stages) candidates were
+# ejkernel's FlashMLAConfig(block_q, block_k, num_warps, num_stages) candidates were
 # (64, 64, 4, 1), (128, 128, 4, 2), (256, 256, 8, 2); the kernel here blocks heads
 # (block_h rows of (query, head) pairs, sharing every kv block) and kv tokens (block_n),
 # and adds num_splits (flash-decoding) and the compute capability it is compiled for.

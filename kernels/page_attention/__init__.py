@@ -1,4 +1,4 @@
-"""`page_attention`: paged grouped-query attention for decoding (seed 003).
+"""`page_attention`: paged grouped-query attention for decoding (ejkernel's `page_attention`).
 
 One query token per sequence attends over that sequence's KV cache, which lives in
 fixed-size pages shared by every sequence:
@@ -32,8 +32,8 @@ the attended tokens are never read for keys or values, so they may hold anything
 uninitialized pages are harmless). Checking costs one compare and one select per page
 (no device-to-host read).
 
-Differences from the seed interface:
-  * attn_scale is applied by every backend. The seed's TPU kernel ignores it (leaving
+Differences from ejkernel's interface:
+  * attn_scale is applied by every backend. ejkernel's TPU kernel ignores it (leaving
     the caller to pre-scale the query); here the same call gives the same result on
     every platform.
   * max_context_len, num_splits, mask_value, pages_per_compute_block, megacore_mode and
@@ -53,7 +53,7 @@ from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_positive_float
 from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic
-from .statics import SEED_CALL_KWARGS, norm_attn_scale, norm_sliding_window, prepare_call
+from .statics import EJKERNEL_CALL_KWARGS, norm_attn_scale, norm_sliding_window, prepare_call
 
 SPEC = KernelSpec(
     name="page_attention",
@@ -87,7 +87,7 @@ SPEC = KernelSpec(
     },
     check=check_dims,
     prepare_call=prepare_call,
-    call_kwargs=SEED_CALL_KWARGS,
+    call_kwargs=EJKERNEL_CALL_KWARGS,
     example_inputs="ejaot_kernels.page_attention.examples:make_inputs",
     footprint=lambda d: d["num_seqs"] * d["q_heads"] * d["max_blocks"] * d["page_size"],
 )
@@ -95,7 +95,7 @@ SPEC = KernelSpec(
 
 def page_attention(query, key_cache, value_cache, context_lens, block_tables, **kw):
     """The public function (JIT path): the platform's kernel, compiled on first use.
-    Keywords: attn_scale, attn_logits_soft_cap, sliding_window, and the seed's
+    Keywords: attn_scale, attn_logits_soft_cap, sliding_window, and ejkernel's
     scheduling knobs (accepted, ignored; see the module docstring)."""
     from ejaot.artifact.function import call_jit
     return call_jit(SPEC, (query, key_cache, value_cache, context_lens, block_tables), kw)

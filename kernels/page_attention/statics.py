@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 
-# The seed interface's extra call arguments. They only steer how the TPU kernel is
+# ejkernel's extra call arguments. They only steer how the TPU kernel is
 # scheduled (or are unused there), never what it computes; in ejaot the per-target
 # config decides them, so a call may pass them and they are dropped.
-SEED_CALL_KWARGS = ("max_context_len", "num_splits", "mask_value", "pages_per_compute_block",
+EJKERNEL_CALL_KWARGS = ("max_context_len", "num_splits", "mask_value", "pages_per_compute_block",
                     "megacore_mode", "inline_seq_dim")
 
 
@@ -27,5 +27,5 @@ def norm_sliding_window(v):
 
 
 def prepare_call(inputs, static):
-    for name in SEED_CALL_KWARGS:
+    for name in EJKERNEL_CALL_KWARGS:
         static.pop(name, None)

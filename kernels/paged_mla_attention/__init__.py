@@ -1,5 +1,5 @@
 """`paged_mla_attention`: multi-head latent attention decode over a paged compressed KV
-cache (seed 001's latent attention, served as FlashMLA serves it: one query token per
+cache (ejkernel's latent attention, served as FlashMLA serves it: one query token per
 sequence, the caches in fixed-size pages shared by every sequence).
 
 Layout:
