@@ -39,7 +39,7 @@ def picked_entries(index, kernels, largest=False):
 
 def check_kernel(bundle, index, key, calls, rng):
     import jax
-    from ejaot.registry import all_kernels
+    from ejaot.spec.registry import all_kernels
     from ejaot.verify import all_close, entry_arguments
     rec = index["entries"][key]
     spec = all_kernels()[rec["kernel"]]

@@ -41,7 +41,7 @@ def child(mode: str, store: str, key: str, cache_dir: str | None) -> dict:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import ejaot
     import ejaot.runtime.bundle  # noqa: F401  (library import, timed with jax's as import_s)
-    from ejaot.registry import get_kernel
+    from ejaot.spec.registry import get_kernel
     from ejaot.store.filestore import FileStore
     import_s = time.perf_counter() - t_import0
     record, spec, arrays = entry_inputs(store, key)
@@ -92,7 +92,7 @@ def entry_inputs(store: str, key: str):
     """(record, kernel spec, fresh random inputs on the device) of one stored entry."""
     import numpy as np
     import jax
-    from ejaot.registry import get_kernel
+    from ejaot.spec.registry import get_kernel
     from ejaot.store.filestore import FileStore
     record = FileStore(store).read_index()["entries"][key]
     spec = get_kernel(record["kernel"])
@@ -129,7 +129,7 @@ def dispatch_cost(n: int = 20000) -> dict:
     import numpy as np
     import jax
     import ejaot
-    from ejaot.build import build
+    from ejaot.build.builder import build
     manifest = """format = 1
 [[kernel]]
 name = "attention"
@@ -240,7 +240,7 @@ def main():
                    stdout=subprocess.DEVNULL, check=False)
     rebuild_s = None if args.skip_rebuild else noop_rebuild(args.manifest, args.store)
     from ejaot.store.filestore import FileStore
-    from ejaot.registry import get_kernel
+    from ejaot.spec.registry import get_kernel
     entries = FileStore(args.store).read_index()["entries"]
     keys = sorted((k for k, r in entries.items() if r["platform"] == args.platform
                    and (not args.kernel or r["kernel"] in args.kernel.split(","))),

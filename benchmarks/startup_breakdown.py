@@ -80,7 +80,7 @@ def main():
     if args.child:
         print(json.dumps(child(args.store, args.child, args.prior)))
         return
-    from ejaot.registry import get_kernel
+    from ejaot.spec.registry import get_kernel
     from ejaot.store.filestore import FileStore
     entries = FileStore(args.store).read_index()["entries"]
     wanted = [k for k in args.kernel.split(",") if k]

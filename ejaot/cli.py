@@ -74,7 +74,7 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, exec
 
     Incremental: entries already stored under the same key are reused. Exits non-zero
     naming each entry that failed; the others are kept."""
-    from .build import build as run_build
+    from .build.builder import build as run_build
     from .targets import get_target
     try:
         tgt = get_target(target)
@@ -84,11 +84,11 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, exec
     manifest = manifest or _default_manifest()
     signer = None
     if sign_key:
-        from .signing import Signer
+        from .artifact.signing import Signer
         signer = Signer.from_file(sign_key)
     progress = None if quiet else _Progress("build")
     try:
-        from .shard import parse_shard
+        from .build.shard import parse_shard
         report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer,
                            max_entries=max_entries, shard=parse_shard(shard) if shard else None,
                            executor=executor, ray_address=ray_address)
@@ -108,7 +108,7 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, exec
 def merge(out, stores, trusted_keys):
     """Merge shard stores (of one target) into OUT: every record and payload verified before
     it is copied, identical keys kept once, conflicts refused, the index written once."""
-    from .merge import merge_stores
+    from .build.merge import merge_stores
     try:
         report = merge_stores(out, stores, trusted_keys=list(trusted_keys) or None)
     except EjaotError as e:
@@ -205,7 +205,7 @@ def _entry_summary(key, r) -> dict:
 
 
 def _mesh_summary(r) -> dict:
-    from .mesh import summary
+    from .spec.mesh import summary
     return summary(r)
 
 
@@ -314,7 +314,7 @@ def _check_kernel_filter(kernels, index) -> set | None:
     installed nor in the store."""
     if not kernels:
         return None
-    from .registry import all_kernels
+    from .spec.registry import all_kernels
     known = set(all_kernels())
     if index is not None:
         known |= {r.get("kernel") for r in index["entries"].values() if isinstance(r, dict)}
@@ -375,14 +375,14 @@ def verify(store_dir, numerics, max_elements, kernels, as_json):
 def finalize(store_dir, sign_key, force, kernels):
     """Add the compiled tier for this host's device to every entry built for its platform
     (e.g. on an H100 for a gpu-sm90 store). Needs only jax."""
-    from .finalize import finalize_store
+    from .build.finalize import finalize_store
     index = _index_or_none(store_dir)
     if index is None and not os.path.isdir(store_dir):
         _fail(f"{store_dir}: no store (the directory does not exist)")
     only = _check_kernel_filter(kernels, index)
     signer = None
     if sign_key:
-        from .signing import Signer
+        from .artifact.signing import Signer
         signer = Signer.from_file(sign_key)
     progress = _Progress("finalize", total=_finalize_steps(_matching(index, only), force), lines=False)
 
@@ -454,7 +454,7 @@ def _suggest(group: dict, bundle, how: str) -> tuple[list[dict], list[dict]]:
     observed shape's paddable dims rounded up (onto the store's grid for the group, or to a
     power of two), shapes rounding to the same bucket merged. A rounded bucket the kernel's
     own checks refuse is replaced by the observed shape."""
-    from .registry import find_kernel
+    from .spec.registry import find_kernel
     spec = find_kernel(group["kernel"])
     paddable = spec.paddable if spec is not None else frozenset()
     suggestions: dict = {}
@@ -608,14 +608,14 @@ def _dims_text(dims: dict) -> str:
 
 def _kernel_order(kernel: str, dims: dict) -> dict:
     """dims in the order the kernel declares them (the log writes them sorted by name)."""
-    from .registry import find_kernel
+    from .spec.registry import find_kernel
     spec = find_kernel(kernel)
     order = list(spec.dims) if spec is not None else []
     return dict(sorted(dims.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def _non_default_static(kernel: str, static: dict) -> dict:
-    from .registry import all_kernels
+    from .spec.registry import all_kernels
     spec = all_kernels().get(kernel)
     defaults = spec.canonical_static({}) if spec else {}
     return {k: v for k, v in static.items() if v is not None and v != defaults.get(k)}
@@ -658,8 +658,8 @@ def tune():
 @click.option("--jobs", type=int, default=None)
 def tune_build(manifest, target, out, jobs):
     """Lower every candidate config of every bucket into a candidates store (no device needed)."""
-    from .build import build_entries
-    from .manifest import load_manifest
+    from .build.builder import build_entries
+    from .build.manifest import load_manifest
     from .targets import get_target
     from .tune import candidate_entries
     try:
@@ -701,9 +701,9 @@ def tune_measure(candidates_dir, write, iters):
 
 def _tune_buckets(index) -> int | None:
     """How many buckets a candidates store holds (the measure's steps)."""
-    from . import tuning
+    from .build import tuned
     try:
-        return len({(r["kernel"], tuning.bucket_key(r["backend"], r["dims"], r["dtype"], r["static"]))
+        return len({(r["kernel"], tuned.bucket_key(r["backend"], r["dims"], r["dtype"], r["static"]))
                     for r in index["entries"].values() if isinstance(r, dict)})
     except Exception:  # noqa: BLE001 - only the progress bar's length depends on it
         return None
@@ -714,7 +714,7 @@ def _tune_buckets(index) -> int | None:
 @click.argument("public_key", type=click.Path(dir_okay=False))
 def keygen(private_key, public_key):
     """Write a new ed25519 key pair (PEM) for `build --sign` and `load(trusted_keys=...)`."""
-    from .signing import generate_keypair
+    from .artifact.signing import generate_keypair
     for p in (private_key, public_key):
         if os.path.exists(p):
             _fail(f"{p} exists; not overwriting a key")
@@ -739,7 +739,7 @@ def targets(as_json):
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per kernel.")
 def kernels(as_json):
     """List the installed kernels and their backends."""
-    from .registry import all_kernels
+    from .spec.registry import all_kernels
     for k in all_kernels().values():
         if as_json:
             _echo_json(_kernel_summary(k))

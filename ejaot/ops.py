@@ -26,8 +26,9 @@ import logging
 import jax.numpy as jnp
 from jax import lax
 
+from .backends import all_backends
 from .errors import CallError
-from .registry import get_kernel
+from .spec.registry import get_kernel
 from .runtime.active import active
 from .artifact.function import call_jit
 from .targets import lowering_target
@@ -37,7 +38,6 @@ from ejaot_kernels.flash_attention.tpu_blocks import BlockSizes, SegmentIds
 
 log = logging.getLogger("ejaot")
 
-_PLATFORM_BACKENDS = {"xla": "xla", "triton": "triton", "pallas": "pallas_tpu"}
 
 
 def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):
@@ -47,12 +47,13 @@ def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):
     arrays = {k: v for k, v in arrays.items() if v is not None}
     target = lowering_target()
     if target is not None:            # inside a step being lowered for a target
-        from .lower import call_inlined
+        from .build.lower import call_inlined
         return call_inlined(spec, tuple(arrays.get(n) for n in spec.input_names), static, target)
     if platform not in (None, "auto"):
-        backend = _PLATFORM_BACKENDS.get(platform)
+        by_call_name = {b.call_name: b.name for b in all_backends().values() if b.call_name}
+        backend = by_call_name.get(platform)
         if backend is None or backend not in spec.backends:
-            have = sorted(k for k, v in _PLATFORM_BACKENDS.items() if v in spec.backends)
+            have = sorted(k for k, v in by_call_name.items() if v in spec.backends)
             raise CallError(f"{kernel}: platform={platform!r} is not available for this kernel; "
                             f"choose one of {have}, 'auto' or None")
         positional = tuple(arrays.get(n) for n in spec.input_names)

@@ -1,6 +1,6 @@
 """`ejaot tune`: candidate configs built anywhere (candidate_entries), measured on the
 target's device (measure_store), the winners written as tuned records (write_tuned) that
-the build then reads (ejaot.tuning.choose_config). A device-side tool, like verify: it loads
+the build then reads (ejaot.tuned.choose_config). A device-side tool, like verify: it loads
 stores to run them, which the build itself never does."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .targets import Target
-from . import tuning
+from .build import tuned
 
 # -- tuning: candidates built anywhere, measured on the target's device ----------------------
 
@@ -16,7 +16,7 @@ def candidate_entries(manifest, target):
     """Every planned entry once per candidate config of its backend (none for backends
     without candidates). The builds go to a separate candidates store."""
     from dataclasses import replace
-    from .plan import plan
+    from .build.plan import plan
     entries, _ = plan(manifest, target)
     out = []
     for e in entries:
@@ -36,14 +36,14 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     import jax
     import numpy as np
     import ejaot
-    from .registry import get_kernel
+    from .spec.registry import get_kernel
     from .verify import all_close, entry_arguments, reference_outputs
 
     bundle = ejaot.load(root, miss_log=False)
     groups: dict = {}
     for key, entry in bundle.entries.items():
         r = entry.record
-        groups.setdefault((r["kernel"], tuning.bucket_key(r["backend"], r["dims"], r["dtype"], r["static"])), []).append(entry)
+        groups.setdefault((r["kernel"], tuned.bucket_key(r["backend"], r["dims"], r["dtype"], r["static"])), []).append(entry)
     rng = np.random.default_rng()
     winners = {}
     for (kernel, bkey), entries in sorted(groups.items()):
@@ -124,19 +124,19 @@ def _brief(config: dict) -> str:
 def write_tuned(result: dict, target: Target, echo=print) -> list[Path]:
     """Merges winners into kernels/<kernel>/tuned/<target>.json, one file per kernel."""
     import time
-    from .registry import get_kernel
+    from .spec.registry import get_kernel
     by_kernel: dict = {}
     for bkey, w in result["winners"].items():
         by_kernel.setdefault(w["kernel"], {})[bkey] = w
     written = []
     for kernel, winners in by_kernel.items():
         spec = get_kernel(kernel)
-        path = tuning.tuned_path(spec, target)
+        path = tuned.tuned_path(spec, target)
         rec0 = next(iter(winners.values()))["record"]
         if rec0["source_hash"] != spec.source_hash(rec0["backend"]):
             echo(f"{kernel}: candidates were built from another kernel source; not writing")
             continue
-        db = tuning._read(path) if path.exists() else {}
+        db = tuned._read(path) if path.exists() else {}
         if db.get("source_hash") != rec0["source_hash"] or db.get("toolchain") != rec0["toolchain"]:
             db = {}
         db.update({"target": target.name, "device_kind": result["device_kind"], "source_hash": rec0["source_hash"],
@@ -146,6 +146,6 @@ def write_tuned(result: dict, target: Target, echo=print) -> list[Path]:
             entries[bkey] = {"config": w["config"], "measured_us": w["measured_us"], "candidates": w["candidates"]}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(db, indent=1, sort_keys=True) + "\n")
-        tuning._read.cache_clear()
+        tuned._read.cache_clear()
         written.append(path)
     return written

@@ -6,8 +6,9 @@ import numpy as np
 
 from . import toolchain as tc
 from .errors import EjaotError
-from .registry import all_kernels, find_kernel
+from .spec.registry import all_kernels, find_kernel
 from .artifact import compat
+from .backends import reference_backend
 from .store.filestore import FileStore
 
 # atol = rtol per entry dtype, against a float32 reference on the same inputs.
@@ -57,7 +58,7 @@ def reference_outputs(spec, record, inputs: dict):
     import contextlib
     full = record["dtype"] in ("float32", "float64")
     with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
-        return tuple(jax.tree_util.tree_leaves(jitted(spec, "xla", present, static)(*arrays)))
+        return tuple(jax.tree_util.tree_leaves(jitted(spec, reference_backend(), present, static)(*arrays)))
 
 
 CPU_MAX_ELEMENTS = 1 << 26

@@ -43,7 +43,7 @@ def small_manifest(tmp_path_factory):
 @pytest.fixture(scope="session")
 def built_store(tmp_path_factory, small_manifest):
     """A small cpu store, built once per session. Tests that damage a store copy it."""
-    from ejaot.build import build
+    from ejaot.build.builder import build
     out = tmp_path_factory.mktemp("store") / "cpu"
     report = build(small_manifest, "cpu", out, jobs=1)
     assert report.ok and len(report.built) == 8, report.summary()
@@ -54,7 +54,7 @@ def build_cpu_store(tmp_path, manifest_text: str, entries: int):
     """Builds `manifest_text` for the cpu target into tmp_path/"store" and loads it; every
     one of `entries` entries must build and be accepted. Returns (store dir, bundle)."""
     import ejaot
-    from ejaot.build import build
+    from ejaot.build.builder import build
     manifest = tmp_path / "manifest.toml"
     manifest.write_text(manifest_text)
     out = tmp_path / "store"

@@ -80,7 +80,7 @@ def test_one_dimensional_sinks_and_lazy_bias(rng):
 
 def test_padding_with_valid_lengths_is_exact(rng):
     """The property padded dispatch relies on: padded keys and queries change nothing."""
-    from ejaot.registry import get_kernel
+    from ejaot.spec.registry import get_kernel
     from ejaot.artifact.function import kernel_function
     spec = get_kernel("attention")
     static = spec.canonical_static({"causal": True, "sliding_window": (6, 0)})

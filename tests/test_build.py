@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.store.filestore import FileStore
 from conftest import SMALL_MANIFEST
 
@@ -31,7 +31,7 @@ def test_missing_blob_is_rebuilt(store_copy, small_manifest):
 
 
 def test_one_failing_entry_does_not_lose_the_others(tmp_path, monkeypatch):
-    import ejaot.lower as lower
+    import ejaot.build.lower as lower
     real = lower.lower_entry
 
     def flaky(entry):
@@ -61,9 +61,9 @@ def test_parallel_build_matches_serial(tmp_path, built_store):
 
 
 def test_kernel_source_change_supersedes_old_entries(store_copy, small_manifest, monkeypatch):
-    from ejaot import kernel_spec
-    real = kernel_spec.backend_source_hash
-    monkeypatch.setattr(kernel_spec, "backend_source_hash",
+    from ejaot.spec import sources
+    real = sources.backend_source_hash
+    monkeypatch.setattr(sources, "backend_source_hash",
                         lambda package, module: "0" * 64 if package.endswith(".attention")
                         else real(package, module))
     report = build(small_manifest, "cpu", store_copy, jobs=1)
@@ -78,7 +78,7 @@ def test_source_hash_covers_imported_modules(tmp_path):
     and `from . import module` (transitively, into other packages and into the package's
     own excluded backend modules), but not implementations named for lazy import
     ("pkg.module:fn") or modules nothing imports."""
-    from ejaot.kernel_spec import _reached_modules
+    from ejaot.spec.sources import _reached_modules
     for pkg, files in {
         "base": {"__init__.py": 'B = Backend("ejaot_kernels.base.tpu:impl")\n',
                  "gpu.py": "from .helpers import step\nfrom . import consts\n",
@@ -107,14 +107,14 @@ def test_editing_the_hopper_flash_kernel_leaves_cpu_and_tpu_entries_fresh(monkey
     """A backend's hash covers what it imports, not its folder: gluon_sm90.py (imported by
     the Triton backend only) and triton_support.py change flash_attention's Triton hash and
     neither its XLA nor its Pallas TPU hash."""
-    from ejaot import kernel_spec
-    from ejaot.registry import get_kernel
+    from ejaot.spec import sources
+    from ejaot.spec.registry import get_kernel
     spec = get_kernel("flash_attention")
-    real_read = kernel_spec._read
+    real_read = sources._read
 
     def hashes_with(edited):
-        monkeypatch.setattr(kernel_spec, "_source_hashes", {})
-        monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
+        monkeypatch.setattr(sources, "_source_hashes", {})
+        monkeypatch.setattr(sources, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
         return {b: spec.source_hash(b) for b in ("xla", "pallas_tpu", "triton")}
     plain = hashes_with("no-such-file.py")
     for edited in ("flash_attention/gluon_sm90.py", "kernels/triton_support.py", "_shared/gluon_pipeline.py",
@@ -131,14 +131,14 @@ def test_editing_the_hopper_flash_kernel_leaves_cpu_and_tpu_entries_fresh(monkey
 def test_source_hash_changes_with_an_imported_module(monkeypatch):
     """flash_mla_attention's XLA backend uses mla_attention's; editing that module (and not
     an unrelated one) changes flash_mla_attention's hash. Likewise within one package."""
-    from ejaot import kernel_spec
-    from ejaot.registry import get_kernel
+    from ejaot.spec import sources
+    from ejaot.spec.registry import get_kernel
     spec = get_kernel("flash_mla_attention")
-    real_read = kernel_spec._read
+    real_read = sources._read
 
     def hash_with(edited, backend="xla"):
-        monkeypatch.setattr(kernel_spec, "_source_hashes", {})
-        monkeypatch.setattr(kernel_spec, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
+        monkeypatch.setattr(sources, "_source_hashes", {})
+        monkeypatch.setattr(sources, "_read", lambda p: real_read(p) + (b"#" if p.endswith(edited) else b""))
         return spec.source_hash(backend)
     plain = hash_with("no-such-file.py")
     assert hash_with("mla_attention/xla.py") != plain

@@ -65,7 +65,7 @@ def test_misses_summarizes_as_buckets(store_copy, rng):
     assert parsed["kernel"][0]["name"] == "attention"
     assert sorted(b["seq"] for b in parsed["kernel"][0]["buckets"]) == [40, 50]
     # the suggested tables are a valid manifest
-    from ejaot.manifest import parse_manifest
+    from ejaot.build.manifest import parse_manifest
     assert parse_manifest(parsed, "misses.toml").blocks
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from ejaot.manifest import load_manifest
+from ejaot.build.manifest import load_manifest
 
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)

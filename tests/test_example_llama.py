@@ -12,7 +12,7 @@ sys.path.insert(0, str(REPO / "examples"))
 
 @pytest.fixture(scope="module")
 def llama_store(tmp_path_factory):
-    from ejaot.build import build
+    from ejaot.build.builder import build
     from llama_demo import manifest_path
     out = tmp_path_factory.mktemp("llama") / "store"
     report = build(manifest_path("small"), "cpu", out, jobs=1)

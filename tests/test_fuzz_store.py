@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ejaot
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.store.filestore import FileStore
 from conftest import qkv
 from reference import attention_reference

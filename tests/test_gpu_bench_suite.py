@@ -107,8 +107,8 @@ def test_time_call_reports_median_and_min():
 # ---------------------------------------------------------------------------------------
 
 def test_gpu_manifest_plans_the_suites_buckets():
-    from ejaot.manifest import load_manifest
-    from ejaot.plan import plan
+    from ejaot.build.manifest import load_manifest
+    from ejaot.build.plan import plan
     from ejaot.targets import get_target
     target = get_target("gpu-sm90")
     entries, skipped = plan(load_manifest(GPU_DIR / "manifest.toml", target=target), target)
@@ -138,7 +138,7 @@ ROW_KEYS = {"id", "kernel", "mode", "entry", "dtype", "dims", "static", "backend
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
-    from ejaot.build import build
+    from ejaot.build.builder import build
     from ejaot.verify import verify_store
     tmp = tmp_path_factory.mktemp("gpu_bench")
     manifest = tmp / "smoke.toml"

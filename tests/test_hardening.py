@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import ejaot
-from ejaot.build import build
-from ejaot.manifest import load_manifest
-from ejaot.plan import plan
+from ejaot.build.builder import build
+from ejaot.build.manifest import load_manifest
+from ejaot.build.plan import plan
 from ejaot.store.filestore import FileStore
 from ejaot.store.format import encode_index
 from ejaot.targets import get_target
@@ -164,10 +164,10 @@ def test_a_pickle_payload_never_runs(store_copy, rng, tmp_path, where):
 
 
 def test_signed_store_refuses_unsigned_tampered_and_foreign_entries(tmp_path, small_manifest, rng, monkeypatch):
-    from ejaot.signing import generate_keypair
+    from ejaot.artifact.signing import generate_keypair
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
-    from ejaot.signing import Signer
+    from ejaot.artifact.signing import Signer
     store = tmp_path / "signed"
     assert build(small_manifest, "cpu", store, jobs=1, signer=Signer.from_file(tmp_path / "k.pem")).ok
     bundle = ejaot.load(store, trusted_keys=[tmp_path / "k.pub"], eager=True)

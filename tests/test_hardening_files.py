@@ -197,9 +197,9 @@ def test_gc_on_a_read_only_store_says_so(store_copy, monkeypatch):
 
 
 def test_finalize_keeps_a_signed_store_usable(tmp_path, small_manifest, rng):
-    from ejaot.build import build
+    from ejaot.build.builder import build
     from ejaot.cli import main
-    from ejaot.signing import Signer, generate_keypair
+    from ejaot.artifact.signing import Signer, generate_keypair
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     store = tmp_path / "signed"
     assert build(small_manifest, "cpu", store, jobs=1, signer=Signer.from_file(tmp_path / "k.pem")).ok

@@ -2,8 +2,8 @@
 import pytest
 
 from ejaot.errors import ManifestError
-from ejaot.manifest import load_manifest
-from ejaot.plan import plan
+from ejaot.build.manifest import load_manifest
+from ejaot.build.plan import plan
 from ejaot.targets import get_target
 
 GOOD = """

@@ -11,12 +11,12 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.cli import main
 from ejaot.errors import ManifestError
-from ejaot.manifest import (DEFAULT_MAX_ENTRIES, MAX_DIM, MAX_FILE_BYTES, MAX_NESTING,
+from ejaot.build.manifest import (DEFAULT_MAX_ENTRIES, MAX_DIM, MAX_FILE_BYTES, MAX_NESTING,
                             ManifestWarning, load_manifest)
-from ejaot.plan import plan
+from ejaot.build.plan import plan
 from ejaot.targets import get_target
 from conftest import REPO
 

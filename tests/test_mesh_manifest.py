@@ -3,12 +3,12 @@ key (a ManifestError naming file and key), planned into entries whose keys cover
 and leave single-device entries' keys exactly as they were."""
 import pytest
 
-from ejaot import mesh as mesh_mod
+from ejaot.spec import mesh as mesh_mod
 from ejaot.artifact.record import problem
 from ejaot.errors import ManifestError
-from ejaot.manifest import load_manifest
-from ejaot.plan import EntrySpec, plan
-from ejaot.registry import get_kernel
+from ejaot.build.manifest import load_manifest
+from ejaot.build.plan import EntrySpec, plan
+from ejaot.spec.registry import get_kernel
 from ejaot.targets import get_target
 
 BASE = """format = 1

@@ -352,8 +352,8 @@ def test_store_serves_mla_exact_padded_and_fallback(tmp_path, rng):
 
 def test_mla_manifest_plans_each_form_where_it_is_cheaper():
     from pathlib import Path
-    from ejaot.manifest import load_manifest
-    from ejaot.plan import plan
+    from ejaot.build.manifest import load_manifest
+    from ejaot.build.plan import plan
     from ejaot.targets import get_target
     m = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "default.toml")
     for target in ("cpu", "tpu-v5e"):

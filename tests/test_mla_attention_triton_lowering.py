@@ -253,7 +253,7 @@ causal = true
 
 
 def test_gpu_sm90_build_of_a_tiny_mla_manifest(tmp_path):
-    from ejaot.build import build
+    from ejaot.build.builder import build
     from ejaot.store.filestore import FileStore
     m = tmp_path / "mla.toml"
     m.write_text(TINY_MANIFEST)

@@ -160,7 +160,7 @@ if not CHILD:
         """))
         code = textwrap.dedent(f"""
             import json
-            from ejaot.build import build
+            from ejaot.build.builder import build
             from ejaot.store.filestore import FileStore
             report = build({str(tmp_path / 'm.toml')!r}, "gpu-sm90", {str(tmp_path / 's')!r}, jobs=1)
             assert report.ok, report.summary()
@@ -183,8 +183,8 @@ if CHILD:
 
     import ejaot
     from ejaot.errors import BucketMissError
-    from ejaot.mesh import make_layout
-    from ejaot.registry import get_kernel
+    from ejaot.spec.mesh import make_layout
+    from ejaot.spec.registry import get_kernel
     from reference import attention_reference
 
     def mesh_of(**axes):
@@ -199,7 +199,7 @@ if CHILD:
 
     @pytest.fixture(scope="module")
     def store(tmp_path_factory):
-        from ejaot.build import build
+        from ejaot.build.builder import build
         assert len(jax.devices()) == DEVICES
         root = tmp_path_factory.mktemp("mc")
         (root / "m.toml").write_text(MANIFEST)

@@ -20,7 +20,7 @@ TOY_STEPS = '''
 """A toy model step: a two-layer MLP over tokens, then attention over a KV cache tree."""
 import jax.numpy as jnp
 from ejaot import ops
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg, TreeArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg, TreeArg
 
 SCALE = 1.0
 
@@ -110,7 +110,7 @@ def toy_reference(params, cache, x, scale=1.0):
 
 
 def build_toy(manifest, out):
-    from ejaot.build import build
+    from ejaot.build.builder import build
     report = build(manifest, "cpu", out, jobs=1)
     assert report.ok and len(report.built) == 2, report.summary()
 
@@ -141,11 +141,11 @@ def test_outside_kernel_built_and_served_from_the_compiled_tier(toy, tmp_path, r
 
 
 def test_editing_the_package_makes_its_entries_stale(toy, tmp_path, rng):
-    from ejaot import kernel_spec
+    from ejaot.spec import sources
     name, pkg, manifest = toy
     build_toy(manifest, tmp_path / "store")
     (pkg / "helpers.py").write_text("# a new module of the package\n")
-    kernel_spec._source_hashes.clear()                    # as a fresh process would
+    sources._source_hashes.clear()                    # as a fresh process would
     try:
         bundle = ejaot.load(tmp_path / "store")
         params, cache, x = toy_inputs(rng)
@@ -155,7 +155,7 @@ def test_editing_the_package_makes_its_entries_stale(toy, tmp_path, rng):
         assert st["calls"]["fallback"] == 1
         assert any("stale" in r["reason"] for r in st["rejected"])
     finally:
-        kernel_spec._source_hashes.clear()
+        sources._source_hashes.clear()
 
 
 def test_tree_arguments_are_checked_leaf_by_leaf(toy, tmp_path, rng):
@@ -178,7 +178,7 @@ def test_tree_arguments_are_checked_leaf_by_leaf(toy, tmp_path, rng):
 
 
 def test_manifest_errors_for_outside_modules(tmp_path):
-    from ejaot.manifest import load_manifest
+    from ejaot.build.manifest import load_manifest
     m = tmp_path / "m.toml"
     m.write_text(MANIFEST.format(module="no_such_package_xyz.steps"))
     with pytest.raises(ManifestError, match=r"kernel\[0\]\.module: module 'no_such_package_xyz.steps' cannot be imported"):
@@ -204,7 +204,7 @@ def test_store_whose_package_is_missing_reports_it_and_serves_the_rest(toy, tmp_
         q_heads = 2
         head_dim = 16
         """))
-    from ejaot.build import build
+    from ejaot.build.builder import build
     report = build(manifest, "cpu", tmp_path / "store", jobs=1)
     assert report.ok and len(report.built) == 3, report.summary()
     code = textwrap.dedent(f"""

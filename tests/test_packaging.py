@@ -22,6 +22,6 @@ def test_distribution_provides_no_top_level_kernels_package():
 def test_every_kernel_is_discovered_without_importing_jax_implementations():
     import subprocess
     import sys
-    code = ("import sys; from ejaot.registry import all_kernels; ks = all_kernels(); "
+    code = ("import sys; from ejaot.spec.registry import all_kernels; ks = all_kernels(); "
             "assert 'attention' in ks; assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)")
     subprocess.run([sys.executable, "-c", code], check=True)

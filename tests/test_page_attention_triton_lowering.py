@@ -217,7 +217,7 @@ def test_gpu_sm90_build_of_a_page_attention_manifest(tmp_path):
     (tmp_path / "m.toml").write_text(MANIFEST)
     code = textwrap.dedent(f"""
         import json, sys
-        from ejaot.build import build
+        from ejaot.build.builder import build
         from ejaot.store.filestore import FileStore
         report = build({str(tmp_path / 'm.toml')!r}, "gpu-sm90", {str(tmp_path / 'store')!r}, jobs=1)
         assert report.ok, report.summary()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.store.filestore import FileStore
 from conftest import SMALL_MANIFEST
 
@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="Ray is installed by `make test` (requir
 
 def payloads(root):
     """Payload bytes per entry; a compiled executable only as present (XLA:CPU does not
-    serialize it byte-reproducibly across processes, see ejaot/merge.py)."""
+    serialize it byte-reproducibly across processes, see ejaot/build/merge.py)."""
     index = FileStore(root).read_index()["entries"]
     return {k: {kind: ref["sha256"] if kind != "executable" else "present" for kind, ref in r["payloads"].items()}
             for k, r in index.items()}
@@ -67,7 +67,7 @@ def test_ray_cluster_on_loopback(local_build, tmp_path):
 
 FAILING = """
 import jax.numpy as jnp
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec
+from ejaot.spec import ArrayArg, Backend, KernelSpec
 
 
 def impl(inputs, valid_lens, *, config):

@@ -1,16 +1,17 @@
 """Sharded builds merged: shards 1/3, 2/3, 3/3 of a manifest, merged, equal a full build
 byte for byte in the payloads; the assignment is deterministic, cost-balanced and mostly
 stable when the manifest grows; merge verifies before copying and refuses conflicts."""
+import hashlib
 import shutil
 
 import pytest
 
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.errors import EjaotError
-from ejaot.manifest import load_manifest
-from ejaot.merge import merge_stores
-from ejaot.plan import plan
-from ejaot.shard import assign, estimated_cost, parse_shard
+from ejaot.build.manifest import load_manifest
+from ejaot.build.merge import merge_stores
+from ejaot.build.plan import plan
+from ejaot.build.shard import assign, estimated_cost, parse_shard
 from ejaot.store.filestore import FileStore
 from ejaot.targets import get_target
 
@@ -44,7 +45,7 @@ max_blocks = 4
 def payloads(root):
     """Each entry's payload bytes (sha256), but for the compiled executable only its
     presence: XLA:CPU serializes a program's kernels in the order its compile threads
-    finish, so two builds of one entry differ there (see ejaot/merge.py)."""
+    finish, so two builds of one entry differ there (see ejaot/build/merge.py)."""
     index = FileStore(root).read_index()["entries"]
     return {k: {kind: ref["sha256"] if kind != "executable" else "present" for kind, ref in r["payloads"].items()}
             for k, r in index.items()}
@@ -77,22 +78,33 @@ def test_three_shards_merged_equal_a_full_build(shards):
     assert again.ok and again.duplicates == 8 and payloads(root / "merged2") == payloads(root / "full")
 
 
-def test_assignment_is_deterministic_balanced_and_stable(shards, tmp_path):
+def test_assignment_is_deterministic(shards):
     _, m, _ = shards
-    target = get_target("cpu")
-    entries, _ = plan(load_manifest(m), target)
+    entries, _ = plan(load_manifest(m), get_target("cpu"))
     assert assign(entries, 3) == assign(list(reversed(entries)), 3)
-    grown = tmp_path / "g.toml"
-    grown.write_text(MANIFEST.replace("seq = [16, 32, 64]", "seq = [16, 32, 64, 128, 256]"))
-    more, _ = plan(load_manifest(grown), target)
-    before, after = assign(entries, 3), assign(more, 3)
+
+
+def _synthetic(i):
+    """An entry as assign() sees it: a key, a backend and dims (cost), no outside module.
+    Synthetic, so the test does not depend on the kernels' source hashes."""
+    from types import SimpleNamespace
+    return SimpleNamespace(key=hashlib.sha256(f"entry {i}".encode()).hexdigest(), module=None,
+                           backend=("xla", "triton", "pallas_tpu")[i % 3],
+                           dims={"seq": 16 << (i % 5), "batch": 1 + i % 4})
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_assignment_is_balanced_and_mostly_stable_when_the_manifest_grows(n):
+    entries = [_synthetic(i) for i in range(60)]
+    grown = [_synthetic(i) for i in range(100)]
+    before, after = assign(entries, n), assign(grown, n)
     kept = sum(before[k] == after[k] for k in before)
-    assert kept >= 0.7 * len(before), (kept, len(before))
-    load = [0.0] * 3
-    for e in more:
+    assert kept >= 0.75 * len(before), (kept, len(before))
+    load = [0.0] * n
+    for e in grown:
         load[after[e.key]] += estimated_cost(e)
-    mean = sum(load) / 3
-    assert max(load) <= 1.1 * mean + max(estimated_cost(e) for e in more)
+    mean = sum(load) / n
+    assert max(load) <= 1.1 * mean + max(estimated_cost(e) for e in grown)
 
 
 def test_shard_argument_errors():
@@ -128,7 +140,7 @@ def test_merge_refuses_conflicts_and_bad_bytes(shards, tmp_path):
 
 
 def test_merge_checks_signatures_with_trusted_keys(shards, tmp_path):
-    from ejaot.signing import generate_keypair
+    from ejaot.artifact.signing import generate_keypair
     root, _, parts = shards
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     report = merge_stores(tmp_path / "out", parts, trusted_keys=tmp_path / "k.pub")

@@ -9,22 +9,22 @@ import sys
 
 import pytest
 
-from ejaot import kernel_spec
-from ejaot.registry import all_kernels, get_kernel
+from ejaot.spec import sources
+from ejaot.spec.registry import all_kernels, get_kernel
 from triton_lowering import PRELUDE, REPO, requires_cuda_extras
 
-SHARED = os.path.join(os.path.dirname(kernel_spec.__file__), os.pardir, "kernels", "_shared")
+SHARED = os.path.join(os.path.dirname(sources.__file__), os.pardir, os.pardir, "kernels", "_shared")
 
 
 @pytest.fixture
 def hashes_with(monkeypatch):
     """{(kernel, backend): source hash} of every backend, with the file whose path ends in
     `edited` read with one byte appended."""
-    real_read = kernel_spec._read
+    real_read = sources._read
 
     def run(edited):
-        monkeypatch.setattr(kernel_spec, "_source_hashes", {})
-        monkeypatch.setattr(kernel_spec, "_read",
+        monkeypatch.setattr(sources, "_source_hashes", {})
+        monkeypatch.setattr(sources, "_read",
                             lambda p: real_read(p) + (b"#" if p.replace(os.sep, "/").endswith(edited) else b""))
         return {(k, b): spec.source_hash(b) for k, spec in all_kernels().items() for b in spec.backends}
     return run
@@ -75,7 +75,7 @@ def test_every_shared_module_is_hashed_by_a_backend_that_imports_it():
         for backend in spec.backends.values():
             module = backend.impl.partition(":")[0]
             start = [f"{own}/__init__.py", f"{own}/{module[len(spec.package) + 1:].replace('.', '/')}.py"]
-            reached |= {rel for rel, _ in kernel_spec._reached_modules(collection, start)}
+            reached |= {rel for rel, _ in sources._reached_modules(collection, start)}
     shared = {f"_shared/{f}" for f in os.listdir(SHARED) if f.endswith(".py")}
     assert shared - reached == set()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ejaot.build import build
+from ejaot.build.builder import build
 from ejaot.store.filestore import FileStore
 from ejaot.toolchain import extras_dir
 

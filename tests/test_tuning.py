@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from ejaot import tune, tuning
-from ejaot.build import build_entries
-from ejaot.kernel_spec import Backend
-from ejaot.manifest import load_manifest
-from ejaot.plan import plan
-from ejaot.registry import get_kernel
+from ejaot import tune
+from ejaot.build import tuned as tuned_records
+from ejaot.build.builder import build_entries
+from ejaot.spec import Backend
+from ejaot.build.manifest import load_manifest
+from ejaot.build.plan import plan
+from ejaot.spec.registry import get_kernel
 from ejaot.targets import get_target
 
 
@@ -22,13 +23,13 @@ def tunable_attention(monkeypatch, tmp_path):
                                   heuristic_config=lambda d, s, t: {"variant": 0},
                                   config_candidates=lambda d, s, t: [{"variant": 1}, {"variant": 2}])
     patched = dataclasses.replace(spec, backends={"xla": backend})
-    import ejaot.registry as registry
+    import ejaot.spec.registry as registry
     monkeypatch.setitem(registry._by_name, "attention", patched)
     monkeypatch.setitem(registry.all_kernels(), "attention", patched)
-    monkeypatch.setattr(tuning, "tuned_path", lambda spec, target: tmp_path / "tuned" / f"{target.name}.json")
-    tuning._read.cache_clear()
+    monkeypatch.setattr(tuned_records, "tuned_path", lambda spec, target: tmp_path / "tuned" / f"{target.name}.json")
+    tuned_records._read.cache_clear()
     yield patched
-    tuning._read.cache_clear()
+    tuned_records._read.cache_clear()
 
 
 def test_candidates_measured_written_and_used(tunable_attention, small_manifest, tmp_path):
@@ -54,7 +55,7 @@ def test_candidates_measured_written_and_used(tunable_attention, small_manifest,
 
     db["source_hash"] = "0" * 64                                         # the kernel changed since
     path.write_text(json.dumps(db))
-    tuning._read.cache_clear()
+    tuned_records._read.cache_clear()
     stale, _ = plan(manifest, target)
     assert all(e.config_source == {"kind": "heuristic", "why": "tuning record stale: kernel source changed"}
                for e in stale)

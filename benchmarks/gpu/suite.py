@@ -536,7 +536,7 @@ def main(argv=None) -> int:
     import jaxlib
     import ejaot
     from ejaot.artifact import compat
-    from ejaot.registry import all_kernels
+    from ejaot.spec.registry import all_kernels
     from ejaot.store.filestore import FileStore
 
     dev = jax.devices()[0]

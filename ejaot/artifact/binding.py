@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CallError
-from ..kernel_spec import KernelSpec
+from ..spec import KernelSpec
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .. import toolchain as tc
-from ..registry import find_kernel, may_import
+from ..spec.registry import find_kernel, may_import
 from . import record as _record
 
 def local_platform(device) -> str:

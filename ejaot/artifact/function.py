@@ -6,7 +6,7 @@ the JIT fallback compiles it, so the two can never disagree.
 from __future__ import annotations
 
 
-from ..kernel_spec import KernelSpec
+from ..spec import KernelSpec
 from .binding import bind, freeze
 
 
@@ -46,13 +46,13 @@ def _structured_function(spec: KernelSpec, backend: str, present, static: dict, 
 
 def fallback_backend(spec: KernelSpec, platform: str) -> str:
     """The backend the JIT path uses on this platform: the kernel's most preferred backend
-    there whose toolchain is usable here (ejaot.backends), XLA otherwise."""
-    from ..backends import backends_for, get_backend
+    there whose toolchain is usable here (ejaot.backends), the reference backend otherwise."""
+    from ..backends import backends_for, get_backend, reference_backend
     platform = {"gpu": "cuda"}.get(platform, platform)
     for name in backends_for(platform):
         if name in spec.backends and get_backend(name).jit_usable():
             return name
-    return "xla"
+    return reference_backend()
 
 
 _jitted: dict = {}

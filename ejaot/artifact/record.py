@@ -245,6 +245,6 @@ def spec_problem(record: dict, spec) -> str | None:
     if got != [(n, tuple(s), d) for n, s, d in want]:
         return "record inputs do not match the kernel's arrays at these dims"
     if "mesh" in record:
-        from ..mesh import record_problem
+        from ..spec.mesh import record_problem
         return record_problem(record, spec)
     return None

@@ -21,6 +21,9 @@ class BackendInfo:
     tools: tuple[str, ...] = ()           # distributions recorded in an entry's toolchain
     jit_usable: Callable[[], bool] = field(default=lambda: True)   # the JIT path can trace it here
     disabled_checks: Callable[[], list] = field(default=list)      # jax.export safety checks to disable
+    call_name: str | None = None          # its name for ejkernel's `platform=` argument (ejaot.ops)
+    build_cost: float = 1.0               # lowering one entry, relative to a small XLA entry (shard.py)
+    reference: bool = False               # runs everywhere: verify's reference, the JIT's last resort
 
 
 @lru_cache(maxsize=1)
@@ -38,6 +41,11 @@ def get_backend(name: str) -> BackendInfo:
     if name not in backends:
         raise KeyError(f"unknown backend {name!r}; known: {sorted(backends)}")
     return backends[name]
+
+
+def reference_backend() -> str:
+    """The backend every kernel has and every platform runs."""
+    return next(b.name for b in all_backends().values() if b.reference)
 
 
 def backends_for(platform: str) -> tuple[str, ...]:

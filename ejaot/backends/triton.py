@@ -18,5 +18,6 @@ def _disabled_checks() -> list:
 
 
 BACKEND = BackendInfo(name="triton", platforms=("cuda",), rank=10,
-                      tools=("triton", "jax-triton", "jax-cuda13-plugin"),
+                      tools=("triton", "jax-triton", "jax-cuda13-plugin"), call_name="triton",
+                      build_cost=4.0,   # the Triton compiler per entry
                       jit_usable=_jit_usable, disabled_checks=_disabled_checks)

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import BucketMissError, CallError, StoreError
-from ..kernel_spec import KernelSpec
-from ..registry import all_kernels, find_kernel
+from ..spec import KernelSpec
+from ..spec.registry import all_kernels, find_kernel
 from ..store.filestore import FileStore
 from ..store.format import decode_section
 from ..artifact import compat
@@ -66,7 +66,7 @@ def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eage
     mesh: a jax.sharding.Mesh for multi-chip entries (ejaot/runtime/meshed.py): calls traced
     without sharded arrays use its entries, and warm-up deserializes them onto it. Eager
     calls whose arrays are sharded find their mesh entries from the arrays alone."""
-    from ..registry import trust_modules
+    from ..spec.registry import trust_modules
     trust_modules(kernel_modules)
     return Bundle(root, strict=strict, device=device, eager=eager, trusted_keys=trusted_keys,
                   miss_log=miss_log, require=require, mesh=mesh)
@@ -127,7 +127,7 @@ class Bundle:
         self.misses = MissLog(self.store.misses_path if miss_log else None)
         self._verifier = None
         if trusted_keys is not None:
-            from ..signing import Verifier
+            from ..artifact.signing import Verifier
             self._verifier = Verifier(trusted_keys)
         if isinstance(eager, str) and eager != "background":
             raise ValueError(f"eager must be False, True or 'background', not {eager!r}")

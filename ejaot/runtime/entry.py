@@ -55,9 +55,14 @@ class StoredEntry:
     def _load_compiled(self):
         if self.compiled_block:
             return None
+        return self._decode_compiled(self.device)
+
+    def _decode_compiled(self, placement):
+        """The compiled tier on `placement` (a device, or a mesh for a mesh entry), or None
+        with the reason reported."""
         try:
-            raw = self._payload("executable")
-            exe = codec.decode(raw, self.record["executable"], self.device)
+            raw = self._payload("executable")          # sha256-checked before anything reads it
+            exe = codec.decode(raw, self.record["executable"], placement)
         except (StoreError, codec.Unsupported) as e:
             self._fail("compiled", str(e))
             return None

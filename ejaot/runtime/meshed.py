@@ -19,9 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from ..artifact import codec
-from ..errors import StoreError
-from ..mesh import Layout, layout_of, shardable_groups
+from ..spec.mesh import Layout, layout_of, shardable_groups
 from .entry import StoredEntry
 
 
@@ -56,23 +54,7 @@ class MeshedEntry(StoredEntry):
             with self._lock:
                 exe = self._on_mesh.get(mesh)
                 if exe is None and not self.compiled_block:
-                    exe = self._on_mesh[mesh] = self._decode(mesh)
-        return exe
-
-    def _decode(self, mesh):
-        try:
-            raw = self._payload("executable")          # sha256-checked before anything reads it
-            exe = codec.decode(raw, self.record["executable"], mesh)
-        except (StoreError, codec.Unsupported) as e:
-            self._fail("compiled", str(e))
-            return None
-        except Exception as e:  # the runtime rejected the bytes: report, never crash
-            self._fail("compiled", f"deserialization failed: {type(e).__name__}: {e}")
-            return None
-        expected = [[list(s), d] for _, s, d in self.record["inputs"]]
-        if self.record["executable"].get("in_avals", [])[:len(expected)] != expected:
-            self._fail("compiled", "executable signature does not match the record")
-            return None
+                    exe = self._on_mesh[mesh] = self._decode_compiled(mesh)
         return exe
 
 
@@ -247,7 +229,7 @@ def verify_tiers(entry: MeshedEntry, spec, record, compiled_ok: bool, portable_o
     arrays placed as the entry splits them (`ejaot verify`); or ([], why not)."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from ..lower_mesh import concrete_mesh
+    from ..spec.mesh import concrete_mesh
     layout = entry.layout
     devices = jax.local_devices()
     if len(devices) < layout.devices:

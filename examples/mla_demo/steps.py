@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg, TreeArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg, TreeArg
 
 from .model import CONFIGS
 

@@ -10,6 +10,6 @@ one module per concern, each with one owner:
   gluon_support.py    Gluon helpers the Hopper kernels share
   gluon_pipeline.py   the jax-triton compile hook Gluon kernels register with
 
-A backend's source hash covers each of these modules it imports (ejaot.kernel_spec
+A backend's source hash covers each of these modules it imports (ejaot.spec.sources
 follows `ejaot_kernels._shared.*` imports, and this __init__), and nothing else here.
 """

@@ -17,7 +17,7 @@ dtype (default: the query's dtype) is the matmul input dtype; softmax_dtype (def
 float32) the dtype of logits and softmax. Dropout is not part of an AOT artifact: a
 serving kernel is deterministic.
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_bool, norm_positive_float, norm_scale, norm_window
 

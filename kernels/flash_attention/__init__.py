@@ -11,7 +11,7 @@ bfloat16/float16/float32; accumulation is float32.
 Backends: `triton` (GPU, through jax-triton), `pallas_tpu` (TPU, Mosaic), `xla` (every
 platform; also the reference and the fallback). Each is differentiable (custom VJP).
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_bool, norm_positive_float, norm_scale, norm_window
 from .configs import (check_dims, tpu_candidates, tpu_heuristic, triton_candidates,

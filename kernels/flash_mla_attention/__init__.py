@@ -13,7 +13,7 @@ Semantics:
   output = (p @ v_l) @ latent_value^T   [batch, heads, seq, head_dim], query's dtype
 Queries and keys share one length (as in ejkernel), so causal needs no alignment choice.
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_bool, norm_scale
 

@@ -20,7 +20,7 @@ The XLA backend computes either the naive form (decompress K/V) or the absorbed 
 (attend in latent space); config "form" forces one, else the cheaper is chosen per shape
 (configs.choose_form). The Pallas TPU backend is a flash kernel over the same two forms.
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_bool, norm_scale
 from .configs import (check_dims, choose_form, tpu_candidates, tpu_heuristic, triton_candidates,

@@ -49,7 +49,7 @@ without padding. No valid_lens are needed: context_lens already carries the real
 Backends: `pallas_tpu` (TPU, Mosaic: pages DMA'd from HBM by block table, online softmax
 over page blocks) and `xla` (every platform; the reference and the fallback).
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_positive_float
 from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic

@@ -41,7 +41,7 @@ the block table; kernels/_shared/mla_triton.py), `pallas_tpu` (TPUs: a Mosaic
 kernel that DMAs only the pages each context needs; pallas_tpu.py) and `xla` (every
 platform; the reference and the fallback).
 """
-from ejaot.kernel_spec import ArrayArg, Backend, KernelSpec, StaticArg
+from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_scale
 from .configs import check_dims, tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic

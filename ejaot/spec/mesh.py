@@ -249,3 +249,12 @@ def record_problem(record: Mapping[str, Any], spec) -> str | None:
         if record["dims"].get(d, 0) % sizes[axis]:
             return f"record dim {d} = {record['dims'].get(d)} does not divide over axis {axis!r}"
     return None
+
+
+def concrete_mesh(layout: Layout, devices):
+    """The layout's mesh over the first `layout.devices` of `devices`, axes in declared order."""
+    import numpy as np
+    from jax.sharding import AxisType, Mesh
+    names = tuple(a for a, _ in layout.axes)
+    grid = np.array(list(devices)[:layout.devices], dtype=object).reshape([n for _, n in layout.axes])
+    return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))

@@ -15,11 +15,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .errors import StoreError
+from ..errors import StoreError
 from .manifest import DEFAULT_MAX_ENTRIES, load_manifest
 from .plan import EntrySpec, Skipped, plan
-from .store.filestore import FileStore
-from .targets import get_target
+from ..store.filestore import FileStore
+from ..targets import get_target
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build(manifest_path, target_name: str, out, jobs: int | None = None, progres
     """progress, if given, is called as progress(done, total, description) per entry.
     A manifest planning more than max_entries entries (None: no limit) is refused; its
     warnings (entries no call can reach) come back as the report's first notes.
-    shard (I, N): only the I-th of N deterministic, cost-balanced shares (ejaot.shard)."""
+    shard (I, N): only the I-th of N deterministic, cost-balanced shares (ejaot.build.shard)."""
     target = get_target(target_name)
     manifest = load_manifest(manifest_path, max_entries=max_entries, target=target, warn=False)
     entries, skipped = plan(manifest, target, max_entries=max_entries)
@@ -85,7 +85,7 @@ def build(manifest_path, target_name: str, out, jobs: int | None = None, progres
 
 def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=None, signer=None,
                   skipped=(), supersede=True, executor: str = "local", ray_address=None) -> BuildReport:
-    """executor "local": worker processes here; "ray": Ray tasks (ejaot.executors.ray_executor),
+    """executor "local": worker processes here; "ray": Ray tasks (ejaot.build.executors.ray_executor),
     on a local Ray instance or the cluster at ray_address."""
     if executor not in ("local", "ray"):
         raise StoreError(f"unknown executor {executor!r}; expected 'local' or 'ray'")

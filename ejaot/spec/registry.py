@@ -11,7 +11,7 @@ import pkgutil
 import sys
 from functools import lru_cache
 
-from .kernel_spec import COLLECTION, KernelSpec
+from . import COLLECTION, KernelSpec
 
 
 @lru_cache(maxsize=1)

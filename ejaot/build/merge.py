@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .artifact import record as records
-from .errors import EjaotError, StoreError
-from .store.filestore import FileStore
+from ..artifact import record as records
+from ..errors import EjaotError, StoreError
+from ..store.filestore import FileStore
 
 
 @dataclass
@@ -48,7 +48,7 @@ def merge_stores(out, sources, trusted_keys=None) -> MergeReport:
     report = MergeReport(str(out))
     verifier = None
     if trusted_keys is not None:
-        from .signing import Verifier
+        from ..artifact.signing import Verifier
         verifier = Verifier(trusted_keys)
     chosen: dict[str, tuple[dict, FileStore, str]] = {}
     for src in sources:

@@ -10,8 +10,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .kernel_spec import KernelSpec
-from .targets import Target
+from ..spec import KernelSpec
+from ..targets import Target
 
 
 def tuned_path(spec: KernelSpec, target: Target) -> Path:

@@ -17,7 +17,7 @@
     # static_variants = [{ sliding_window = [4096, 0] }]
     # optional: explicit buckets, merged over the single-valued dims
     # buckets = [{ batch = 2, seq = 384 }]
-    # optional: multi-chip entries (ejaot/mesh.py): the mesh's axes (a list of sizes builds
+    # optional: multi-chip entries (ejaot/spec/mesh.py): the mesh's axes (a list of sizes builds
     # each), and which of the kernel's dimension groups each axis splits
     # mesh = { tp = [4, 8] }
     # shard = { heads = "tp" }
@@ -61,11 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import mesh as _mesh
-from .errors import ManifestError
-from .kernel_spec import KernelSpec
-from .registry import all_kernels, register_module
-from .targets import TARGETS, Target, get_target, known_target_names
+from ..spec import mesh as _mesh
+from ..errors import ManifestError
+from ..spec import KernelSpec
+from ..spec.registry import all_kernels, register_module
+from ..targets import TARGETS, Target, get_target, known_target_names
 
 FORMAT = 1
 DEFAULT_MAX_ENTRIES = 10_000
@@ -97,7 +97,7 @@ class KernelBlock:
     present: tuple[str, ...]                  # optional inputs passed
     targets: tuple[str, ...] | None           # None: every target
     module: str | None = None                 # an outside kernel's module
-    layouts: tuple = (None,)                  # ejaot.mesh.Layout per mesh; None: one device
+    layouts: tuple = (None,)                  # ejaot.spec.mesh.Layout per mesh; None: one device
 
     @property
     def count(self) -> int:
@@ -361,7 +361,7 @@ class _Draft:
     base: dict
     variants: list[dict]
     product: bool                # the product of dims is built (besides explicit buckets)
-    meshes: list | None = None   # (axes, shard) per mesh (ejaot.mesh.check_table); None: one device
+    meshes: list | None = None   # (axes, shard) per mesh (ejaot.spec.mesh.check_table); None: one device
 
     @property
     def n_buckets(self) -> int:

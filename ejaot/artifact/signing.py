@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .plan import canonical_bytes
+from .canonical import canonical_bytes
 
 _SIGNATURE_FIELDS = ("signature", "signer")
 

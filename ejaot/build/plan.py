@@ -9,17 +9,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
 
-import msgpack
-
-from . import toolchain as tc
-from .kernel_spec import KernelSpec
+from .. import toolchain as tc
+from ..artifact.canonical import canonical_bytes
+from ..spec import KernelSpec
 from .manifest import DEFAULT_MAX_ENTRIES, Manifest, check_entry_limit
-from .mesh import Layout
-from .registry import get_kernel
-from .targets import Target
-from . import tuning
+from ..spec.mesh import Layout
+from ..spec.registry import get_kernel
+from ..targets import Target
+from . import tuned
 
 # Bump when the engine changes how any artifact is lowered or what it contains.
 LOWERING_VERSION = 1
@@ -74,17 +72,6 @@ class EntrySpec:
         return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip() + mesh
 
 
-def canonical_bytes(obj: Any) -> bytes:
-    """Deterministic msgpack: maps sorted by key, tuples as lists."""
-    def norm(o):
-        if isinstance(o, dict):
-            return {str(k): norm(o[k]) for k in sorted(o)}
-        if isinstance(o, (list, tuple)):
-            return [norm(x) for x in o]
-        return o
-    return msgpack.packb(norm(obj), use_bin_type=True)
-
-
 @dataclass(frozen=True)
 class Skipped:
     where: str
@@ -118,7 +105,7 @@ def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_M
                                                              block.layouts):
             # a multi-chip entry's kernel runs on one device's shard: its config is for those dims
             local = dims if layout is None else layout.local_dims(dims)
-            config, source = tuning.choose_config(spec, backend, target, local, dtype, static, tools)
+            config, source = tuned.choose_config(spec, backend, target, local, dtype, static, tools)
             e = EntrySpec(kernel=spec.name, backend=backend, target=target.name,
                           platform=target.platform, dims=dict(dims), dtype=dtype,
                           present=tuple(a.name for a in spec.inputs if a.name in block.present),

@@ -15,12 +15,10 @@ import hashlib
 import math
 import re
 
-from .errors import EjaotError
+from ..backends import get_backend
+from ..errors import EjaotError
 
-# Relative cost of lowering one entry per backend (export, the kernel compiler, an
-# executable compile): Triton and Mosaic run their own compilers; a model's step is a
-# whole program.
-_BACKEND_COST = {"xla": 1.0, "triton": 4.0, "pallas_tpu": 3.0}
+# A model's step is a whole program; each backend declares its own cost (BackendInfo).
 _OUTSIDE_COST = 10.0
 _SLACK = 1.10
 
@@ -38,7 +36,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def estimated_cost(entry) -> float:
     """An entry's build cost, in units of a small XLA entry."""
-    base = _OUTSIDE_COST if entry.module is not None else _BACKEND_COST.get(entry.backend, 2.0)
+    base = _OUTSIDE_COST if entry.module is not None else get_backend(entry.backend).build_cost
     size = math.prod(max(1, int(v)) for v in entry.dims.values())
     return base * (1.0 + math.log2(size) / 32.0)
 

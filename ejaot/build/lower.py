@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from .plan import EntrySpec
-from .artifact import codec
-from .artifact.function import kernel_function
-from .store.filestore import FileStore
-from .backends import get_backend
-from .targets import get_target, lowering_for
+from ..artifact import codec
+from ..artifact.function import kernel_function
+from ..store.filestore import FileStore
+from ..backends import get_backend
+from ..targets import get_target, lowering_for
 
 
 def _avals(entry: EntrySpec, sharding=None):
@@ -99,13 +99,13 @@ def call_inlined(spec, args: tuple, static: dict, target):
     """A kernel called inside an entry being lowered for `target` (a model's step calling
     ejaot.ops): its preferred backend there, with the config its own entry would get at
     these shapes (tuned for the target, else the heuristic), inlined into the entry."""
-    from . import toolchain as tc
-    from . import tuning
-    from .artifact.binding import bind
-    from .artifact.function import jitted
+    from .. import toolchain as tc
+    from . import tuned
+    from ..artifact.binding import bind
+    from ..artifact.function import jitted
     call = bind(spec, args, static)
     backend = next(b for b in target.backends if b in spec.backends)
-    config, _ = tuning.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
+    config, _ = tuned.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
                                      tc.toolchain(target.platform, backend))
     arrays = [call.inputs[a.name] for a in spec.inputs if not a.optional or a.name in call.present]
     return spec.pack(jitted(spec, backend, call.present, call.static, config)(*arrays), call.static)
@@ -150,7 +150,7 @@ def lower_and_store(entry: EntrySpec, store_root: str) -> dict:
 
 def make_record(entry: EntrySpec, payload_refs: dict, meta: dict) -> dict:
     import platform as _platform
-    from .artifact.record import RECORD_FORMAT
+    from ..artifact.record import RECORD_FORMAT
     return {
         "key": entry.key, "format": RECORD_FORMAT,
         **{k: v for k, v in entry.identity().items()},

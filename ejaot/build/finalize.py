@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from .errors import StoreError
-from .artifact import codec, compat
-from .store.filestore import FileStore
-from .targets import get_target
+from ..errors import StoreError
+from ..artifact import codec, compat
+from ..store.filestore import FileStore
+from ..targets import get_target
 
 
 def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> dict:
@@ -27,7 +27,7 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
     except KeyError as e:
         raise StoreError(f"{root}: the store's {e.args[0]}") from None
     identity = target.platform_module.device_identity(target, device)
-    from .registry import trust_modules      # an operator's tool: the store's model packages may load
+    from ..spec.registry import trust_modules      # an operator's tool: the store's model packages may load
     trust_modules({r.get("module") for r in index["entries"].values() if isinstance(r, dict)} - {None})
     counts = {"compiled": 0, "skipped": 0, "failed": 0, "refused": 0}
     for key, record in index["entries"].items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import EjaotError
+from ...errors import EjaotError
 
 # Fault injection for the tests: the first task that finds this path absent creates it
 # and kills its worker process, so Ray must retry it.
@@ -30,7 +30,7 @@ def _lower_remote(entry):
         open(marker, "w").close()
         os._exit(1)
     if entry.target not in _prepared:
-        from ..build import _worker_init
+        from ..builder import _worker_init
         _worker_init(entry.target)
         _prepared.add(entry.target)
     from ..lower import lower_entry

@@ -3,12 +3,12 @@
 devices of that mesh (the compiled tier) where the target has them here.
 
 JAX's own SPMD does the work: each device runs the kernel's function on its shard, with
-the in/out partitions the kernel's `sharding.toml` groups give (ejaot/mesh.py); nothing is
+the in/out partitions the kernel's `sharding.toml` groups give (ejaot/spec/mesh.py); nothing is
 communicated between devices, since a split group keeps every computation it needs local.
 """
 from __future__ import annotations
 
-from .mesh import Layout
+from ..spec.mesh import Layout, concrete_mesh
 
 
 def _specs(entry):
@@ -59,14 +59,6 @@ def sharded(entry, fn):
     body.__name__ = getattr(fn, "__name__", "kernel")
     return jax.jit(body, in_shardings=tuple(NamedSharding(mesh, s) for s in ins),
                    out_shardings=tuple(NamedSharding(mesh, s) for s in outs))
-
-
-def concrete_mesh(layout: Layout, devices):
-    import numpy as np
-    from jax.sharding import AxisType, Mesh
-    names = tuple(a for a, _ in layout.axes)
-    grid = np.array(list(devices)[:layout.devices], dtype=object).reshape([n for _, n in layout.axes])
-    return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def compile_shardings(entry, exported, target, platform):
