@@ -50,9 +50,9 @@ def child(store: str, key: str, prior: str | None = None) -> dict:
         t = [clock()]
         bundle = ejaot.load(store, miss_log=False)
         t.append(clock())
-    bundle._ensure_kernel(spec.name)
+    bundle.catalog.ensure_kernel(spec.name)
     t.append(clock())
-    entry = bundle._entries[key]
+    entry = bundle.catalog.accepted[key]
     raw = entry._payload("executable")
     t.append(clock())
     entry._compiled = codec.decode(raw, record["executable"], bundle.device)

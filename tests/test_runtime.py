@@ -212,14 +212,14 @@ def test_nothing_sees_a_kernel_another_thread_is_opening(store_copy, rng, monkey
     another thread (a warm-up, or a concurrent first call): the call would miss."""
     import time
     bundle = ejaot.load(store_copy)
-    accept, started = bundle._accept, threading.Event()
+    accept, started = bundle.catalog.accept, threading.Event()
 
     def slow_accept(kernel, records):
         started.set()
         time.sleep(0.3)
         accept(kernel, records)
-    monkeypatch.setattr(bundle, "_accept", slow_accept)
-    opener = threading.Thread(target=bundle._ensure_kernel, args=("attention",))
+    monkeypatch.setattr(bundle.catalog, "accept", slow_accept)
+    opener = threading.Thread(target=bundle.catalog.ensure_kernel, args=("attention",))
     opener.start()
     assert started.wait(10)
     assert len(bundle.entries) == 8

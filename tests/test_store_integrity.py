@@ -140,7 +140,7 @@ def test_a_kernel_section_is_decoded_on_that_kernels_first_call(store_copy, rng)
     _write_sections(store, index["target"], {"attention": good, "page_attention": b"\xc1 not msgpack"})
     bundle = ejaot.load(store_copy)
     _call_and_check(bundle, rng)
-    assert "page_attention" in bundle._pending          # never decoded: nobody called it
+    assert "page_attention" in bundle.catalog.pending          # never decoded: nobody called it
     s = bundle.stats()
     assert s["tiers"]["compiled"] == 1
     [rej] = s["rejected"]
