@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Three GPU-host checks on `gpu_mla_check.py --export` artifacts (jax only; H100 figures in
-BENCHMARKS.md, MLA section, sixth and seventh sessions):
+"""Three GPU-host checks on `gpu_mla_check.py --export` artifacts (jax only; figures in
+BENCHMARKS.md, "MLA decode in a model step"):
 
   power    the batch-64 MLA decode kernel alone, looped back to back for 6 s, with
            `nvidia-smi` sampling the SM clock and power every ~50 ms and one
@@ -117,8 +117,7 @@ def traced_ops(run, calls):
 
 def timeline(art, out):
     """Per-call time of the batch-64 kernel alone and whole path, three ways: host-timed
-    batches of back-to-back dispatches (20 calls, as gpu_mla_check.py timed before the
-    seventh session, and 200), the GPU's own timeline of a traced batch (steady-state
+    batches of back-to-back dispatches (20 calls and 200), the GPU's own timeline of a traced batch (steady-state
     period and busy time per call), and a traced program of 10 calls."""
     import statistics
     import jax

@@ -36,8 +36,12 @@ def entry_arguments(spec, record, rng) -> tuple[dict, list]:
     return inputs, jax.tree_util.tree_leaves([inputs[n] for n in names]) + [valid]
 
 
-def reference_outputs(spec, record, inputs: dict):
-    """The kernel's XLA implementation in float32 on the same inputs (a tree's outputs flat)."""
+def _floating(x) -> bool:
+    return np.issubdtype(np.asarray(x).dtype, np.floating) or str(x.dtype) == "bfloat16"
+
+
+def _reference(spec, record, inputs: dict):
+    """(the kernel's XLA implementation, its arguments widened to float32)."""
     import jax
     import jax.numpy as jnp
     from .artifact.function import jitted
@@ -45,20 +49,58 @@ def reference_outputs(spec, record, inputs: dict):
     names = [a.name for a in spec.inputs if not a.optional or a.name in present]
     def widen(x):
         x = np.asarray(x) if not hasattr(x, "dtype") else x
-        floating = np.issubdtype(x.dtype, np.floating) or str(x.dtype) == "bfloat16"
-        return jnp.asarray(x, jnp.float32) if floating else jnp.asarray(x)
+        return jnp.asarray(x, jnp.float32) if _floating(x) else jnp.asarray(x)
     arrays = [jax.tree_util.tree_map(widen, inputs[n]) for n in names]
     static = dict(spec.canonical_static(record["static"]))
+    return jitted(spec, reference_backend(), present, static), arrays
+
+
+def _full_precision(record):
+    import contextlib
+    import jax
+    return (jax.default_matmul_precision("highest") if record["dtype"] in ("float32", "float64")
+            else contextlib.nullcontext())
+
+
+def reference_outputs(spec, record, inputs: dict):
+    """The kernel's XLA implementation in float32 on the same inputs (a tree's outputs flat)."""
+    import jax
+    fn, arrays = _reference(spec, record, inputs)
     # A float32 entry is held to float32 tolerance, so its reference needs full float32
     # products (a GPU would otherwise use tf32, ~1e-3 off). Lower-precision entries keep the
     # default: tf32 is far inside their tolerance and compiles several times faster. (The
     # inputs above are float32 either way, so kernels whose XLA path sets full precision
     # for float32 itself, attention and flash_attention, get it in both cases; this matters
     # for the others.)
-    import contextlib
-    full = record["dtype"] in ("float32", "float64")
-    with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
-        return tuple(jax.tree_util.tree_leaves(jitted(spec, reference_backend(), present, static)(*arrays)))
+    with _full_precision(record):
+        return tuple(jax.tree_util.tree_leaves(fn(*arrays)))
+
+
+def check_stored_vjp(spec, record, stored, inputs: dict, args: list, rng) -> dict:
+    """The entry's stored VJP (jax.grad through its portable tier, `stored`) against jax.vjp of
+    the float32 reference, on random cotangents: the gradient of every floating input, held to
+    the entry dtype's tolerance. Arrays only (no tree arguments)."""
+    import jax
+    import jax.numpy as jnp
+    fn, arrays = _reference(spec, record, inputs)
+    wrt = [i for i, a in enumerate(arrays) if _floating(a)]
+    outs = jax.eval_shape(stored, *args)
+    cts = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
+
+    def select(f, base):
+        def g(*xs):
+            full = list(base)
+            for i, x in zip(wrt, xs):
+                full[i] = x
+            return tuple(f(*full))
+        return g
+    _, pull = jax.vjp(select(stored, args), *[args[i] for i in wrt])
+    got = pull(tuple(jnp.asarray(c, o.dtype) for c, o in zip(cts, outs)))
+    with _full_precision(record):
+        _, pull_ref = jax.vjp(select(fn, arrays), *[arrays[i] for i in wrt])
+        want = pull_ref(tuple(jnp.asarray(c) for c in cts))
+    passed, err = all_close(jax.block_until_ready(got), want, record["dtype"])
+    return {"ok": passed, "err_over_tol": err}
 
 
 CPU_MAX_ELEMENTS = 1 << 26
@@ -204,6 +246,12 @@ class _EntryCheck:
                 continue
             passed, err = all_close(got, want, record["dtype"])
             tiers[tier] = {"ok": passed, "err_over_tol": err}
+        if record["exported"].get("vjp_order", 0) >= 1 and not p and not spec.has_trees \
+                and "mesh" not in record:
+            try:                          # the stored VJP: what grad through this entry runs
+                tiers["backward"] = check_stored_vjp(spec, record, entry.portable(), inputs, args, self.rng)
+            except Exception as e:
+                tiers["backward"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
         failures = sum(not t["ok"] for t in tiers.values())
         return {**event, "ok": failures == 0, "failures": failures, "tiers": tiers,
                 "numerics": ("failed" if failures else "ok") if tiers else "none"}

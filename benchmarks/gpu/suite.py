@@ -21,8 +21,9 @@ What it measures, in one process:
    shuffled pages): the whole call, as a server makes it. Eager calls run the compiled tier
    (the portable one when the store has none usable here). flash_attention also gets a
    forward+backward row: `jax.jit` of `jax.vjp` through `bundle.call`, where the forward is
-   the stored portable tier inlined and the backward is the kernel's JIT function (the store
-   holds forwards only; grad recomputes the forward there, on the backend named in the
+   the stored portable tier inlined and the backward is the entry's stored VJP when it was
+   built with `vjp = true` (the kernel's own backward kernels, recomputing the forward), else
+   the kernel's JIT function (recomputing the forward there, on the backend named in the
    row's "backward" field: triton where jax_triton is importable, else xla).
 3. Per row: FLOPs and minimum bytes (roofline.py), TFLOP/s, GB/s, their fractions of the
    measured matmul rate and copy bandwidth, the bound (arithmetic intensity against the
@@ -358,6 +359,7 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
     from . import roofline as rl
     from .timing import time_call
     from ejaot.artifact.function import fallback_backend
+    from ejaot.runtime.dispatch import has_stored_vjp
     static = {k: v for k, v in record["static"].items() if v is not None}
     names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
     arg_sets = [tuple(s[n] for n in names) for s in sets]
@@ -401,9 +403,12 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
                 jax.block_until_ready(fn(*fargs[0]))
                 row["served"] = served_delta(before, bundle.stats())
                 check_served(row, bundle, key)
-                row["backward"] = (f"the kernel's JIT function on the {fallback_backend(spec, bundle.platform)} "
-                                   "backend (jax.vjp through bundle.call: the stored forward inlined, the "
-                                   "backward differentiates the JIT function, recomputing its forward)")
+                row["backward"] = (
+                    "the entry's stored VJP (built with vjp = true: the kernel's own backward, "
+                    "recomputing its forward inside the VJP)" if has_stored_vjp(bundle.entries[key].record)
+                    else f"the kernel's JIT function on the {fallback_backend(spec, bundle.platform)} "
+                         "backend (jax.vjp through bundle.call: the stored forward inlined, the "
+                         "backward differentiates the JIT function, recomputing its forward)")
             t = time_call(fn, fargs, **timing)
             row["time"] = _timing_record(t)
             row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),

@@ -49,13 +49,16 @@ def _lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     with lowering_for(target):
         exported = jax.export.export(jitted, platforms=(target.platform,),
                                      disabled_checks=checks)(*_avals(entry))
-    payloads = {"exported": bytes(exported.serialize())}
+        # vjp_order=1 exports the VJP beside the function (the kernel's own backward, e.g. a
+        # custom_vjp's Triton kernels): jax.grad of the deserialized call runs it
+        serialized = exported.serialize(vjp_order=1 if entry.vjp else 0)
+    payloads = {"exported": bytes(serialized)}
     meta = {
         # every array the artifact takes; a tree's leaves named by their key paths
         "inputs": [[n, list(s), d] for n, s, d in entry.input_avals()],
         "outputs": [[list(a.shape), str(a.dtype)] for a in exported.out_avals],
         "exported": {"calling_convention_version": exported.calling_convention_version,
-                     "platforms": list(exported.platforms)},
+                     "platforms": list(exported.platforms), **({"vjp_order": 1} if entry.vjp else {})},
         "timings": {"export_s": round(time.perf_counter() - t0, 4)},
         "notes": [],
     }

@@ -79,7 +79,7 @@ _ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "float32": 4, "int32": 4, "u
 
 _TOP_KEYS = {"format", "kernel", "description"}
 _BLOCK_KEYS = {"name", "module", "dtypes", "targets", "inputs", "dims", "static", "static_variants",
-               "buckets", "mesh", "shard"}
+               "buckets", "mesh", "shard", "vjp"}
 
 
 class ManifestWarning(UserWarning):
@@ -98,6 +98,7 @@ class KernelBlock:
     targets: tuple[str, ...] | None           # None: every target
     module: str | None = None                 # an outside kernel's module
     layouts: tuple = (None,)                  # ejaot.spec.mesh.Layout per mesh; None: one device
+    vjp: bool = False                         # entries also store their VJP (grad runs it)
 
     @property
     def count(self) -> int:
@@ -362,6 +363,7 @@ class _Draft:
     variants: list[dict]
     product: bool                # the product of dims is built (besides explicit buckets)
     meshes: list | None = None   # (axes, shard) per mesh (ejaot.spec.mesh.check_table); None: one device
+    vjp: bool = False
 
     @property
     def n_buckets(self) -> int:
@@ -476,8 +478,11 @@ def _check_block(t: Any, where: str, fail) -> _Draft:
                                                  f"expected one of {list(spec.static_names)}")
     product = "buckets" not in t or any(len(v) > 1 for v in dims.values())
     meshes = _mesh.check_table(t, where, spec, fail)
+    vjp = t.get("vjp", False)
+    if not isinstance(vjp, bool):
+        raise fail(f"{where}.vjp", f"expected true or false, got {_kind(vjp)} {_show(vjp)}")
     return _Draft(spec, where, t, module, tuple(dtypes), targets, tuple(present), dims, buckets,
-                  base, variants, product, meshes)
+                  base, variants, product, meshes, vjp)
 
 
 def _check_dim(x, key, fail, expected) -> None:
@@ -538,7 +543,7 @@ def _expand(d: _Draft, fail) -> KernelBlock:
                 for s in statics:
                     _mesh.check_bucket(layout, b, s, spec, d.where, origin, fail)
     return KernelBlock(spec, d.where, tuple(b for b, _ in buckets), d.dtypes, tuple(statics),
-                       d.present, d.targets, d.module, layouts)
+                       d.present, d.targets, d.module, layouts, d.vjp)
 
 
 def _expand_buckets(d: _Draft, fail) -> list[tuple[dict, str]]:

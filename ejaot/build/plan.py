@@ -39,6 +39,7 @@ class EntrySpec:
     toolchain: dict = field(default_factory=dict)
     module: str | None = None             # an outside kernel's module (None: the collection)
     layout: Layout | None = None          # a multi-chip entry's mesh (None: one device)
+    vjp: bool = False                     # the portable tier also holds the VJP (jax.export vjp_order=1)
 
     @property
     def spec(self) -> KernelSpec:
@@ -54,6 +55,8 @@ class EntrySpec:
             out["module"] = self.module
         if self.layout is not None:       # absent for one device: single-device keys are unchanged
             out.update(self.layout.identity())
+        if self.vjp:                      # likewise: entries without a stored VJP keep their keys
+            out["vjp"] = 1
         return out
 
     @property
@@ -69,7 +72,8 @@ class EntrySpec:
         dims = " ".join(f"{k}={v}" for k, v in self.dims.items())
         stat = ",".join(f"{k}={v}" for k, v in self.static.items() if v not in (None, False))
         mesh = f" {self.layout.describe()}" if self.layout is not None else ""
-        return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip() + mesh
+        vjp = " +vjp" if self.vjp else ""
+        return f"{self.kernel}[{self.backend}] {self.dtype} {dims} {stat}".strip() + mesh + vjp
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,6 @@ def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_M
                           present=tuple(a.name for a in spec.inputs if a.name in block.present),
                           static=dict(static), config=config, config_source=source,
                           source_hash=spec.source_hash(backend), toolchain=tools,
-                          module=block.module, layout=layout)
+                          module=block.module, layout=layout, vjp=block.vjp)
             entries.setdefault(e.key, e)
     return list(entries.values()), skipped

@@ -136,7 +136,8 @@ class Dispatcher:
 
                 def reference(*leaves):
                     return tuple(jax.tree_util.tree_leaves(plain(*in_tree.unflatten(leaves))))
-            fn = transformable(stored, reference, spec.name)
+            # grad runs the stored VJP where the entry has one, else differentiates the JIT function
+            fn = transformable(stored, None if has_stored_vjp(entry.record) else reference, spec.name)
 
             def run(args, kwargs):
                 return spec.pack(tuple(unflat_out(fn(*flat_in(arrays_of(args, kwargs))))), static)
@@ -185,6 +186,11 @@ class Dispatcher:
         if rejected:
             return msg + f"; the store's {len(rejected)} entries of it were rejected, e.g.: {rejected[0]['reason']}"
         return msg + "; the store has no entries for it"
+
+
+def has_stored_vjp(record: dict) -> bool:
+    """The entry's portable tier holds its VJP (built with `vjp = true`)."""
+    return record["exported"].get("vjp_order", 0) >= 1
 
 
 def signature_part(v):

@@ -5,11 +5,12 @@ is chosen once, at trace time, and the pad and slice become part of the traced p
 a compiled step does no Python work per call. Nothing here holds a value made by a trace:
 the valid lengths are a NumPy constant, so one plan serves every trace of every function.
 
-The artifact itself has no batching rule and no derivative, so the function is given both:
-  * vmap maps the entry over the mapped axis (jax.lax.map: one artifact call per element,
-    in one program) instead of failing inside jax;
-  * grad differentiates the kernel's own JIT function (its custom VJP where it has one),
-    recomputing the forward there: the artifact serves the forward pass.
+The artifact itself has no batching rule, so vmap maps the entry over the mapped axis
+(jax.lax.map: one artifact call per element, in one program) instead of failing inside jax.
+grad runs the entry's stored VJP where it was built with one (`vjp = true`: jax.export's
+serialized VJP, the kernel's own backward, recomputing the forward inside it); otherwise it
+differentiates the kernel's JIT function (its custom VJP where it has one), recomputing
+the forward there: the artifact then serves the forward pass only.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ def eager() -> bool:
     return trace_state_clean()
 
 
-def transformable(stored: Callable, reference: Callable, name: str) -> Callable:
-    """stored(*arrays) -> tuple of outputs, made differentiable through `reference` (the
-    same kernel compiled by JAX, taking the same unpadded arrays) and batchable by map."""
+def transformable(stored: Callable, reference: Callable | None, name: str) -> Callable:
+    """stored(*arrays) -> tuple of outputs, batchable by map and differentiable: through
+    `reference` (the same kernel compiled by JAX, taking the same unpadded arrays), or, with
+    reference None, through `stored` itself (its artifact carries a VJP)."""
     import jax
 
     @jax.custom_batching.custom_vmap
@@ -50,7 +52,7 @@ def transformable(stored: Callable, reference: Callable, name: str) -> Callable:
         return batchable(*arrays), arrays
 
     def bwd(arrays, cotangents):
-        _, pullback = jax.vjp(reference, *arrays)
+        _, pullback = jax.vjp(stored if reference is None else reference, *arrays)
         return pullback(cotangents)
 
     fn.defvjp(fwd, bwd)
