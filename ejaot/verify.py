@@ -104,6 +104,9 @@ def check_stored_vjp(spec, record, stored, inputs: dict, args: list, rng) -> dic
 
 
 CPU_MAX_ELEMENTS = 1 << 26
+# A reference's backward holds about four forward-sized intermediates (probabilities, their
+# gradient, the scores' gradient, the logits): a stored VJP is checked up to max_elements / 4.
+BACKWARD_MEMORY_FACTOR = 4
 
 
 def default_max_elements(device) -> int:
@@ -192,7 +195,7 @@ class _EntryCheck:
         event = {"type": "entry", "ok": False, "key": str(key), "kernel": None, "dtype": None, "dims": None,
                  "static": None, "sha256_ok": False, "error": None, "not_runnable": None,
                  "compiled": None, "portable": None, "numerics": None, "numerics_detail": None,
-                 "tiers": {}, "failures": 1}
+                 "backward_detail": None, "tiers": {}, "failures": 1}
         if not isinstance(record, dict):
             return {**event, "error": "record is not a table"}
         event.update(kernel=record.get("kernel"), dtype=record.get("dtype"), dims=record.get("dims"),
@@ -226,6 +229,7 @@ class _EntryCheck:
         try:
             want = jax.block_until_ready(reference_outputs(spec, record, inputs))
         except Exception as e:  # e.g. the XLA reference does not fit the device's memory
+            _release()
             return {**event, "numerics": "skipped",
                     "numerics_detail": f"the reference failed ({type(e).__name__}: {str(e)[:120]})"}
         tiers = {}
@@ -246,15 +250,31 @@ class _EntryCheck:
                 continue
             passed, err = all_close(got, want, record["dtype"])
             tiers[tier] = {"ok": passed, "err_over_tol": err}
-        if record["exported"].get("vjp_order", 0) >= 1 and not p and not spec.has_trees \
-                and "mesh" not in record:
-            try:                          # the stored VJP: what grad through this entry runs
-                tiers["backward"] = check_stored_vjp(spec, record, entry.portable(), inputs, args, self.rng)
-            except Exception as e:
-                tiers["backward"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
+        if record["exported"].get("vjp_order", 0) >= 1:       # what grad through this entry runs
+            why = ("its portable tier is not usable here" if p else "tree arguments" if spec.has_trees
+                   else "a multi-chip entry" if "mesh" in record
+                   else "its reference's backward is over the memory limit (--max-elements / "
+                        f"{BACKWARD_MEMORY_FACTOR})" if spec.footprint and
+                   spec.footprint(record["dims"]) * BACKWARD_MEMORY_FACTOR > self.max_elements else None)
+            if why:
+                event["backward_detail"] = f"stored VJP not checked: {why}"
+            else:
+                try:
+                    tiers["backward"] = check_stored_vjp(spec, record, entry.portable(), inputs, args,
+                                                         self.rng)
+                except Exception as e:
+                    tiers["backward"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
+                    _release()
         failures = sum(not t["ok"] for t in tiers.values())
         return {**event, "ok": failures == 0, "failures": failures, "tiers": tiers,
                 "numerics": ("failed" if failures else "ok") if tiers else "none"}
+
+
+def _release() -> None:
+    """After a failed reference: device buffers a failure's traceback cycle still holds are
+    freed now, not at the next garbage collection, so the next entry has the memory."""
+    import gc
+    gc.collect()
 
 
 def render(event: dict) -> str:
@@ -291,6 +311,8 @@ def render(event: dict) -> str:
             f"{tier} FAILED to run ({t['error']})" if "error" in t
             else f"{tier} {'ok' if t['ok'] else 'MISMATCH'} (err/tol {t['err_over_tol']:.3f})"
             for tier, t in event["tiers"].items()))
+    if event.get("backward_detail"):
+        parts.append(event["backward_detail"])
     return ("ok   " if event["ok"] else "FAIL ") + f"{label}: " + "; ".join(parts)
 
 
