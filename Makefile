@@ -67,7 +67,7 @@ test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed $(VE
 # The long hardening runs: 1000 store mutations, 1000 record mutations, a minute of 32 threads under load.
 fuzz: $(VENV)/.base-installed
 	EJAOT_FUZZ_MUTATIONS=1000 EJAOT_LOAD_SECONDS=60 $(PYTHON) -m pytest -q -s \
-	  tests/test_fuzz_store.py tests/test_record_schema.py tests/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
+	  tests/engine/test_fuzz_store.py tests/engine/test_record_schema.py tests/engine/test_hardening.py::test_many_threads_through_one_bundle $(PYTEST_ARGS)
 
 # Measures -> bench-results/; the start-up figures also -> benchmarks/results/*.json, and
 # benchmarks/plot.py draws those with the recorded GPU results -> benchmarks/results/summary.png.

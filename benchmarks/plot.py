@@ -12,7 +12,7 @@ BENCHMARKS.md: they cannot be measured on a CPU host). Each panel's caption name
 device, date, commit and command of its figures. Rendering uses matplotlib's Agg backend
 with its default style, reads nothing but the result files and writes the same bytes for
 the same inputs. matplotlib is imported only to render: validating and recording need
-nothing outside the standard library (tests/test_bench_plot.py validates every file).
+nothing outside the standard library (tests/product/test_bench_plot.py validates every file).
 
 Result file schema (version 1). Each file is one JSON object:
 

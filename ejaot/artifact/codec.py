@@ -4,7 +4,7 @@ jax's own `serialize_executable` pickles an UnloadedMeshExecutable. For a one-de
 kernel every field of that object is describable as data: the raw executable bytes
 (PJRT's own serialization), input/output avals, single-device shardings, the name and
 `kept_var_idx`. We store those and rebuild the object directly. This reaches into jax
-internals (pinned by tests/test_codec.py); an entry the codec cannot describe gets no
+internals (pinned by tests/engine/test_codec.py); an entry the codec cannot describe gets no
 compiled tier rather than a pickle.
 
 A multi-chip executable (a mesh entry) is described the same way, its shardings as the

@@ -19,7 +19,7 @@ from typing import Callable
 
 def eager() -> bool:
     """True when no JAX trace is active (no jit, grad, vmap or eval_shape around the call).
-    Private API, pinned by tests/test_traced_calls.py."""
+    Private API, pinned by tests/engine/test_traced_calls.py."""
     from jax._src.core import trace_state_clean
     return trace_state_clean()
 

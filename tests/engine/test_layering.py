@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "ejaot"
+PKG = Path(__file__).resolve().parents[2] / "ejaot"
 
 # Layers that both the build and the runtime use: they import neither.
 SHARED = ("ejaot.spec", "ejaot.artifact", "ejaot.store", "ejaot.targets", "ejaot.backends",

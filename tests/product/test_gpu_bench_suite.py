@@ -10,7 +10,7 @@ import pytest
 from benchmarks.gpu import report, roofline as rl, suite
 from benchmarks.gpu.timing import time_call
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GPU_DIR = REPO / "benchmarks" / "gpu"
 
 

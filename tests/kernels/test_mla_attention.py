@@ -355,7 +355,7 @@ def test_mla_manifest_plans_each_form_where_it_is_cheaper():
     from ejaot.build.manifest import load_manifest
     from ejaot.build.plan import plan
     from ejaot.targets import get_target
-    m = load_manifest(Path(__file__).resolve().parent.parent / "manifests" / "default.toml")
+    m = load_manifest(Path(__file__).resolve().parents[2] / "manifests" / "default.toml")
     for target in ("cpu", "tpu-v5e"):
         entries, skipped = plan(m, get_target(target))
         assert not skipped
