@@ -14,7 +14,8 @@
 #
 # Environment: OUT (default /tmp/gpu-bench-out), STORE (default .gpu/bench-store; finalized in
 # place), MANIFEST, TARGET (default gpu-sm90), PY (the Python with jax; default python3 if it
-# imports jax, else .venv/bin/python), EJAOT_COMMIT (recorded when git is not available),
+# imports jax, else .venv/bin/python), EJAOT_COMMIT (recorded instead of git's HEAD: set it
+# where the tree was copied with stale git metadata),
 # SUITE_ARGS (extra arguments for suite.py, e.g. "--kernel mla_attention --iters 30"),
 # VERIFY_TIMEOUT / TIME_TIMEOUT (seconds, default 900 / 1800). A failing stage is reported and
 # the next one still runs; the exit status is the time stage's (0: every row ran from the store).
@@ -58,7 +59,6 @@ if [ -z "${PY:-}" ]; then
 fi
 E="$PY -m ejaot.cli"
 COMMIT=${EJAOT_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-export EJAOT_COMMIT=$COMMIT
 
 { date -u +%FT%TZ; echo "commit $COMMIT; store $STORE; manifest $MANIFEST; target $TARGET; stages ${STAGES[*]}"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv

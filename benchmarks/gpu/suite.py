@@ -42,8 +42,9 @@ Output schema (schema "ejaot.gpu_bench/1"): one JSON object
     mode          "gpu" | "smoke"
     command       the command line as given (run.sh passes its own with --command)
     date          UTC, ISO 8601, when the run started
-    commit        `git rev-parse --short HEAD` (+ "-dirty" when tracked files changed), else
-                  $EJAOT_COMMIT, else "unknown"
+    commit        $EJAOT_COMMIT when set (a copied tree's git metadata can be stale), else
+                  `git rev-parse --short HEAD` (+ "-dirty" when tracked files changed), else
+                  "unknown"
     jax, jaxlib   versions
     device        {kind, platform, count, memory_bytes (bytes_limit, or null)}
     host          hostname
@@ -118,6 +119,8 @@ def ensure_kernel_collection() -> None:
 
 
 def git_commit() -> str:
+    if os.environ.get("EJAOT_COMMIT"):
+        return os.environ["EJAOT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=10)
@@ -127,7 +130,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("EJAOT_COMMIT") or "unknown"
+    return "unknown"
 
 
 def _err(e: BaseException) -> str:

@@ -217,3 +217,10 @@ def test_report_tables(smoke_results):
     broken = json.loads(json.dumps(doc))
     broken["rows"][0].update(error="RuntimeError: boom", time=None, tflops=None)
     assert "error: RuntimeError: boom" in report.render(broken)
+
+
+def test_the_recorded_commit_is_the_one_given_else_git(monkeypatch):
+    monkeypatch.setenv("EJAOT_COMMIT", "abc1234")
+    assert suite.git_commit() == "abc1234"     # a copied tree's git metadata may be stale
+    monkeypatch.delenv("EJAOT_COMMIT")
+    assert suite.git_commit() != "abc1234"
