@@ -69,7 +69,9 @@ def main():
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where entries are lowered: processes here, or Ray tasks (pip install 'ejaot[ray]').")
 @click.option("--ray-address", default=None, help="An existing Ray cluster [default: a local Ray instance].")
-def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, executor, ray_address):
+@click.option("--prune", is_flag=True,
+              help="Remove the store's entries for TARGET that the manifest no longer plans (then `ejaot gc`).")
+def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, executor, ray_address, prune):
     """Lower every manifest entry for TARGET and write them to the store.
 
     Incremental: entries already stored under the same key are reused. Exits non-zero
@@ -91,7 +93,7 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, exec
         from .build.shard import parse_shard
         report = run_build(manifest, tgt.name, out, jobs=jobs, progress=progress, signer=signer,
                            max_entries=max_entries, shard=parse_shard(shard) if shard else None,
-                           executor=executor, ray_address=ray_address)
+                           executor=executor, ray_address=ray_address, prune=prune)
     except EjaotError as e:
         _fail(str(e))
     if progress:

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu/run.sh [--smoke] [STAGE...]      STAGE: build finalize verify time report
 #                                                        (default: all five, in that order)
 # On the GPU host (jax with CUDA; triton/jax-triton not needed when the store was built elsewhere):
-#   1. any host:  ejaot build --manifest benchmarks/gpu/manifest.toml --target gpu-sm90 --out .gpu/bench-store
+#   1. any host:  ejaot build --manifest benchmarks/gpu/manifest.toml --target gpu-sm90 --out .gpu/bench-store --prune
 #      (or let the build stage do it, where triton + jax-triton + the CUDA plugin are installed)
 #   2. GPU host:  OUT=/some/dir bash benchmarks/gpu/run.sh
 #      -> $OUT/gpu_results.json (schema: benchmarks/gpu/suite.py), $OUT/gpu_results.md (report.py),
@@ -72,7 +72,7 @@ if want build; then
   if [ -f "$STORE/index.msgpack" ] && ! $PY -c "import jax_triton" >/dev/null 2>&1 && [ "$TARGET" != cpu ]; then
     echo "reusing $STORE (no jax_triton here to build missing $TARGET entries)" | tee "$OUT/build.txt"
   else
-    ( time $E build --manifest "$MANIFEST" --target "$TARGET" --out "$STORE" --quiet ) > "$OUT/build.txt" 2>&1
+    ( time $E build --manifest "$MANIFEST" --target "$TARGET" --out "$STORE" --quiet --prune ) > "$OUT/build.txt" 2>&1
     rc=$?; tail -3 "$OUT/build.txt"; echo "build rc=$rc"
     if [ ! -f "$STORE/index.msgpack" ]; then
       echo "no store at $STORE: build it on a host with the GPU build extras (make .venv/.gpu-installed):" >&2

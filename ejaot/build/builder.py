@@ -29,6 +29,7 @@ class BuildReport:
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)     # (description, error)
+    pruned: int = 0                                                  # entries removed by prune
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -41,6 +42,9 @@ class BuildReport:
         s = (f"{self.target}: {len(self.built)} built, {len(self.reused)} reused, "
              f"{len(self.failed)} failed in {self.seconds:.1f}s -> {self.out}")
         lines = [s]
+        if self.pruned:
+            lines.append(f"  pruned {self.pruned} entries the manifest no longer plans "
+                         "(`ejaot gc` deletes their blobs)")
         lines += [f"  skipped {k.where} ({k.kernel}): {k.reason}" for k in self.skipped]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  FAILED {d}: {e}" for d, e in self.failed]
@@ -66,11 +70,16 @@ def _lower_in_worker(entry: EntrySpec, root: str) -> dict:
 def build(manifest_path, target_name: str, out, jobs: int | None = None, progress=None,
           signer=None, max_entries: int | None = DEFAULT_MAX_ENTRIES,
           shard: tuple[int, int] | None = None, executor: str = "local",
-          ray_address: str | None = None) -> BuildReport:
+          ray_address: str | None = None, prune: bool = False) -> BuildReport:
     """progress, if given, is called as progress(done, total, description) per entry.
     A manifest planning more than max_entries entries (None: no limit) is refused; its
     warnings (entries no call can reach) come back as the report's first notes.
-    shard (I, N): only the I-th of N deterministic, cost-balanced shares (ejaot.build.shard)."""
+    shard (I, N): only the I-th of N deterministic, cost-balanced shares (ejaot.build.shard).
+    prune: the store keeps only the entries this manifest plans for the target (not with a
+    shard, which plans a share of them)."""
+    if prune and shard is not None:
+        raise StoreError("--prune with --shard would remove the other shards' entries: prune the "
+                         "merged store with a build of the whole manifest")
     target = get_target(target_name)
     manifest = load_manifest(manifest_path, max_entries=max_entries, target=target, warn=False)
     entries, skipped = plan(manifest, target, max_entries=max_entries)
@@ -78,15 +87,17 @@ def build(manifest_path, target_name: str, out, jobs: int | None = None, progres
         from .shard import select
         entries = select(entries, shard)
     report = build_entries(entries, target, out, jobs=jobs, progress=progress, signer=signer, skipped=skipped,
-                           executor=executor, ray_address=ray_address)
+                           executor=executor, ray_address=ray_address, prune=prune)
     report.notes[:0] = [f"warning: {w}" for w in manifest.warnings]
     return report
 
 
 def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=None, signer=None,
-                  skipped=(), supersede=True, executor: str = "local", ray_address=None) -> BuildReport:
+                  skipped=(), supersede=True, executor: str = "local", ray_address=None,
+                  prune: bool = False) -> BuildReport:
     """executor "local": worker processes here; "ray": Ray tasks (ejaot.build.executors.ray_executor),
-    on a local Ray instance or the cluster at ray_address."""
+    on a local Ray instance or the cluster at ray_address. prune: entries of the store that
+    are not among `entries` are removed from its index (their blobs stay until `ejaot gc`)."""
     if executor not in ("local", "ray"):
         raise StoreError(f"unknown executor {executor!r}; expected 'local' or 'ray'")
     t0 = time.perf_counter()
@@ -119,6 +130,9 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
                        if isinstance(r, dict) and (r.get("kernel"), r.get("backend")) in current
                        and r.get("source_hash") != current[(r.get("kernel"), r.get("backend"))]
                        ) if supersede else ()
+    planned = {e.key for e in entries}
+    pruned = tuple(k for k in existing if k not in planned) if prune else ()
+    superseded = tuple(dict.fromkeys(superseded + pruned))
 
     # Records are committed in batches: a commit rewrites the whole index, so one per entry
     # costs O(entries^2) in a large build. A batch is flushed once the time since the last
@@ -191,6 +205,12 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
                 if progress:
                     progress(len(report.built) + len(batch) + len(report.failed), len(todo), e.describe())
     flush()
+    if pruned:      # also when nothing was built: the removal is its own commit
+        try:
+            store.commit(target.name, {}, remove=pruned)
+            report.pruned = len(pruned)
+        except StoreError as err:
+            report.notes.append(f"prune failed: {err}")
     if not todo and not existing and not entries:
         report.notes.append("the manifest has no entries for this target")
     report.seconds = time.perf_counter() - t0

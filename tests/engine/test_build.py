@@ -161,3 +161,22 @@ def test_parallel_build_without_the_toolchain_says_what_to_install(tmp_path, sma
     with pytest.raises(TargetUnavailableError, match=needs):
         build(small_manifest, target, tmp_path / "out", jobs=2)
     assert not (tmp_path / "out" / "index.msgpack").exists()
+
+
+def test_prune_keeps_only_what_the_manifest_plans(store_copy, tmp_path):
+    import ejaot
+    from ejaot.errors import StoreError
+    smaller = tmp_path / "smaller.toml"
+    smaller.write_text(SMALL_MANIFEST.replace("seq = [16, 32]", "seq = [16]"))   # 4 of the 8 entries
+    kept = build(smaller, "cpu", store_copy, jobs=1)               # without --prune: all stay
+    assert kept.ok and len(kept.reused) == 4 and kept.pruned == 0
+    assert len(FileStore(store_copy).read_index()["entries"]) == 8
+    pruned = build(smaller, "cpu", store_copy, jobs=1, prune=True)  # nothing to build, 4 removed
+    assert pruned.ok and not pruned.built and pruned.pruned == 4 and "pruned 4 entries" in pruned.summary()
+    entries = FileStore(store_copy).read_index()["entries"]
+    assert len(entries) == 4 and all(r["dims"]["seq"] == 16 for r in entries.values())
+    assert FileStore(store_copy).collect_garbage(grace_seconds=0)["removed"] > 0
+    bundle = ejaot.load(store_copy)                                # the pruned store still serves
+    assert bundle.stats()["rejected"] == [] and len(bundle.entries) == 4
+    with pytest.raises(StoreError, match="--prune with --shard"):
+        build(smaller, "cpu", store_copy, jobs=1, prune=True, shard=(1, 2))
