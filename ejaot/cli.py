@@ -201,6 +201,8 @@ def _entry_summary(key, r) -> dict:
         # the payloads a server runs (tiers), and the kernels' own binaries (ptx, cubin, mosaic)
         "tiers": sorted(_TIER_OF_PAYLOAD[k] for k in payloads if k in _TIER_OF_PAYLOAD),
         "binaries": sorted(k for k in payloads if k not in _TIER_OF_PAYLOAD),
+        # the portable tier carries the VJP (`vjp = true`): grad runs the stored backward
+        "vjp": isinstance(r.get("exported"), dict) and bool(r["exported"].get("vjp_order")),
         "toolchain": r.get("toolchain"), "built_at": r.get("built_at"),
         **_mesh_summary(r),          # mesh (None: one device), devices, shard
     }
@@ -225,8 +227,8 @@ def _numeric_order(row: dict):
 def ls_cmd(store_dir, as_json):
     """List the entries of a store, sorted by kernel, dtype and dims (a malformed record:
     a FAIL line, exit status 1). TIERS: what a server runs (compiled: a deserialized
-    executable; portable: the jax.export module); BINARIES: the kernels' own binaries
-    stored beside them (ptx, cubin, mosaic)."""
+    executable; portable: the jax.export module, +vjp with its stored VJP); BINARIES: the
+    kernels' own binaries stored beside them (ptx, cubin, mosaic)."""
     from .artifact.record import problem
     _, index = _open_index(store_dir)
     rows, failed = [], []
@@ -250,7 +252,8 @@ def ls_cmd(store_dir, as_json):
             " ".join(f"{k}={v}" for k, v in (row["dims"] or {}).items()),
             ",".join(f"{k}={v}" for k, v in (row["static"] or {}).items() if v not in (None, False)) or "-",
             *([",".join(f"{a}={n}" for a, n in (row["mesh"] or {}).items()) or "-"] if meshed else []),
-            ",".join(row["tiers"]) or "-", ",".join(row["binaries"]) or "-"))
+            ",".join(t + ("+vjp" if t == "portable" and row["vjp"] else "") for t in row["tiers"]) or "-",
+            ",".join(row["binaries"]) or "-"))
     if rows:
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         for r in table:

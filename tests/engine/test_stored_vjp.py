@@ -131,3 +131,15 @@ def test_vjp_must_be_a_boolean(tmp_path):
     path.write_text(WITH_VJP.replace("vjp = true", 'vjp = "yes"'))
     with pytest.raises(ManifestError, match=r"m\.toml: kernel\[0\]\.vjp: expected true or false"):
         load_manifest(path)
+
+
+def test_ls_shows_the_stored_vjp(vjp_store, tmp_path):
+    import json
+    from click.testing import CliRunner
+    from ejaot.cli import main
+    rows = [json.loads(x) for x in CliRunner().invoke(main, ["ls", str(vjp_store), "--json"]).output.splitlines()]
+    assert len(rows) == 2 and all(r["vjp"] for r in rows)
+    assert "portable+vjp" in CliRunner().invoke(main, ["ls", str(vjp_store)]).output
+    _, _ = build_cpu_store(tmp_path, WITHOUT, entries=2)
+    plain = CliRunner().invoke(main, ["ls", str(tmp_path / "store"), "--json"]).output.splitlines()
+    assert not any(json.loads(x)["vjp"] for x in plain)
