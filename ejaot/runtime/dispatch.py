@@ -137,7 +137,7 @@ class Dispatcher:
                 def reference(*leaves):
                     return tuple(jax.tree_util.tree_leaves(plain(*in_tree.unflatten(leaves))))
             # grad runs the stored VJP where the entry has one, else differentiates the JIT function
-            fn = transformable(stored, None if has_stored_vjp(entry.record) else reference, spec.name)
+            fn = transformable(stored, reference, spec.name, stored_vjp=has_stored_vjp(entry.record))
 
             def run(args, kwargs):
                 return spec.pack(tuple(unflat_out(fn(*flat_in(arrays_of(args, kwargs))))), static)

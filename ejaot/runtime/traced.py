@@ -9,8 +9,9 @@ The artifact itself has no batching rule, so vmap maps the entry over the mapped
 (jax.lax.map: one artifact call per element, in one program) instead of failing inside jax.
 grad runs the entry's stored VJP where it was built with one (`vjp = true`: jax.export's
 serialized VJP, the kernel's own backward, recomputing the forward inside it); otherwise it
-differentiates the kernel's JIT function (its custom VJP where it has one), recomputing
-the forward there: the artifact then serves the forward pass only.
+differentiates the kernel's JIT function (its custom VJP where it has one), recomputing the
+forward there. Multi-chip entries are differentiated over meshes with Auto axes: with
+Explicit axes jax's custom VJP rejects the cotangents' types, stored VJP or not.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ def eager() -> bool:
     return trace_state_clean()
 
 
-def transformable(stored: Callable, reference: Callable | None, name: str) -> Callable:
+def transformable(stored: Callable, reference: Callable, name: str, stored_vjp: bool = False) -> Callable:
     """stored(*arrays) -> tuple of outputs, batchable by map and differentiable: through
-    `reference` (the same kernel compiled by JAX, taking the same unpadded arrays), or, with
-    reference None, through `stored` itself (its artifact carries a VJP)."""
+    `stored` itself when its artifact carries a VJP (stored_vjp), else through `reference`
+    (the same kernel compiled by JAX, taking the same unpadded arrays)."""
     import jax
 
     @jax.custom_batching.custom_vmap
@@ -52,7 +53,7 @@ def transformable(stored: Callable, reference: Callable | None, name: str) -> Ca
         return batchable(*arrays), arrays
 
     def bwd(arrays, cotangents):
-        _, pullback = jax.vjp(stored if reference is None else reference, *arrays)
+        _, pullback = jax.vjp(stored if stored_vjp else reference, *arrays)
         return pullback(cotangents)
 
     fn.defvjp(fwd, bwd)

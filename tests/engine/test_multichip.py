@@ -275,6 +275,31 @@ if CHILD:
         assert st["tiers"]["portable"] == 4 and st["calls"]["fallback"] == 0, st
         assert st["calls"]["padded"] == 1
 
+    def test_grad_through_a_mesh_entry_runs_its_stored_vjp(tmp_path, rng):
+        from ejaot.build.builder import build
+        manifest = MANIFEST[MANIFEST.index('[[kernel]]\nname = "flash_attention"'):].split("\n\n")[0]
+        (tmp_path / "v.toml").write_text("format = 1\n" + manifest.replace("[kernel.dims]", "vjp = true\n[kernel.dims]"))
+        report = build(tmp_path / "v.toml", "cpu", tmp_path / "store", jobs=1)
+        assert report.ok and len(report.built) == 1, report.summary()
+        bundle = ejaot.load(tmp_path / "store", miss_log=False)
+        sh = NamedSharding(mesh_of(tp=4), P(None, None, "tp", None))
+        q = rng.standard_normal((1, 32, 8, 32)).astype(np.float32)
+        k, v = (rng.standard_normal((1, 32, 4, 32)).astype(np.float32) for _ in range(2))
+        w = rng.standard_normal((1, 32, 8, 32)).astype(np.float32)
+
+        def loss(q, k, v):
+            return jnp.sum(bundle.call("flash_attention", q, k, v, causal=True) * w)
+        args = [jax.device_put(x, sh) for x in (q, k, v)]
+        got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+        assert "dot_general" not in str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(*args))
+        from ejaot_kernels.flash_attention import flash_attention
+        with jax.default_matmul_precision("highest"):
+            want = jax.grad(lambda q, k, v: jnp.sum(flash_attention(q, k, v, causal=True) * w),
+                            argnums=(0, 1, 2))(q, k, v)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-4, rtol=2e-4)
+        assert bundle.stats()["calls"] == {"exact": 2, "padded": 0, "fallback": 0}    # two traces
+
     def test_mesh_given_to_load_warms_compiled_tiers(store):
         bundle = ejaot.load(store, mesh=mesh_of(tp=4), miss_log=False)
         tiers = bundle.warmup()
