@@ -26,7 +26,7 @@ import logging
 import jax.numpy as jnp
 from jax import lax
 
-from .backends import all_backends
+from .backends import by_call_name
 from .errors import CallError
 from .spec.registry import get_kernel
 from .runtime.active import active
@@ -50,10 +50,10 @@ def _dispatch(kernel: str, arrays: dict, static: dict, platform=None):
         from .build.lower import call_inlined
         return call_inlined(spec, tuple(arrays.get(n) for n in spec.input_names), static, target)
     if platform not in (None, "auto"):
-        by_call_name = {b.call_name: b.name for b in all_backends().values() if b.call_name}
-        backend = by_call_name.get(platform)
+        names = by_call_name()
+        backend = names.get(platform)
         if backend is None or backend not in spec.backends:
-            have = sorted(k for k, v in by_call_name.items() if v in spec.backends)
+            have = sorted(k for k, v in names.items() if v in spec.backends)
             raise CallError(f"{kernel}: platform={platform!r} is not available for this kernel; "
                             f"choose one of {have}, 'auto' or None")
         positional = tuple(arrays.get(n) for n in spec.input_names)

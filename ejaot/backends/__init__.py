@@ -43,6 +43,12 @@ def get_backend(name: str) -> BackendInfo:
     return backends[name]
 
 
+@lru_cache(maxsize=1)
+def by_call_name() -> dict[str, str]:
+    """ejkernel's `platform=` names -> backend names."""
+    return {b.call_name: b.name for b in all_backends().values() if b.call_name}
+
+
 def reference_backend() -> str:
     """The backend every kernel has and every platform runs."""
     return next(b.name for b in all_backends().values() if b.reference)

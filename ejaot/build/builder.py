@@ -132,7 +132,6 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
                        ) if supersede else ()
     planned = {e.key for e in entries}
     pruned = tuple(k for k in existing if k not in planned) if prune else ()
-    superseded = tuple(dict.fromkeys(superseded + pruned))
 
     # Records are committed in batches: a commit rewrites the whole index, so one per entry
     # costs O(entries^2) in a large build. A batch is flushed once the time since the last
@@ -205,7 +204,7 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
                 if progress:
                     progress(len(report.built) + len(batch) + len(report.failed), len(todo), e.describe())
     flush()
-    if pruned:      # also when nothing was built: the removal is its own commit
+    if pruned:      # one commit after the build's, also when nothing was built
         try:
             store.commit(target.name, {}, remove=pruned)
             report.pruned = len(pruned)

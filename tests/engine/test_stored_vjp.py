@@ -143,3 +143,29 @@ def test_ls_shows_the_stored_vjp(vjp_store, tmp_path):
     _, _ = build_cpu_store(tmp_path, WITHOUT, entries=2)
     plain = CliRunner().invoke(main, ["ls", str(tmp_path / "store"), "--json"]).output.splitlines()
     assert not any(json.loads(x)["vjp"] for x in plain)
+
+
+def test_keyword_closed_over_and_eager_calls_around_the_stored_backward(vjp_store, rng):
+    bundle = ejaot.load(vjp_store)
+    q, k, v = (jnp.asarray(x) for x in qkv(rng, 1, 40, d=32))       # padded into seq=64
+    w = jnp.asarray(rng.standard_normal((1, 40, 4, 32)).astype(np.float32))
+    want = _reference_grads(q, k, v, w)
+
+    def by_keyword(q, k, v):
+        return jnp.sum(bundle.call("flash_attention", query=q, key=k, value=v, causal=True) * w)
+
+    def closed_over(q):                         # k and v are constants of the traced program
+        return jnp.sum(bundle.call("flash_attention", q, k, v, causal=True) * w)
+    for got, ref in zip(jax.jit(jax.grad(by_keyword, argnums=(0, 1, 2)))(q, k, v), want):
+        np.testing.assert_allclose(got, ref, atol=2e-4, rtol=2e-4)
+    np.testing.assert_allclose(jax.jit(jax.grad(closed_over))(q), want[0], atol=2e-4, rtol=2e-4)
+    np.testing.assert_allclose(jax.grad(closed_over)(q), want[0], atol=2e-4, rtol=2e-4)  # grad, no jit
+    # an eager call after the jitted ones runs the compiled tier and gives the forward
+    from ejaot_kernels.flash_attention import flash_attention
+    with jax.default_matmul_precision("highest"):
+        ref_out = flash_attention(q, k, v, causal=True)
+    before = bundle.stats()["tiers"]["compiled"]
+    np.testing.assert_allclose(bundle.call("flash_attention", q, k, v, causal=True), ref_out,
+                               atol=2e-4, rtol=2e-4)
+    assert bundle.stats()["tiers"]["compiled"] == before + 1
+    assert bundle.stats()["calls"]["fallback"] == 0
