@@ -47,3 +47,25 @@ def attention_reference(query, key, value, attention_mask=None, bias=None, softm
                 weights[bi, h, i] = full
                 out[bi, i, h] = full @ v[bi, :, kh]
     return (out, weights) if return_weights else out
+
+
+def softmax_rows(logits, keep):
+    """Softmax over kept entries of the last axis; rows with none kept are zeros."""
+    z = np.where(keep, logits, -np.inf)
+    m = z.max(axis=-1, keepdims=True)
+    e = np.where(keep, np.exp(z - np.where(np.isfinite(m), m, 0)), 0.0)
+    den = e.sum(axis=-1, keepdims=True)
+    return e / np.where(den == 0, 1, den)
+
+
+def flash_mla_reference(query, key, value, latent_key, latent_value, bias=None, *, causal=False,
+                        softmax_scale=None):
+    q, k, v, lk, lv = (np.asarray(x, np.float64) for x in (query, key, value, latent_key, latent_value))
+    scale = lk.shape[1] ** -0.5 if softmax_scale is None else softmax_scale
+    ql, kl, vl = q @ lk, k @ lk, v @ lv
+    logits = np.einsum("bhsl,bhtl->bhst", ql, kl) * scale
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    s = q.shape[2]
+    keep = np.ones((s, s), bool) if not causal else np.tril(np.ones((s, s), bool))
+    return np.einsum("bhst,bhtl->bhsl", softmax_rows(logits, keep), vl) @ lv.T

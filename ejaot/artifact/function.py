@@ -44,15 +44,14 @@ def _structured_function(spec: KernelSpec, backend: str, present, static: dict, 
     return fn
 
 
-def fallback_backend(spec: KernelSpec, platform: str) -> str:
+def fallback_backend(spec: KernelSpec, platform: str, dims=None, static=None) -> str:
     """The backend the JIT path uses on this platform: the kernel's most preferred backend
-    there whose toolchain is usable here (ejaot.backends), the reference backend otherwise."""
+    there whose toolchain is usable here (ejaot.backends) and that runs these dims (None:
+    whatever the dims), the reference backend otherwise."""
     from ..backends import backends_for, get_backend, reference_backend
     platform = {"gpu": "cuda"}.get(platform, platform)
-    for name in backends_for(platform):
-        if name in spec.backends and get_backend(name).jit_usable():
-            return name
-    return reference_backend()
+    usable = [name for name in backends_for(platform) if get_backend(name).jit_usable()]
+    return spec.choose_backend(usable, dims, static) or reference_backend()
 
 
 _jitted: dict = {}
@@ -84,7 +83,7 @@ def call_jit(spec: KernelSpec, args: tuple, static: dict, backend: str | None = 
     """The public (JIT) entry point of a kernel: bind, compile on first use, run."""
     import jax
     call = bind(spec, args, static)
-    backend = backend or fallback_backend(spec, jax.default_backend())
+    backend = backend or fallback_backend(spec, jax.default_backend(), call.dims, call.static)
     arrays = [call.inputs[a.name] for a in spec.inputs if not a.optional or a.name in call.present]
     outs = jitted(spec, backend, call.present, call.static)(*arrays)
     return spec.pack(outs, call.static)

@@ -107,7 +107,7 @@ def call_inlined(spec, args: tuple, static: dict, target):
     from ..artifact.binding import bind
     from ..artifact.function import jitted
     call = bind(spec, args, static)
-    backend = next(b for b in target.backends if b in spec.backends)
+    backend = spec.choose_backend(target.backends, call.dims, call.static)
     config, _ = tuned.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
                                      tc.toolchain(target.platform, backend))
     arrays = [call.inputs[a.name] for a in spec.inputs if not a.optional or a.name in call.present]

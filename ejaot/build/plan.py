@@ -99,16 +99,20 @@ def plan(manifest: Manifest, target: Target, max_entries: int | None = DEFAULT_M
         spec = block.kernel
         if block.targets is not None and target.name not in block.targets:
             continue
-        backend = next((b for b in target.backends if b in spec.backends), None)
-        if backend is None:
+        if spec.choose_backend(target.backends) is None:
             skipped.append(Skipped(block.where, spec.name,
                                    f"no implementation for {target.name} (has {sorted(spec.backends)})"))
             continue
-        tools = tc.toolchain(target.platform, backend)
         for dims, dtype, static, layout in itertools.product(block.buckets, block.dtypes, block.statics,
                                                              block.layouts):
             # a multi-chip entry's kernel runs on one device's shard: its config is for those dims
             local = dims if layout is None else layout.local_dims(dims)
+            backend = spec.choose_backend(target.backends, local, static)
+            if backend is None:
+                skipped.append(Skipped(block.where, spec.name,
+                                       f"no backend for {target.name} runs {dict(local)} {static}"))
+                continue
+            tools = tc.toolchain(target.platform, backend)
             config, source = tuned.choose_config(spec, backend, target, local, dtype, static, tools)
             e = EntrySpec(kernel=spec.name, backend=backend, target=target.name,
                           platform=target.platform, dims=dict(dims), dtype=dtype,

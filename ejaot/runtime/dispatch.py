@@ -154,11 +154,11 @@ class Dispatcher:
     def _reference(self, spec: KernelSpec, call):
         """The kernel compiled by JAX on this platform: the fallback, and what grad
         differentiates."""
-        backend = fallback_backend(spec, self.platform)
+        backend = fallback_backend(spec, self.platform, call.dims, call.static)
         return jitted(spec, backend, call.present, call.static)
 
     def _make_fallback(self, spec: KernelSpec, call):
-        self.fallback_backends[spec.name] = fallback_backend(spec, self.platform)
+        self.fallback_backends[spec.name] = fallback_backend(spec, self.platform, call.dims, call.static)
         fn = self._reference(spec, call)
         arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
         static = call.static

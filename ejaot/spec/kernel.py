@@ -74,10 +74,14 @@ class StaticArg:
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of a kernel: "module:function", plus its tunable configs."""
+    """One implementation of a kernel: "module:function", plus its tunable configs and
+    the buckets it can run (`supports(dims, static)`; None: every bucket). Where a backend
+    does not support a bucket, the next one the platform prefers takes it, at build and at
+    JIT time alike."""
     impl: str
     heuristic_config: Callable[[Mapping[str, int], Mapping[str, Any], Any], dict] | None = None
     config_candidates: Callable[[Mapping[str, int], Mapping[str, Any], Any], list[dict]] | None = None
+    supports: Callable[[Mapping[str, int], Mapping[str, Any]], bool] | None = None
 
     def load(self) -> Callable:
         module, _, fn = self.impl.partition(":")
@@ -85,6 +89,9 @@ class Backend:
 
     def config_for(self, dims, static, target) -> dict:
         return dict(self.heuristic_config(dims, static, target)) if self.heuristic_config else {}
+
+    def runs(self, dims, static) -> bool:
+        return self.supports is None or bool(self.supports(dims, static))
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,15 @@ class KernelSpec:
             for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
                 out.append((a.name + jax.tree_util.keystr(path), tuple(leaf.shape), str(leaf.dtype)))
         return out
+
+    def choose_backend(self, preferred, dims=None, static=None) -> str | None:
+        """The first of `preferred` (backend names, best first) this kernel has and that runs
+        these dims (None: any dims; a bucket-independent question)."""
+        for name in preferred:
+            backend = self.backends.get(name)
+            if backend is not None and (dims is None or backend.runs(dims, static or {})):
+                return name
+        return None
 
     def static_arg(self, name) -> StaticArg:
         for s in self.statics:

@@ -12,10 +12,16 @@ Semantics:
   p = softmax over kept keys (a row with no kept key is zeros)
   output = (p @ v_l) @ latent_value^T   [batch, heads, seq, head_dim], query's dtype
 Queries and keys share one length (as in ejkernel), so causal needs no alignment choice.
+
+Backends: `triton` (GPU) and `pallas_tpu` (TPU) run flash attention's kernels in the latent
+space (through_flash.py): memory linear in seq, differentiable through the flash kernels'
+custom VJPs; `triton` takes latent_dim up to 256. `xla` (every platform, any latent_dim)
+materializes the scores: the reference and the fallback.
 """
 from ejaot.spec import ArrayArg, Backend, KernelSpec, StaticArg
 
 from ejaot_kernels._shared.statics import norm_bool, norm_scale
+from .configs import tpu_candidates, tpu_heuristic, triton_candidates, triton_heuristic, triton_supports
 
 SPEC = KernelSpec(
     name="flash_mla_attention",
@@ -37,7 +43,13 @@ SPEC = KernelSpec(
     paddable=frozenset({"batch", "seq"}),
     valid_length_dims=("seq",),
     dtypes=("float32", "bfloat16", "float16"),
-    backends={"xla": Backend("ejaot_kernels.flash_mla_attention.xla:flash_mla_attention_impl")},
+    backends={
+        "xla": Backend("ejaot_kernels.flash_mla_attention.xla:flash_mla_attention_impl"),
+        "triton": Backend("ejaot_kernels.flash_mla_attention.triton_gpu:flash_mla_attention_impl",
+                          triton_heuristic, triton_candidates, supports=triton_supports),
+        "pallas_tpu": Backend("ejaot_kernels.flash_mla_attention.pallas_tpu:flash_mla_attention_impl",
+                              tpu_heuristic, tpu_candidates),
+    },
     example_inputs="ejaot_kernels.flash_mla_attention.examples:make_inputs",
     footprint=lambda d: d["batch"] * d["heads"] * d["seq"] * d["seq"],
 )

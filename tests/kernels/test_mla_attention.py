@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ejaot
 from conftest import build_cpu_store
+from reference import flash_mla_reference, softmax_rows
 from ejaot.errors import CallError
 from ejaot_kernels.flash_mla_attention import SPEC as FLASH_SPEC, flash_mla_attention
 from ejaot_kernels.flash_mla_attention.xla import flash_mla_attention_impl
@@ -21,15 +22,6 @@ TOL = {np.float32: 2e-5, BF16: 3e-2}
 
 
 # -- float64 references --------------------------------------------------------------
-
-def _softmax_rows(logits, keep):
-    """Softmax over kept entries of the last axis; rows with none kept are zeros."""
-    z = np.where(keep, logits, -np.inf)
-    m = z.max(axis=-1, keepdims=True)
-    e = np.where(keep, np.exp(z - np.where(np.isfinite(m), m, 0)), 0.0)
-    den = e.sum(axis=-1, keepdims=True)
-    return e / np.where(den == 0, 1, den)
-
 
 def mla_reference(query, key_value, w_kc, w_vc, b_q=None, b_k=None, cu_seqlens=None, *,
                   causal=False, softmax_scale=None):
@@ -60,22 +52,9 @@ def mla_reference(query, key_value, w_kc, w_vc, b_q=None, b_k=None, cu_seqlens=N
         logits = np.einsum("bsd,btd->bst", q[:, :, h], key)
         if bq is not None:
             logits = logits + np.einsum("bse,bte->bst", bq, bk)
-        p = _softmax_rows(logits * scale, keep[None])
+        p = softmax_rows(logits * scale, keep[None])
         out[:, :, h] = np.einsum("bst,btd->bsd", p, value)
     return out
-
-
-def flash_mla_reference(query, key, value, latent_key, latent_value, bias=None, *, causal=False,
-                        softmax_scale=None):
-    q, k, v, lk, lv = (np.asarray(x, np.float64) for x in (query, key, value, latent_key, latent_value))
-    scale = lk.shape[1] ** -0.5 if softmax_scale is None else softmax_scale
-    ql, kl, vl = q @ lk, k @ lk, v @ lv
-    logits = np.einsum("bhsl,bhtl->bhst", ql, kl) * scale
-    if bias is not None:
-        logits = logits + np.asarray(bias, np.float64)
-    s = q.shape[2]
-    keep = np.ones((s, s), bool) if not causal else np.tril(np.ones((s, s), bool))
-    return np.einsum("bhst,bhtl->bhsl", _softmax_rows(logits, keep), vl) @ lv.T
 
 
 def close(got, want, dtype):

@@ -1,0 +1,48 @@
+"""Configs for `flash_mla_attention`'s kernel backends: flash attention's own, at the
+shapes its kernel sees (latent_dim as the head dim, one length for queries and keys, one
+kv head per query head). Pure Python: the planner reads these without importing jax."""
+from __future__ import annotations
+
+from ejaot_kernels.flash_attention import configs as flash
+
+# The head dims flash attention's Triton kernels tile (flash.check_dims); a latent dim
+# between them is zero-padded up to the next (the padded lanes add nothing to a score and
+# project to nothing on the way out).
+TRITON_HEAD_DIMS = (32, 64, 128, 256)
+
+
+def triton_latent_dim(latent_dim: int) -> int | None:
+    """The head dim the Triton flash kernel runs a latent dim at; None above the largest."""
+    return next((d for d in TRITON_HEAD_DIMS if d >= latent_dim), None)
+
+
+def flash_dims(dims, head_dim: int) -> dict:
+    return {"batch": dims["batch"], "seq": dims["seq"], "kv_seq": dims["seq"],
+            "q_heads": dims["heads"], "kv_heads": dims["heads"], "head_dim": head_dim}
+
+
+def flash_static(static) -> dict:
+    return {"causal": bool(static.get("causal")), "sliding_window": None,
+            "logits_soft_cap": None, "softmax_scale": static.get("softmax_scale")}
+
+
+def triton_supports(dims, static) -> bool:
+    return triton_latent_dim(dims["latent_dim"]) is not None
+
+
+def triton_heuristic(dims, static, target):
+    return flash.triton_heuristic(flash_dims(dims, triton_latent_dim(dims["latent_dim"])),
+                                  flash_static(static), target)
+
+
+def triton_candidates(dims, static, target):
+    return flash.triton_candidates(flash_dims(dims, triton_latent_dim(dims["latent_dim"])),
+                                   flash_static(static), target)
+
+
+def tpu_heuristic(dims, static, target):
+    return flash.tpu_heuristic(flash_dims(dims, dims["latent_dim"]), flash_static(static), target)
+
+
+def tpu_candidates(dims, static, target):
+    return flash.tpu_candidates(flash_dims(dims, dims["latent_dim"]), flash_static(static), target)

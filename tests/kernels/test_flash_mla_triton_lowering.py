@@ -1,0 +1,95 @@
+"""`flash_mla_attention`'s Triton backend lowers on a CPU-only host for sm90: forward and
+backward (jax.vjp over every input), with flash attention's kernels in the latent space
+(the Gluon forward where it applies, a latent dim of 48 padded to 64), and no seq × seq
+array anywhere in the exported program: memory linear in seq. See triton_lowering.py for
+why each check runs in a subprocess."""
+from __future__ import annotations
+
+import re
+import textwrap
+
+from triton_lowering import lower_cases, requires_cuda_extras
+
+pytestmark = requires_cuda_extras
+
+_SCRIPT = textwrap.dedent(r'''
+    import json
+    import jax
+    import jax.numpy as jnp
+    import jax_triton.triton_lib as jt_lib
+    from ejaot.targets import get_target
+    from ejaot_kernels.flash_mla_attention import SPEC
+
+    KERNELS = []
+    _compile = jt_lib.compile_ttir_inplace
+
+    def _recording_compile(*args, **kwargs):
+        result = _compile(*args, **kwargs)
+        KERNELS.append(result.name)
+        return result
+    jt_lib.compile_ttir_inplace = _recording_compile
+
+    TARGET = "triton_kernel_call_ffi"
+    CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TARGET)]
+    NAMES = ("query", "key", "value", "latent_key", "latent_value", "bias")
+    impl = SPEC.backends["triton"].load()
+
+    for case in CASES:
+        b, h, s, d, lat = (case[k] for k in ("b", "h", "s", "d", "lat"))
+        dims = dict(batch=b, heads=h, seq=s, head_dim=d, latent_dim=lat)
+        static = dict(causal=case["causal"], softmax_scale=None)
+        config = SPEC.backends["triton"].config_for(dims, static, get_target("gpu-sm90"))
+        n_in = 6 if case["bias"] else 5
+
+        def fwd(*a):
+            *arrays, valid = a
+            return impl(dict(zip(NAMES, arrays)), valid, config=config, **static)[0]
+
+        def bwd(*a):
+            *arrays, valid, ct = a
+            return jax.vjp(lambda *x: fwd(*x, valid), *arrays)[1](ct)
+
+        bf = jnp.bfloat16
+        av = [jax.ShapeDtypeStruct((b, h, s, d), bf)] * 3 + [jax.ShapeDtypeStruct((d, lat), bf)] * 2
+        if case["bias"]:
+            av.append(jax.ShapeDtypeStruct((b, h, s, s), bf))
+        av.append(jax.ShapeDtypeStruct((1,), jnp.int32))
+        for kind, fn, args in (("fwd", fwd, av), ("bwd", bwd, av + [av[0]])):
+            KERNELS.clear()
+            exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*args)
+            text = exp.mlir_module()
+            print("RESULT " + json.dumps({
+                "case": case, "kind": kind, "config_gluon": bool(config.get("gluon")),
+                "calls": text.count("stablehlo.custom_call @" + TARGET),
+                "kernels": list(KERNELS), "text": text,
+                "out_avals": [[list(x.shape), str(x.dtype)] for x in exp.out_avals]}), flush=True)
+''')
+
+
+def _has_square(text: str, s: int) -> bool:
+    return re.search(rf"tensor<(?:\d+x)*{s}x{s}x", text) is not None
+
+
+def test_lowers_through_flash_kernels_without_a_score_matrix():
+    cases = [dict(b=1, h=4, s=1024, d=128, lat=64, causal=True, bias=False),
+             dict(b=2, h=2, s=1024, d=128, lat=48, causal=False, bias=False),
+             dict(b=1, h=2, s=256, d=64, lat=128, causal=True, bias=True)]
+    results = lower_cases(_SCRIPT, cases)
+    assert len(results) == 2 * len(cases), results
+    for r in results:
+        c = r["case"]
+        b, h, s, d, lat = (c[k] for k in ("b", "h", "s", "d", "lat"))
+        if r["kind"] == "fwd":
+            assert r["calls"] == 1, r["kernels"]
+            assert r["out_avals"] == [[[b, h, s, d], "bfloat16"]]
+            # plain scores take the Gluon ping-pong forward; a bias the Triton one
+            assert r["kernels"] == (["_fwd_kernel"] if c["bias"] else ["_fwd_sm90"]), r["kernels"]
+            assert r["config_gluon"]
+        else:
+            assert r["calls"] == 4, r["kernels"]   # forward (saving lse), delta, dK/dV, dQ
+            want = [[[b, h, s, d], "bfloat16"]] * 3 + [[[d, lat], "bfloat16"]] * 2
+            if c["bias"]:
+                want.append([[b, h, s, s], "bfloat16"])
+            assert r["out_avals"] == want, r["out_avals"]
+        if not c["bias"]:   # a bias argument (and its gradient) is itself seq × seq
+            assert not _has_square(r["text"], s), (c, r["kind"])
