@@ -14,6 +14,7 @@ from pathlib import Path
 
 TITLES = {
     "flash_attention": "flash_attention (forward; forward + backward)",
+    "flash_mla_attention": "flash_mla_attention (forward; forward + backward)",
     "mla_attention": "mla_attention decode (contiguous latent cache)",
     "paged_mla_attention": "paged_mla_attention decode (paged latent cache)",
     "page_attention": "page_attention decode (paged GQA)",
@@ -21,6 +22,9 @@ TITLES = {
 BYTES_NOTE = {
     "flash_attention": "Q, K, V read and O written once (fwd+bwd: also O, dO read, dQ, dK, dV written); "
                        "FLOPs 4·B·Hq·S·T·D, halved when causal, ×3.5 for fwd+bwd",
+    "flash_mla_attention": "Q, K, V read and O written once, and the two projections (fwd+bwd as "
+                           "flash_attention); FLOPs: attention at head dim L (as flash_attention) plus "
+                           "the four projections 4 · 2·B·H·S·D·L (×3 for fwd+bwd)",
     "mla_attention": "latent cache + rope keys read once, w_kc and w_vc, query, rope query and output; "
                      "FLOPs 2·B·H·T·(576 + 512) at DeepSeek-V3 shapes",
     "paged_mla_attention": "the pages the contexts use (latent + rope), w_kc and w_vc, query, rope query, "
@@ -28,7 +32,8 @@ BYTES_NOTE = {
     "page_attention": "K and V of the pages the contexts use, query, output, block table and context "
                       "lengths; FLOPs 4·Hq·D·Σ context",
 }
-ORDER = ("flash_attention", "mla_attention", "paged_mla_attention", "page_attention")
+ORDER = ("flash_attention", "flash_mla_attention", "mla_attention", "paged_mla_attention", "page_attention")
+COMPARED = {"flash_attention": ("cudnn", "cuDNN"), "flash_mla_attention": ("xla", "XLA")}
 
 
 def _num(x, fmt: str) -> str:
@@ -52,8 +57,8 @@ def case_label(row: dict) -> str:
     return parts[2] if len(parts) == 3 else row["id"]
 
 
-def cudnn_cells(row: dict) -> tuple[str, str]:
-    c = row.get("cudnn")
+def compared_cells(row: dict, name: str = "cudnn") -> tuple[str, str]:
+    c = row.get(name)
     if not c:
         return "–", "–"
     if c.get("status") == "ok":
@@ -61,6 +66,25 @@ def cudnn_cells(row: dict) -> tuple[str, str]:
     if c.get("status") == "skipped":
         return "skipped¹", "–"
     return "error²", "–"
+
+
+def _mib(n) -> str:
+    return "–" if n is None else f"{n / 2 ** 20:,.0f}"
+
+
+def flash_twin(row: dict, rows: list[dict]) -> dict | None:
+    """The flash_attention row at a flash_mla_attention row's shapes (its batch, seq, heads,
+    head_dim, causal and mode; one kv head per query head, keys as long as queries)."""
+    d = row["dims"]
+    for r in rows:
+        f = r["dims"]
+        if (r["kernel"] == "flash_attention" and r["mode"] == row["mode"] and not r.get("error")
+                and (f["batch"], f["seq"], f["kv_seq"], f["q_heads"], f["kv_heads"], f["head_dim"])
+                == (d["batch"], d["seq"], d["seq"], d["heads"], d["heads"], d["head_dim"])
+                and bool(r["static"].get("causal")) == bool(row["static"].get("causal"))
+                and all(r["static"].get(k) is None for k in ("sliding_window", "logits_soft_cap"))):
+            return r
+    return None
 
 
 def header(doc: dict) -> list[str]:
@@ -88,10 +112,13 @@ def header(doc: dict) -> list[str]:
     return lines
 
 
-def kernel_table(kernel: str, rows: list[dict]) -> list[str]:
-    flash = kernel == "flash_attention"
+def kernel_table(kernel: str, rows: list[dict], all_rows: list[dict] = ()) -> list[str]:
+    flash = kernel in COMPARED
+    other, other_label = COMPARED.get(kernel, ("cudnn", "cuDNN"))
+    latent = kernel == "flash_mla_attention"
     cols = ["case"] + (["mode"] if flash else []) + ["µs", "TFLOP/s", "GB/s", "% matmul", "% copy", "bound"]
-    cols += ["cuDNN TFLOP/s", "vs cuDNN"] if flash else []
+    cols += [f"{other_label} TFLOP/s", f"vs {other_label}"] if flash else []
+    cols += ["scratch MiB (ours / XLA)", "vs flash_attention"] if latent else []
     out = [f"**{TITLES.get(kernel, kernel)}**", "", "| " + " | ".join(cols) + " |",
            "|" + "|".join(["---"] * (2 if flash else 1) + ["---:"] * (len(cols) - (2 if flash else 1))) + "|"]
     notes = []
@@ -109,13 +136,21 @@ def kernel_table(kernel: str, rows: list[dict]) -> list[str]:
                         _rate(r.get("gbps")), _pct(r.get("frac_matmul")), _pct(r.get("frac_copy")),
                         r.get("bound") or "–"]
         if flash:
-            cells += list(cudnn_cells(r))
+            cells += list(compared_cells(r, other))
+        if latent:
+            twin = flash_twin(r, all_rows)
+            cells += [f"{_mib(r.get('temp_bytes'))} / {_mib((r.get('xla') or {}).get('temp_bytes'))}",
+                      f"{r['tflops'] / twin['tflops']:.2f}×" if twin and r.get("tflops") else "–"]
         out.append("| " + " | ".join(cells) + " |")
-    reasons = sorted({(r.get("cudnn") or {}).get("reason") for r in rows
-                      if (r.get("cudnn") or {}).get("status") == "skipped"} - {None})
-    errors = sorted({f"{r['id']}: {(r.get('cudnn') or {}).get('error')}" for r in rows
-                     if (r.get("cudnn") or {}).get("status") == "error"})
-    notes += [f"¹ cuDNN not run: {x}" for x in reasons] + [f"² cuDNN failed: {x}" for x in errors]
+    reasons = sorted({(r.get(other) or {}).get("reason") for r in rows
+                      if (r.get(other) or {}).get("status") == "skipped"} - {None})
+    errors = sorted({f"{r['id']}: {(r.get(other) or {}).get('error')}" for r in rows
+                     if (r.get(other) or {}).get("status") == "error"})
+    notes += [f"¹ {other_label} not run: {x}" for x in reasons] + [f"² {other_label} failed: {x}" for x in errors]
+    if latent:
+        notes.append("scratch: the compiled program's temp allocation (XLA's memory analysis); vs "
+                     "flash_attention: TFLOP/s over flash_attention's at the same batch, seq, heads, "
+                     "head_dim and mask, from the same run.")
     if flash:
         back = sorted({r["backward"] for r in rows if r.get("backward")})
         notes += [f"fwd+bwd: the backward is {b}." for b in back]
@@ -129,7 +164,7 @@ def render(doc: dict) -> str:
         by_kernel.setdefault(r["kernel"], []).append(r)
     lines = header(doc)
     for k in sorted(by_kernel, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
-        lines += [""] + kernel_table(k, by_kernel[k])
+        lines += [""] + kernel_table(k, by_kernel[k], doc.get("rows", []))
     if doc.get("errors"):
         lines += ["", "Run-level errors: " + "; ".join(doc["errors"])]
     return "\n".join(lines) + "\n"

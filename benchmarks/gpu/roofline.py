@@ -65,6 +65,31 @@ def flash_fwd_bwd_bytes(batch: int, q_heads: int, kv_heads: int, seq: int, kv_se
     return (6 * q + 6 * kv) * itemsize(dtype)
 
 
+def flash_mla_flops(batch: int, heads: int, seq: int, head_dim: int, latent_dim: int, causal: bool,
+                    backward: bool = False) -> float:
+    """flash_mla_attention: attention over the latent space (flash_fwd_flops at head dim L)
+    plus its four projections (query, key, value down to L, the output back up to D),
+    2 * B * H * S * D * L each. With the backward, each part x 3.5 / x 3 (a projection's
+    backward is two products of its size)."""
+    attention = flash_fwd_flops(batch, heads, seq, seq, latent_dim, causal)
+    projections = 4 * 2.0 * batch * heads * seq * head_dim * latent_dim
+    if backward:
+        return FWD_BWD_OVER_FWD * attention + 3 * projections
+    return attention + projections
+
+
+def flash_mla_bytes(batch: int, heads: int, seq: int, head_dim: int, latent_dim: int, dtype: str,
+                    backward: bool = False) -> int:
+    """Read Q, K, V and write O once (B*H*S*D each), and the two projection matrices (D*L);
+    with the backward, flash_fwd_bwd_bytes's pattern on the D-wide tensors (the latent
+    intermediates, which a fused kernel would not write, are left out)."""
+    n = batch * heads * seq * head_dim
+    weights = 2 * head_dim * latent_dim
+    if backward:
+        return (12 * n + 2 * weights) * itemsize(dtype)
+    return (4 * n + weights) * itemsize(dtype)
+
+
 def mla_decode_flops(batch: int, q_heads: int, kv_tokens: int, kv_lora_rank: int = 512, rope_dim: int = 64,
                      seq: int = 1) -> float:
     """Absorbed-form MLA attention: scores over latent + rope (R + E) and the latent output

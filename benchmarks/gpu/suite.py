@@ -15,12 +15,13 @@ What it measures, in one process:
    dense matmul rate, jitted `a @ b` of n x n bfloat16 matrices (float32 accumulation) at a
    couple of sizes (4096, 8192, 16384 on a GPU), FLOPs = 2 n^3, the best size kept. Both
    timed like the kernels (timing.py), median per call.
-2. Every entry of flash_attention, mla_attention, paged_mla_attention and page_attention in
-   the store (or those of --kernel), called through the bundle on device-made random inputs
+2. Every entry of flash_attention, flash_mla_attention, mla_attention, paged_mla_attention
+   and page_attention in the store (or those of --kernel), called through the bundle on device-made random inputs
    (paged kernels: every sequence a full context, max_blocks x page_size tokens, on distinct
    shuffled pages): the whole call, as a server makes it. Eager calls run the compiled tier
    (the portable one when the store has none usable here). flash_attention also gets a
-   forward+backward row: `jax.jit` of `jax.vjp` through `bundle.call`, where the forward is
+   forward+backward row (so does flash_mla_attention, differentiated in every input but the
+   bias): `jax.jit` of `jax.vjp` through `bundle.call`, where the forward is
    the stored portable tier inlined and the backward is the entry's stored VJP when it was
    built with `vjp = true` (the kernel's own backward kernels, recomputing the forward), else
    the kernel's JIT function (recomputing the forward there, on the backend named in the
@@ -29,7 +30,8 @@ What it measures, in one process:
    measured matmul rate and copy bandwidth, the bound (arithmetic intensity against the
    measured ridge point) and, for flash_attention, cuDNN on the same inputs
    (`jax.nn.dot_product_attention(..., implementation="cudnn")`) and our rate over its rate;
-   where cuDNN is not tried (not a CUDA device, statics it cannot express) or fails, the
+   for flash_mla_attention, its XLA backend (which materializes the scores) likewise, and
+   both programs' compiled scratch memory ("temp_bytes"); where cuDNN is not tried (not a CUDA device, statics it cannot express) or fails, the
    reason is recorded. One row's failure is recorded in that row and the others go on; the
    JSON is rewritten after every row.
 
@@ -59,7 +61,7 @@ Output schema (schema "ejaot.gpu_bench/1"): one JSON object
     verify        {ok, summary} from `ejaot verify --json` (--verify-json), else null
     rows          one per kernel case:
         id          readable name, e.g. "flash_attention fwd B2 S8192 Hq16 Hk16 D128 causal"
-        kernel, mode    mode: "fwd" | "fwd+bwd" (flash_attention) | "decode"
+        kernel, mode    mode: "fwd" | "fwd+bwd" (flash_attention, flash_mla_attention) | "decode"
         entry       the store entry's key
         dtype, dims, static, backend, config_source (the record's)
         served      {path: exact|padded|fallback, tier: compiled|portable|jit} of the timed call
@@ -70,6 +72,8 @@ Output schema (schema "ejaot.gpu_bench/1"): one JSON object
                     frac_roofline   (roofline.roofline, from the median time)
         cudnn       flash rows: {status: "ok", time, tflops, ratio (ours/cuDNN rate)} |
                     {status: "skipped", reason} | {status: "error", error}; else null
+        xla         flash_mla_attention rows: as cudnn, for its XLA backend, plus temp_bytes
+        temp_bytes  flash_mla_attention rows: the timed program's compiled scratch memory
         verify      {ok, numerics, tiers, error} from the verify JSON for this entry, else null
         warning     null, or why the timed call was not served by the store's entry (a JIT
                     fallback still runs and is timed, but measures the wrong thing)
@@ -96,7 +100,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "ejaot.gpu_bench/1"
-KERNELS = ("flash_attention", "mla_attention", "paged_mla_attention", "page_attention")
+KERNELS = ("flash_attention", "flash_mla_attention", "mla_attention", "paged_mla_attention", "page_attention")
+# Kernels timed forward and forward+backward, with the inputs their VJP differentiates (the
+# leading ones of the argument list); the rest are decode kernels, timed as one call.
+DIFFERENTIATED = {"flash_attention": ("query", "key", "value"),
+                  "flash_mla_attention": ("query", "key", "value", "latent_key", "latent_value")}
 SHARED = {"key_cache", "value_cache", "latent_cache", "rope_cache", "w_kc", "w_vc"}   # same in every input set
 MAX_SETS = 16
 
@@ -204,6 +212,9 @@ def case_id(kernel: str, mode: str, dims: dict, static: dict, dtype: str) -> str
         extra = [f"{k}={static[k]}" for k in ("sliding_window", "logits_soft_cap", "softmax_scale")
                  if static.get(k) is not None]
         s += "".join(" " + x for x in extra)
+    elif kernel == "flash_mla_attention":
+        s = (f"B{d['batch']} S{d['seq']} H{d['heads']} D{d['head_dim']} L{d['latent_dim']} "
+             + ("causal" if static.get("causal") else "full"))
     elif kernel == "mla_attention":
         s = (f"B{d['batch']} S{d['seq']} T{d['kv_seq']} H{d['q_heads']} R{d['kv_lora_rank']}+{d['rope_dim']} "
              f"D{d['head_dim']}")
@@ -283,6 +294,11 @@ def flops_bytes(kernel: str, mode: str, dims: dict, dtype: str, static: dict, pr
         return (rl.flash_fwd_bwd_flops(*a, causal),
                 rl.flash_fwd_bwd_bytes(d["batch"], d["q_heads"], d["kv_heads"], d["seq"], d["kv_seq"],
                                        d["head_dim"], dtype), None)
+    if kernel == "flash_mla_attention":
+        a = (d["batch"], d["heads"], d["seq"], d["head_dim"], d["latent_dim"])
+        back = mode != "fwd"
+        return (rl.flash_mla_flops(*a, bool(static.get("causal")), backward=back),
+                rl.flash_mla_bytes(*a, dtype, backward=back), None)
     if kernel == "mla_attention":
         e = d["rope_dim"] if with_rope else 0
         parts = rl.mla_decode_bytes(d["batch"], d["q_heads"], d["kv_seq"], d["head_dim"], d["kv_lora_rank"],
@@ -356,39 +372,65 @@ def cudnn_skip_reason(platform: str, record: dict) -> str | None:
     return None
 
 
+def compiled_temp_bytes(fn, args) -> int | None:
+    """The scratch memory XLA allocates for jax.jit(fn) at these arguments (None where the
+    backend does not say)."""
+    import jax
+    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
 def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, want_cudnn):
+    """flash_attention and flash_mla_attention: a forward row and a forward+backward row,
+    each beside its comparison (cuDNN; the XLA backend)."""
     import jax
     import jax.numpy as jnp
     from . import roofline as rl
     from .timing import time_call
-    from ejaot.artifact.function import fallback_backend
+    from ejaot.artifact.function import fallback_backend, jitted
     from ejaot.runtime.dispatch import has_stored_vjp
+    kernel = record["kernel"]
     static = {k: v for k, v in record["static"].items() if v is not None}
     names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
+    n_diff = len(DIFFERENTIATED[kernel])
+    assert tuple(names[:n_diff]) == DIFFERENTIATED[kernel], names
     arg_sets = [tuple(s[n] for n in names) for s in sets]
     rows = []
-    skip = cudnn_skip_reason(platform, record) if want_cudnn else "disabled (--no-cudnn)"
+    if kernel == "flash_attention":
+        skip = cudnn_skip_reason(platform, record) if want_cudnn else "disabled (--no-cudnn)"
+    else:
+        skip = None
 
     def call(*arrays):
-        return bundle.call("flash_attention", *arrays, **static)
+        return bundle.call(kernel, *arrays, **static)
 
-    def fwd_bwd(q, k, v, ct):
-        _, pull = jax.vjp(call, q, k, v)
-        return pull(ct)
+    def vjp_of(fn):
+        def fwd_bwd(*a):
+            *arrays, ct = a
+            _, pull = jax.vjp(lambda *d: fn(*d, *arrays[n_diff:]), *arrays[:n_diff])
+            return pull(ct)
+        return fwd_bwd
 
     def cudnn_fwd(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=bool(static.get("causal")), implementation="cudnn")
 
-    def cudnn_fwd_bwd(q, k, v, ct):
-        _, pull = jax.vjp(cudnn_fwd, q, k, v)
-        return pull(ct)
+    if kernel == "flash_attention":
+        other, other_call = "cudnn", (f"jax.nn.dot_product_attention(q, k, v, is_causal="
+                                      f"{bool(static.get('causal'))}, implementation='cudnn')")
+        other_fwd = cudnn_fwd
+    else:
+        other, other_call = "xla", "the kernel's XLA backend (jax.jit, scores materialized)"
+        xla_fn = jitted(spec, "xla", tuple(record["present"]), record["static"])
+
+        def other_fwd(*arrays):
+            return xla_fn(*arrays)[0]
 
     cts = None
     for mode in ("fwd", "fwd+bwd"):
-        row = suite.add_row(base_row(record, key, "flash_attention", mode))
+        row = suite.add_row(base_row(record, key, kernel, mode))
         rows.append(row)
         try:
-            flops, nbytes, _ = flops_bytes("flash_attention", mode, record["dims"], record["dtype"], static)
+            flops, nbytes, _ = flops_bytes(kernel, mode, record["dims"], record["dtype"], static)
             row.update(flops=flops, bytes=nbytes, bytes_parts=None)
             if mode == "fwd":
                 fn, fargs = call, arg_sets
@@ -400,8 +442,8 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
                 if cts is None:
                     ks = jax.random.split(jax.random.key(7), len(arg_sets))
                     cts = [jax.random.normal(k, a[0].shape, jnp.float32).astype(a[0].dtype) for k, a in zip(ks, arg_sets)]
-                fn = jax.jit(fwd_bwd)
-                fargs = [(*a[:3], ct) for a, ct in zip(arg_sets, cts)]
+                fn = jax.jit(vjp_of(call))
+                fargs = [(*a, ct) for a, ct in zip(arg_sets, cts)]
                 before = bundle.stats()
                 jax.block_until_ready(fn(*fargs[0]))
                 row["served"] = served_delta(before, bundle.stats())
@@ -409,34 +451,38 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
                 row["backward"] = (
                     "the entry's stored VJP (built with vjp = true: the kernel's own backward, "
                     "recomputing its forward inside the VJP)" if has_stored_vjp(bundle.entries[key].record)
-                    else f"the kernel's JIT function on the {fallback_backend(spec, bundle.platform)} "
+                    else f"the kernel's JIT function on the "
+                         f"{fallback_backend(spec, bundle.platform, record['dims'], static)} "
                          "backend (jax.vjp through bundle.call: the stored forward inlined, the "
                          "backward differentiates the JIT function, recomputing its forward)")
             t = time_call(fn, fargs, **timing)
             row["time"] = _timing_record(t)
             row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),
                                    rates.get("copy_bytes_per_s")))
+            if other == "xla":
+                row["temp_bytes"] = compiled_temp_bytes(fn, fargs[0])
         except Exception as e:  # noqa: BLE001 - the row records it, the suite goes on
             row["error"] = _err(e)
             row["traceback"] = traceback.format_exc(limit=8)
-        # cuDNN on the same inputs
+        # the comparison on the same inputs
         if skip is not None:
-            row["cudnn"] = {"status": "skipped", "reason": skip}
+            row[other] = {"status": "skipped", "reason": skip}
         else:
             try:
                 if mode == "fwd":
-                    cfn, cargs = jax.jit(cudnn_fwd), [a[:3] for a in arg_sets]
+                    cfn, cargs = jax.jit(other_fwd), [a if other == "xla" else a[:3] for a in arg_sets]
                 else:
-                    cfn, cargs = jax.jit(cudnn_fwd_bwd), fargs
+                    cfn, cargs = jax.jit(vjp_of(other_fwd)), fargs
+                c = {"call": other_call + (" under jax.vjp" if mode != "fwd" else "")}
+                if other == "xla":
+                    c["temp_bytes"] = compiled_temp_bytes(cfn, cargs[0])
                 ct_ = time_call(cfn, cargs, **timing)
-                c = {"status": "ok", "time": _timing_record(ct_), "tflops": row["flops"] / ct_["median_s"] / 1e12,
-                     "call": f"jax.nn.dot_product_attention(q, k, v, is_causal={bool(static.get('causal'))}, "
-                             f"implementation='cudnn')" + (" under jax.vjp" if mode != "fwd" else "")}
+                c.update(status="ok", time=_timing_record(ct_), tflops=row["flops"] / ct_["median_s"] / 1e12)
                 if "tflops" in row:
                     c["ratio"] = row["tflops"] / c["tflops"]
-                row["cudnn"] = c
-            except Exception as e:  # noqa: BLE001
-                row["cudnn"] = {"status": "error", "error": _err(e)}
+                row[other] = c
+            except Exception as e:  # noqa: BLE001 - e.g. the XLA backend out of memory
+                row[other] = {"status": "error", "error": _err(e)}
         suite.save()
     return rows
 
@@ -619,18 +665,18 @@ def main(argv=None) -> int:
         sets = None
         try:
             # input sets: enough that consecutive calls touch rotate_bytes of distinct data
-            mode = "fwd" if record["kernel"] == "flash_attention" else "decode"
+            mode = "fwd" if record["kernel"] in DIFFERENTIATED else "decode"
             _, touched, _ = flops_bytes(record["kernel"], mode, record["dims"], record["dtype"], record["static"],
                                         tuple(record["present"]))
             n_sets = min(MAX_SETS, max(1, math.ceil(rotate_bytes / touched)))
             sets = make_arg_sets(spec, record, n_sets, args.seed + n)
-            if record["kernel"] == "flash_attention":
+            if record["kernel"] in DIFFERENTIATED:
                 rows = run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, not args.no_cudnn)
             else:
                 rows = run_decode(suite, bundle, spec, key, record, sets, timing, rates)
         except Exception as e:  # noqa: BLE001 - inputs that could not be made: one row says so
             row = suite.add_row(base_row(record, key, record["kernel"],
-                                          "fwd" if record["kernel"] == "flash_attention" else "decode"))
+                                          "fwd" if record["kernel"] in DIFFERENTIATED else "decode"))
             row["error"] = _err(e)
             row["traceback"] = traceback.format_exc(limit=8)
             rows = [row]
@@ -658,11 +704,12 @@ def summary_line(row: dict) -> str:
     s = f"  {row['id']}: {row['time']['median_s'] * 1e6:.1f} us, {row['tflops']:.2f} TFLOP/s, {row['gbps']:.1f} GB/s"
     if "bound" in row:
         s += f" ({row['bound']}-bound; {100 * row['frac_matmul']:.0f}% matmul, {100 * row['frac_copy']:.0f}% copy)"
-    c = row.get("cudnn") or {}
-    if c.get("status") == "ok" and "ratio" in c:
-        s += f"; {c['ratio']:.2f}x cuDNN"
-    elif c.get("status") in ("skipped", "error"):
-        s += f"; cuDNN {c['status']}"
+    for name, label in (("cudnn", "cuDNN"), ("xla", "XLA")):
+        c = row.get(name) or {}
+        if c.get("status") == "ok" and "ratio" in c:
+            s += f"; {c['ratio']:.2f}x {label}"
+        elif c.get("status") in ("skipped", "error"):
+            s += f"; {label} {c['status']}"
     return s
 
 

@@ -169,3 +169,21 @@ def test_keyword_closed_over_and_eager_calls_around_the_stored_backward(vjp_stor
                                atol=2e-4, rtol=2e-4)
     assert bundle.stats()["tiers"]["compiled"] == before + 1
     assert bundle.stats()["calls"]["fallback"] == 0
+
+
+def test_gradient_tolerance_is_relative_to_the_gradients_scale():
+    """A weight's gradient sums a product per token: where it cancels to near zero it still
+    carries the sum's rounding, so the backward check scales the absolute tolerance by the
+    gradient's RMS (not per element); a real error still fails it."""
+    from ejaot.verify import compare
+    rng = np.random.default_rng(0)
+    want = 7.0 * rng.standard_normal(4096)
+    want[:16] = 1e-3                                            # cancelled elements
+    rounding = want + 0.13 * rng.choice([-1.0, 1.0], 4096)      # under 2% of the RMS
+    assert not compare(rounding, want, "bfloat16")[0]           # per element: the zeros fail
+    assert compare(rounding, want, "bfloat16", scaled=True)[0]
+    assert not compare(1.1 * want, want, "bfloat16", scaled=True)[0]     # 10% off
+    assert not compare(want + 0.5 * rng.choice([-1.0, 1.0], 4096), want, "bfloat16", scaled=True)[0]
+    small = rng.standard_normal(64) * 0.1                      # RMS under 1: the plain tolerance
+    assert compare(small + 0.02, small, "bfloat16", scaled=True)[0]
+    assert not compare(small + 0.05, small, "bfloat16", scaled=True)[0]
