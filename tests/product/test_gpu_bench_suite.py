@@ -118,6 +118,14 @@ def test_gpu_manifest_plans_the_suites_buckets():
         by_kernel.setdefault(e.kernel, []).append(e)
     assert sorted(by_kernel) == sorted(suite.KERNELS)
     assert len(by_kernel["flash_attention"]) == 7
+    # every flash_mla_attention bucket has a flash_attention twin (report.flash_twin)
+    twins = {(e.dims["batch"], e.dims["seq"], e.dims["q_heads"], e.dims["head_dim"], e.static["causal"])
+             for e in by_kernel["flash_attention"] if e.dims["kv_heads"] == e.dims["q_heads"]}
+    assert len(by_kernel["flash_mla_attention"]) == 6
+    for e in by_kernel["flash_mla_attention"]:
+        d = e.dims
+        assert (d["batch"], d["seq"], d["heads"], d["head_dim"], e.static["causal"]) in twins, d
+        assert e.vjp
     mla = {(e.dims["batch"], e.dims["q_heads"]) for e in by_kernel["mla_attention"]}
     assert mla == {(64, 16), (64, 128), (128, 16), (128, 128)}
     assert all(e.dims["kv_seq"] == 4096 and e.dims["kv_lora_rank"] == 512 and e.dims["rope_dim"] == 64
@@ -145,7 +153,7 @@ def smoke_results(tmp_path_factory):
     shutil.copy(GPU_DIR / "smoke.toml", manifest)
     store = tmp / "store"
     rep = build(manifest, "cpu", store, jobs=1)
-    assert rep.ok and len(rep.built) == 5, rep.summary()
+    assert rep.ok and len(rep.built) == 6, rep.summary()
     events = []
     verify_store(store, echo=None, on_event=events.append, max_elements=1 << 20)
     (tmp / "verify.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -165,7 +173,8 @@ def test_smoke_run_schema(smoke_results):
     assert rates["ridge_flops_per_byte"] == pytest.approx(rates["matmul"]["tflops"] * 1e3 / rates["copy"]["gbps"])
     assert doc["verify"]["ok"] is True
     rows = doc["rows"]
-    assert doc["store"]["timed_entries"] == 5 and len(rows) == 7      # flash: fwd and fwd+bwd rows
+    assert doc["store"]["timed_entries"] == 6 and len(rows) == 9      # flash, flash_mla: fwd and fwd+bwd rows
+    assert sorted(r["mode"] for r in rows if r["kernel"] == "flash_mla_attention") == ["fwd", "fwd+bwd"]
     assert sorted(r["mode"] for r in rows if r["kernel"] == "flash_attention") == ["fwd", "fwd", "fwd+bwd", "fwd+bwd"]
     for r in rows:
         assert r["error"] is None, (r["id"], r["error"], r.get("traceback"))
@@ -181,6 +190,9 @@ def test_smoke_run_schema(smoke_results):
             assert r["cudnn"]["status"] == "skipped" and "cpu" in r["cudnn"]["reason"]
         else:
             assert r["cudnn"] is None
+        if r["kernel"] == "flash_mla_attention":    # its XLA backend, timed beside it
+            assert r["xla"]["status"] == "ok" and r["xla"]["ratio"] > 0, r["xla"]
+            assert r["temp_bytes"] >= 0 and r["xla"]["temp_bytes"] > 0
     assert rc == (1 if any(r["warning"] for r in rows) else 0)
 
 
@@ -202,6 +214,12 @@ def test_smoke_run_counts(smoke_results):
     mla = by_id["mla_attention decode B2 S1 T128 H4 R64+16 D32"]
     assert mla["flops"] == 2 * 2 * 4 * 128 * 144 and mla["bytes"] == 40_960 + 32_768 + 1_088
     assert mla["bytes_parts"] == {"cache": 40_960, "weights": 32_768, "io": 1_088, "total": 74_816}
+    # flash_mla B1 S128 H2 D32 L16 causal: attention 4*2*128*128*16/2 = 1048576, projections
+    # 4 * 2*2*128*32*16 = 1048576; fwd+bwd 3.5 x and 3 x those. Bytes (4*8192 + 2*512) * 2.
+    fm = "flash_mla_attention {} B1 S128 H2 D32 L16 causal"
+    assert by_id[fm.format("fwd")]["flops"] == 2 * 1_048_576
+    assert by_id[fm.format("fwd+bwd")]["flops"] == 6.5 * 1_048_576
+    assert by_id[fm.format("fwd")]["bytes"] == (4 * 8192 + 1024) * 2
 
 
 def test_report_tables(smoke_results):
@@ -210,7 +228,8 @@ def test_report_tables(smoke_results):
     assert doc["command"] in md and doc["commit"] in md and doc["device"]["kind"] in md
     for title in report.TITLES.values():
         assert f"**{title}**" in md
-    assert md.count("| case |") == 4
+    assert md.count("| case |") == 5
+    assert "| XLA TFLOP/s | vs XLA | scratch MiB (ours / XLA) | vs flash_attention |" in md
     assert "| case | mode | µs | TFLOP/s | GB/s | % matmul | % copy | bound | cuDNN TFLOP/s | vs cuDNN |" in md
     assert "cuDNN not run: cuDNN needs an NVIDIA GPU" in md
     # a failed row renders as an error line, not a crash
