@@ -26,8 +26,14 @@ def flash_static(static) -> dict:
             "logits_soft_cap": None, "softmax_scale": static.get("softmax_scale")}
 
 
+# Below this many tokens the score matrix is small and the XLA backend, which materializes
+# it, ran faster on the H200 (BENCHMARKS.md, flash_mla_attention at 128 and 512 tokens):
+# those buckets stay with XLA.
+TRITON_MIN_SEQ = 1024
+
+
 def triton_supports(dims, static) -> bool:
-    return triton_latent_dim(dims["latent_dim"]) is not None
+    return triton_latent_dim(dims["latent_dim"]) is not None and dims["seq"] >= TRITON_MIN_SEQ
 
 
 def triton_heuristic(dims, static, target):

@@ -43,6 +43,9 @@ def test_hopper_gluon_code_leaves_flash_cpu_and_tpu_entries_fresh(hashes_with, e
     stale = changed(hashes_with, edited)
     assert ("flash_attention", "triton") in stale
     assert ("flash_attention", "xla") not in stale and ("flash_attention", "pallas_tpu") not in stale
+    # flash_mla_attention's Triton backend runs flash's kernels; its others do not
+    assert ("flash_mla_attention", "triton") in stale
+    assert not {("flash_mla_attention", "xla"), ("flash_mla_attention", "pallas_tpu")} & stale
     assert all(backend == "triton" for _, backend in stale), stale
 
 
@@ -57,8 +60,8 @@ def test_shared_modules_change_exactly_their_importers(hashes_with):
     # the absorbed form's projections: those two and paged MLA's XLA and Pallas TPU backends
     assert changed(hashes_with, "_shared/mla_projections.py") == gpu_mla | {
         ("paged_mla_attention", "xla"), ("paged_mla_attention", "pallas_tpu")}
-    # Gluon code: the Hopper Triton backends (flash, MLA, paged MLA)
-    gluon = gpu_mla | {("flash_attention", "triton")}
+    # Gluon code: the Hopper Triton backends (flash, flash MLA through it, MLA, paged MLA)
+    gluon = gpu_mla | {("flash_attention", "triton"), ("flash_mla_attention", "triton")}
     assert changed(hashes_with, "_shared/gluon_pipeline.py") == gluon
     assert changed(hashes_with, "_shared/gluon_support.py") == gluon
     # the Triton helpers (LOG2E, tanh, config resolution): every Triton backend

@@ -1,7 +1,7 @@
 """`flash_mla_attention`'s kernel backends (flash attention run in the latent space): the
 Pallas TPU one in interpret mode against the float64 reference (forward) and the XLA
 backend's autodiff (gradients of every input), its TPU export holding no seq × seq array,
-and the choice of backend by latent_dim (the Triton one tiles up to 256). The Triton
+and the choice of backend by latent_dim and seq (the Triton one tiles up to 256). The Triton
 backend's lowering is checked in test_flash_mla_triton_lowering.py."""
 import re
 
@@ -130,23 +130,26 @@ dtypes = ["bfloat16"]
 [kernel.dims]
 batch = 1
 heads = 4
-seq = 256
+seq = [512, 2048]
 head_dim = 128
 latent_dim = [48, 256, 512]
 """
 
 
 def test_backend_follows_latent_dim(tmp_path):
-    """gpu-sm90 builds latent dims up to 256 with the Triton backend (48 padded to 64) and
-    wider ones with XLA; the TPU takes every one with Pallas. The JIT fallback chooses alike."""
+    """gpu-sm90 builds latent dims up to 256 with the Triton backend (48 padded to 64) from
+    1024 tokens, the rest with XLA; the TPU takes every one with Pallas. The JIT fallback
+    chooses alike."""
     path = tmp_path / "m.toml"
     path.write_text(MANIFEST)
     manifest = load_manifest(path)
-    chosen = lambda target: {e.dims["latent_dim"]: e.backend for e in plan(manifest, get_target(target))[0]}
-    assert chosen("gpu-sm90") == {48: "triton", 256: "triton", 512: "xla"}
-    assert chosen("tpu-v5e") == {48: "pallas_tpu", 256: "pallas_tpu", 512: "pallas_tpu"}
+    chosen = lambda target: {(e.dims["seq"], e.dims["latent_dim"]): e.backend
+                             for e in plan(manifest, get_target(target))[0]}
+    assert chosen("gpu-sm90") == {(2048, 48): "triton", (2048, 256): "triton", (2048, 512): "xla",
+                                  (512, 48): "xla", (512, 256): "xla", (512, 512): "xla"}
+    assert set(chosen("tpu-v5e").values()) == {"pallas_tpu"} and len(chosen("tpu-v5e")) == 6
     assert [triton_latent_dim(n) for n in (8, 32, 48, 129, 256, 257)] == [32, 32, 64, 256, 256, None]
-    dims = dict(batch=1, heads=4, seq=256, head_dim=128, latent_dim=48)
+    dims = dict(batch=1, heads=4, seq=2048, head_dim=128, latent_dim=48)
     assert triton_heuristic(dims, {"causal": True}, get_target("gpu-sm90"))["gluon"] is True
     # the platform decides on this CPU host, where only the reference backend is usable
     assert fallback_backend(SPEC, "cpu", dims, {}) == "xla"

@@ -126,14 +126,18 @@ def test_gpu_manifest_plans_the_suites_buckets():
         d = e.dims
         assert (d["batch"], d["seq"], d["heads"], d["head_dim"], e.static["causal"]) in twins, d
         assert e.vjp
-    mla = {(e.dims["batch"], e.dims["q_heads"]) for e in by_kernel["mla_attention"]}
-    assert mla == {(64, 16), (64, 128), (128, 16), (128, 128)}
-    assert all(e.dims["kv_seq"] == 4096 and e.dims["kv_lora_rank"] == 512 and e.dims["rope_dim"] == 64
-               for e in by_kernel["mla_attention"])
+    mla = {(e.dims["batch"], e.dims["q_heads"], e.dims["kv_seq"]) for e in by_kernel["mla_attention"]}
+    assert mla == {(b, h, 4096) for b in (64, 128) for h in (16, 128)} | {
+        (b, h, 32768) for b in (1, 8) for h in (16, 128)}       # few long contexts: split keys
+    assert all(e.dims["kv_lora_rank"] == 512 and e.dims["rope_dim"] == 64 for e in by_kernel["mla_attention"])
     # every paged bucket's cache holds all of its sequences' full contexts on distinct pages
     for e in by_kernel["page_attention"] + by_kernel["paged_mla_attention"]:
         assert e.dims["num_seqs"] * e.dims["max_blocks"] <= e.dims["total_pages"]
-        assert e.dims["max_blocks"] * e.dims["page_size"] == 4096
+        assert e.dims["max_blocks"] * e.dims["page_size"] == (32768 if e.dims["num_seqs"] in (1, 8)
+                                                               and e.kernel == "paged_mla_attention" else 4096)
+    long = [e for e in by_kernel["mla_attention"] + by_kernel["paged_mla_attention"]
+            if e.dims.get("kv_seq", e.dims.get("max_blocks", 0) * e.dims.get("page_size", 0)) == 32768]
+    assert len(long) == 8 and all(e.config["num_splits"] > 1 for e in long), [e.config for e in long]
     assert all(e.backend == "triton" for e in entries)
 
 
