@@ -1,6 +1,7 @@
 """What the Triton lowering tests share: the skip when the CUDA extras are missing,
-running a lowering script in a fresh CPU-only subprocess, and one check on every kernel
-any of them compiles: it must need no global scratch buffer.
+running a lowering script in a fresh CPU-only subprocess, the list of kernels each export
+compiles (COMPILED), and one check on every kernel any of them compiles: it must need no
+global scratch buffer.
 
 Lowering Triton for CUDA on this host needs the CUDA plugin from the extras folder at the
 front of sys.path with JAX_PLATFORMS=cpu set before jax is imported, so each script runs in
@@ -36,6 +37,18 @@ def _recording_compile_ptx(module, backend, options, capability):
     return result
 _jt_lib.compile_ttir_to_ptx_inplace = _recording_compile_ptx
 _atexit.register(lambda: print("SCRATCH " + _json.dumps(_SCRATCH), flush=True))
+
+# COMPILED: [name, shared memory bytes] of each kernel compiled, in order (a script clears it
+# per export; a cached kernel is not compiled again). Too much shared memory only fails at
+# launch on the GPU.
+COMPILED = []
+_compile_ttir = _jt_lib.compile_ttir_inplace
+
+def _recording_compile_ttir(*args, **kwargs):
+    result = _compile_ttir(*args, **kwargs)
+    COMPILED.append([result.name, int(result.shared_mem_bytes)])
+    return result
+_jt_lib.compile_ttir_inplace = _recording_compile_ttir
 '''
 
 

@@ -25,18 +25,9 @@ _SCRIPT = textwrap.dedent(r'''
     import json, os, re, sys, zlib
     import jax
     import jax.numpy as jnp
-    import jax_triton.triton_lib as jt_lib
     from ejaot_kernels.flash_attention.triton_gpu import flash_attention_impl
 
-    # Record each compiled kernel's shared memory: too much only fails at launch on the GPU.
-    SMEM = []
-    _compile = jt_lib.compile_ttir_inplace
-
-    def _recording_compile(*args, **kwargs):
-        result = _compile(*args, **kwargs)
-        SMEM.append([result.name, int(result.shared_mem_bytes)])
-        return result
-    jt_lib.compile_ttir_inplace = _recording_compile
+    SMEM = COMPILED    # triton_lowering.PRELUDE: [name, shared memory] per compiled kernel
     from ejaot_kernels.flash_attention.configs import triton_heuristic
     from ejaot_kernels._shared import gluon_pipeline
 

@@ -16,18 +16,8 @@ _SCRIPT = textwrap.dedent(r'''
     import json
     import jax
     import jax.numpy as jnp
-    import jax_triton.triton_lib as jt_lib
     from ejaot.targets import get_target
     from ejaot_kernels.flash_mla_attention import SPEC
-
-    KERNELS = []
-    _compile = jt_lib.compile_ttir_inplace
-
-    def _recording_compile(*args, **kwargs):
-        result = _compile(*args, **kwargs)
-        KERNELS.append(result.name)
-        return result
-    jt_lib.compile_ttir_inplace = _recording_compile
 
     TARGET = "triton_kernel_call_ffi"
     CHECKS = [jax.export.DisabledSafetyCheck.custom_call(TARGET)]
@@ -55,13 +45,13 @@ _SCRIPT = textwrap.dedent(r'''
             av.append(jax.ShapeDtypeStruct((b, h, s, s), bf))
         av.append(jax.ShapeDtypeStruct((1,), jnp.int32))
         for kind, fn, args in (("fwd", fwd, av), ("bwd", bwd, av + [av[0]])):
-            KERNELS.clear()
+            COMPILED.clear()    # triton_lowering.PRELUDE's record of compiled kernels
             exp = jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=CHECKS)(*args)
             text = exp.mlir_module()
             print("RESULT " + json.dumps({
                 "case": case, "kind": kind, "config_gluon": bool(config.get("gluon")),
                 "calls": text.count("stablehlo.custom_call @" + TARGET),
-                "kernels": list(KERNELS), "text": text,
+                "kernels": [name for name, _ in COMPILED], "text": text,
                 "out_avals": [[list(x.shape), str(x.dtype)] for x in exp.out_avals]}), flush=True)
 ''')
 
