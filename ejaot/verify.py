@@ -28,13 +28,13 @@ def compare(got, want, dtype: str, scaled: bool = False) -> tuple[bool, float]:
     return bool(np.all(np.isfinite(got)) and err <= 1.0), err
 
 
-def entry_arguments(spec, record, rng) -> tuple[dict, list]:
-    """Fresh random inputs for a stored entry (the kernel's example generator), and the
-    arguments its artifacts take, in order: the present arrays, then the valid lengths
-    (the bucket's own dims)."""
+def entry_arguments(spec, record, rng, timing: bool = False) -> tuple[dict, list]:
+    """Fresh random inputs for a stored entry (the kernel's example generator; timing: its
+    timing inputs), and the arguments its artifacts take, in order: the present arrays,
+    then the valid lengths (the bucket's own dims)."""
     import jax
     inputs = spec.make_inputs(record["dims"], record["dtype"], tuple(record["present"]),
-                              record["static"], rng)
+                              record["static"], rng, timing=timing)
     names = [a.name for a in spec.inputs if not a.optional or a.name in record["present"]]
     valid = np.array([record["dims"][d] for d in spec.valid_length_dims], np.int32)
     # the artifacts take a tree argument's leaves, flat

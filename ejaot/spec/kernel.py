@@ -112,6 +112,9 @@ class KernelSpec:
     prepare_call: Callable[[dict, dict], None] | None = None   # call-time hook, may edit inputs/static
     call_kwargs: tuple[str, ...] = ()     # extra call-time keywords that prepare_call consumes
     example_inputs: str | None = None     # "module:function"(dims, dtype, present, static, rng) -> dict of numpy arrays
+    # the same, for the inputs a bucket is timed on (tuning): its most work, where example
+    # inputs vary it (paged kernels' random context lengths); None: example_inputs
+    timing_inputs: str | None = None
     footprint: Callable[[Mapping[str, int]], int] | None = None   # elements of the largest reference intermediate
     doc: str = ""
 
@@ -203,9 +206,11 @@ class KernelSpec:
             return sources.outside_source_hash(self.package)
         return sources.backend_source_hash(self.package, self.backends[backend].impl.partition(":")[0])
 
-    def make_inputs(self, dims, dtype, present, static, rng) -> dict:
-        """Fresh random inputs that satisfy the kernel's contract (never zeros)."""
-        module, _, fn = self.example_inputs.partition(":")
+    def make_inputs(self, dims, dtype, present, static, rng, timing: bool = False) -> dict:
+        """Fresh random inputs that satisfy the kernel's contract (never zeros); timing: the
+        ones a bucket is timed on (timing_inputs, where the kernel declares them)."""
+        where = (self.timing_inputs if timing else None) or self.example_inputs
+        module, _, fn = where.partition(":")
         return getattr(importlib.import_module(module), fn)(dims, dtype, present, static, rng)
 
     def pack(self, outputs: tuple, static: Mapping[str, Any]):

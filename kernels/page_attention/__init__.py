@@ -89,6 +89,7 @@ SPEC = KernelSpec(
     prepare_call=prepare_call,
     call_kwargs=EJKERNEL_CALL_KWARGS,
     example_inputs="ejaot_kernels.page_attention.examples:make_inputs",
+    timing_inputs="ejaot_kernels.page_attention.examples:make_timing_inputs",
     footprint=lambda d: d["num_seqs"] * d["q_heads"] * d["max_blocks"] * d["page_size"],
 )
 

@@ -17,6 +17,17 @@ def make_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
     return out
 
 
+def make_timing_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
+    return with_full_contexts(make_inputs(dims, dtype, present, static, rng), dims)
+
+
+def with_full_contexts(inputs: dict, dims) -> dict:
+    """Every sequence at its table's full context: a bucket's most work, which tuning times
+    (random lengths would rank configs on whatever work they happened to draw)."""
+    inputs["context_lens"] = np.full(dims["num_seqs"], dims["max_blocks"] * dims["page_size"], np.int32)
+    return inputs
+
+
 def context_lens_and_tables(s, pages, ps, mb, rng: np.random.Generator):
     """Random context lengths in [1, mb * ps] (at least one with a partial last page) and
     block tables of distinct pages: across all sequences when the cache holds enough,

@@ -80,6 +80,7 @@ SPEC = KernelSpec(
     check=check_dims,
     prepare_call=prepare_call,
     example_inputs="ejaot_kernels.paged_mla_attention.examples:make_inputs",
+    timing_inputs="ejaot_kernels.paged_mla_attention.examples:make_timing_inputs",
     # the latent cache itself, the gathered copy of its pages, or the logits
     footprint=lambda d: d["page_size"] * max(
         d["total_pages"] * d["kv_lora_rank"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ejaot_kernels.page_attention.examples import context_lens_and_tables
+from ejaot_kernels.page_attention.examples import context_lens_and_tables, with_full_contexts
 
 
 def make_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
@@ -23,3 +23,7 @@ def make_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
         out["b_q"] = cast(rng.standard_normal((s, dims["rope_dim"])))
         out["rope_cache"] = cast(rng.standard_normal((pages, ps, dims["rope_dim"])))
     return out
+
+
+def make_timing_inputs(dims, dtype, present, static, rng: np.random.Generator) -> dict:
+    return with_full_contexts(make_inputs(dims, dtype, present, static, rng), dims)

@@ -59,3 +59,33 @@ def test_candidates_measured_written_and_used(tunable_attention, small_manifest,
     stale, _ = plan(manifest, target)
     assert all(e.config_source == {"kind": "heuristic", "why": "tuning record stale: kernel source changed"}
                for e in stale)
+
+
+@pytest.mark.parametrize("kernel", ["page_attention", "paged_mla_attention"])
+def test_paged_buckets_are_timed_at_full_contexts(kernel, monkeypatch, tmp_path):
+    """Example inputs draw random context lengths (numerics see partial pages); tuning
+    times the bucket's most work, every context full, through the kernel's timing inputs."""
+    import numpy as np
+    import ejaot.verify as verify
+    spec = get_kernel(kernel)
+    dims = spec.resolve_dims(dict(num_seqs=4, max_blocks=8, page_size=16, total_pages=64, q_heads=4,
+                                  kv_heads=2, head_dim=32, kv_lora_rank=32, rope_dim=16))
+    rng = np.random.default_rng(0)
+    example = spec.make_inputs(dims, "float32", (), {}, rng)
+    timing = spec.make_inputs(dims, "float32", (), {}, rng, timing=True)
+    assert (example["context_lens"] < 8 * 16).any()
+    assert timing["context_lens"].tolist() == [8 * 16] * 4
+    assert set(timing) == set(example)
+
+    # measure_store asks for them: a store of one entry, its argument maker watched
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'format = 1\n[[kernel]]\nname = "{kernel}"\ndtypes = ["float32"]\n[kernel.dims]\n'
+                        + "".join(f"{k} = {v}\n" for k, v in dims.items() if k in {d for a in spec.inputs if not a.optional for d in a.dims}))
+    target = get_target("cpu")
+    entries, _ = plan(load_manifest(manifest), target)
+    assert build_entries(entries, target, tmp_path / "store", jobs=1).ok
+    asked = []
+    real = verify.entry_arguments
+    monkeypatch.setattr(verify, "entry_arguments", lambda *a, **k: asked.append(k.get("timing")) or real(*a, **k))
+    tune.measure_store(tmp_path / "store", echo=lambda *_: None, iters=1)
+    assert asked == [True]
