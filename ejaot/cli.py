@@ -226,9 +226,11 @@ def _numeric_order(row: dict):
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per entry.")
 def ls_cmd(store_dir, as_json):
     """List the entries of a store, sorted by kernel, dtype and dims (a malformed record:
-    a FAIL line, exit status 1). TIERS: what a server runs (compiled: a deserialized
-    executable; portable: the jax.export module, +vjp with its stored VJP); BINARIES: the
-    kernels' own binaries stored beside them (ptx, cubin, mosaic)."""
+    a FAIL line, exit status 1). BACKEND: the implementation built (one kernel's buckets
+    may differ: a backend can leave some to the next). TIERS: what a server runs
+    (compiled: a deserialized executable; portable: the jax.export module, +vjp with its
+    stored VJP); BINARIES: the kernels' own binaries stored beside them (ptx, cubin,
+    mosaic)."""
     from .artifact.record import problem
     _, index = _open_index(store_dir)
     rows, failed = [], []
@@ -245,10 +247,11 @@ def ls_cmd(store_dir, as_json):
         sys.exit(1 if failed else 0)
     click.echo(f"target {index.get('target')}: {len(rows) + len(failed)} entries")
     meshed = any(row["mesh"] for row in rows)      # a MESH column only for a multi-chip store
-    table = [("KEY", "KERNEL", "DTYPE", "DIMS", "STATIC") + (("MESH",) if meshed else ()) + ("TIERS", "BINARIES")]
+    table = [("KEY", "KERNEL", "BACKEND", "DTYPE", "DIMS", "STATIC") + (("MESH",) if meshed else ())
+             + ("TIERS", "BINARIES")]
     for row in rows:
         table.append((
-            row["key"][:12], row["kernel"], str(row["dtype"]),
+            row["key"][:12], row["kernel"], str(row["backend"]), str(row["dtype"]),
             " ".join(f"{k}={v}" for k, v in (row["dims"] or {}).items()),
             ",".join(f"{k}={v}" for k, v in (row["static"] or {}).items() if v not in (None, False)) or "-",
             *([",".join(f"{a}={n}" for a, n in (row["mesh"] or {}).items()) or "-"] if meshed else []),

@@ -66,7 +66,8 @@ def test_ls_is_a_sorted_table_with_the_readme_tier_names(store_copy):
     code, out, _ = run("ls", store_copy)
     lines = out.splitlines()
     assert code == 0 and lines[0] == "target cpu: 8 entries"
-    assert lines[1].split() == ["KEY", "KERNEL", "DTYPE", "DIMS", "STATIC", "TIERS", "BINARIES"]
+    assert lines[1].split() == ["KEY", "KERNEL", "BACKEND", "DTYPE", "DIMS", "STATIC", "TIERS", "BINARIES"]
+    assert all(x.split()[2] == "xla" for x in lines[2:])
     assert all("compiled,portable" in x for x in lines[2:]) and len(lines) == 10
     # dims sort as numbers, not text
     rows = [{"kernel": "a", "dtype": "float32", "static": {}, "dims": {"seq": s}} for s in (1024, 128, 16)]
