@@ -74,11 +74,13 @@ def _mib(n) -> str:
 
 def flash_twin(row: dict, rows: list[dict]) -> dict | None:
     """The flash_attention row at a flash_mla_attention row's shapes (its batch, seq, heads,
-    head_dim, causal and mode; one kv head per query head, keys as long as queries)."""
+    head_dim, causal, mode and dtype; one kv head per query head, keys as long as queries;
+    neither with an optional input)."""
     d = row["dims"]
     for r in rows:
         f = r["dims"]
         if (r["kernel"] == "flash_attention" and r["mode"] == row["mode"] and not r.get("error")
+                and r["dtype"] == row["dtype"] and not r.get("present") and not row.get("present")
                 and (f["batch"], f["seq"], f["kv_seq"], f["q_heads"], f["kv_heads"], f["head_dim"])
                 == (d["batch"], d["seq"], d["seq"], d["heads"], d["heads"], d["head_dim"])
                 and bool(r["static"].get("causal")) == bool(row["static"].get("causal"))
@@ -118,7 +120,7 @@ def kernel_table(kernel: str, rows: list[dict], all_rows: list[dict] = ()) -> li
     latent = kernel == "flash_mla_attention"
     cols = ["case"] + (["mode"] if flash else []) + ["µs", "TFLOP/s", "GB/s", "% matmul", "% copy", "bound"]
     cols += [f"{other_label} TFLOP/s", f"vs {other_label}"] if flash else []
-    cols += ["scratch MiB (ours / XLA)", "vs flash_attention"] if latent else []
+    cols += ["scratch MiB (ours / XLA)", "TFLOP/s vs flash_attention"] if latent else []
     out = [f"**{TITLES.get(kernel, kernel)}**", "", "| " + " | ".join(cols) + " |",
            "|" + "|".join(["---"] * (2 if flash else 1) + ["---:"] * (len(cols) - (2 if flash else 1))) + "|"]
     notes = []
@@ -148,9 +150,10 @@ def kernel_table(kernel: str, rows: list[dict], all_rows: list[dict] = ()) -> li
                      if (r.get(other) or {}).get("status") == "error"})
     notes += [f"¹ {other_label} not run: {x}" for x in reasons] + [f"² {other_label} failed: {x}" for x in errors]
     if latent:
-        notes.append("scratch: the compiled program's temp allocation (XLA's memory analysis); vs "
-                     "flash_attention: TFLOP/s over flash_attention's at the same batch, seq, heads, "
-                     "head_dim and mask, from the same run.")
+        notes.append("scratch: the compiled program's temp allocation (XLA's memory analysis); TFLOP/s "
+                     "vs flash_attention: our rate (projections counted) over flash_attention's at the "
+                     "same batch, seq, heads, head_dim and mask, from the same run (a rate, not a time: "
+                     "the two count different FLOPs).")
     if flash:
         back = sorted({r["backward"] for r in rows if r.get("backward")})
         notes += [f"fwd+bwd: the backward is {b}." for b in back]

@@ -81,12 +81,13 @@ def flash_mla_flops(batch: int, heads: int, seq: int, head_dim: int, latent_dim:
 def flash_mla_bytes(batch: int, heads: int, seq: int, head_dim: int, latent_dim: int, dtype: str,
                     backward: bool = False) -> int:
     """Read Q, K, V and write O once (B*H*S*D each), and the two projection matrices (D*L);
-    with the backward, flash_fwd_bwd_bytes's pattern on the D-wide tensors (the latent
-    intermediates, which a fused kernel would not write, are left out)."""
+    with the backward, flash_fwd_bwd_bytes's pattern on the D-wide tensors and the
+    projections read again and their gradients written (the latent intermediates, which a
+    fused kernel would not write, are left out)."""
     n = batch * heads * seq * head_dim
     weights = 2 * head_dim * latent_dim
     if backward:
-        return (12 * n + 2 * weights) * itemsize(dtype)
+        return (12 * n + 3 * weights) * itemsize(dtype)
     return (4 * n + weights) * itemsize(dtype)
 
 

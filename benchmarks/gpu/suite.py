@@ -105,7 +105,8 @@ KERNELS = ("flash_attention", "flash_mla_attention", "mla_attention", "paged_mla
 # leading ones of the argument list); the rest are decode kernels, timed as one call.
 DIFFERENTIATED = {"flash_attention": ("query", "key", "value"),
                   "flash_mla_attention": ("query", "key", "value", "latent_key", "latent_value")}
-SHARED = {"key_cache", "value_cache", "latent_cache", "rope_cache", "w_kc", "w_vc"}   # same in every input set
+SHARED = {"key_cache", "value_cache", "latent_cache", "rope_cache", "w_kc", "w_vc",   # same in every input set
+          "latent_key", "latent_value"}
 MAX_SETS = 16
 
 GPU_DEFAULTS = dict(iters=20, warmup=3, min_sample_s=0.02, rotate_mib=256.0, copy_mib=1024.0,
@@ -229,8 +230,9 @@ def case_id(kernel: str, mode: str, dims: dict, static: dict, dtype: str) -> str
 
 def make_arg_sets(spec, record, n_sets: int, seed: int):
     """n_sets dicts {argument name: device array} for the entry's present arguments. Floats:
-    normal, made on the device (w_kc, w_vc scaled by 1/sqrt(rank) as the kernels' examples
-    do); caches and weights shared by all sets; context_lens full (max_blocks x page_size);
+    normal, made on the device (w_kc, w_vc scaled by 1/sqrt(rank), latent_key, latent_value by
+    1/sqrt(head_dim), as the kernels' examples do); caches and weights shared by all sets;
+    context_lens full (max_blocks x page_size);
     block tables of distinct pages, shuffled, across sets while the cache has enough."""
     import jax
     import jax.numpy as jnp
@@ -262,7 +264,9 @@ def make_arg_sets(spec, record, n_sets: int, seed: int):
                 x = jnp.asarray(tables[i])
             elif np.issubdtype(np.dtype(jnp.dtype(adt)), np.floating):
                 key, sub = jax.random.split(key)
-                scale = 1.0 / math.sqrt(dims["kv_lora_rank"]) if a.name in ("w_kc", "w_vc") else 1.0
+                scale = (1.0 / math.sqrt(dims["kv_lora_rank"]) if a.name in ("w_kc", "w_vc")
+                         else 1.0 / math.sqrt(dims["head_dim"]) if a.name in ("latent_key", "latent_value")
+                         else 1.0)
                 x = (jax.random.normal(sub, shape, jnp.float32) * scale).astype(adt)
             else:   # any other integer input: the kernel's own example generator
                 if example is None:
@@ -374,9 +378,12 @@ def cudnn_skip_reason(platform: str, record: dict) -> str | None:
 
 def compiled_temp_bytes(fn, args) -> int | None:
     """The scratch memory XLA allocates for jax.jit(fn) at these arguments (None where the
-    backend does not say)."""
+    backend does not say, or the analysis fails: it only annotates a timed row)."""
     import jax
-    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    try:
+        analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    except Exception:  # noqa: BLE001
+        return None
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 

@@ -108,6 +108,9 @@ def call_inlined(spec, args: tuple, static: dict, target):
     from ..artifact.function import jitted
     call = bind(spec, args, static)
     backend = spec.choose_backend(target.backends, call.dims, call.static)
+    if backend is None:
+        raise ValueError(f"{spec.name}: no backend for {target.name} runs {dict(call.dims)} "
+                         f"(has {sorted(spec.backends)})")
     config, _ = tuned.choose_config(spec, backend, target, call.dims, call.dtype, call.static,
                                      tc.toolchain(target.platform, backend))
     arrays = [call.inputs[a.name] for a in spec.inputs if not a.optional or a.name in call.present]

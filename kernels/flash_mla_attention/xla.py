@@ -1,4 +1,5 @@
-"""`flash_mla_attention` in plain jax.numpy: the only backend, and the reference."""
+"""`flash_mla_attention` in plain jax.numpy: the reference, the fallback, and the backend
+for buckets the kernel backends leave (it materializes the scores)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
