@@ -161,3 +161,55 @@ def test_backend_follows_latent_dim(tmp_path, monkeypatch):
     assert fallback_backend(SPEC, "cuda", {**dims, "seq": 512}, {}) == "xla"
     assert fallback_backend(SPEC, "cpu", dims, {}) == "xla"
     assert SPEC.choose_backend(("triton", "xla")) == "triton"     # bucket-independent question
+
+
+JIT_MANIFEST = """
+format = 1
+[[kernel]]
+name = "flash_mla_attention"
+dtypes = ["float32"]
+[kernel.dims]
+batch = 1
+heads = 2
+seq = 16
+head_dim = 16
+latent_dim = 8
+[kernel.static]
+causal = true
+"""
+
+
+def test_served_under_jit_with_several_traces_and_functions(tmp_path, rng):
+    """Calls inside two jitted functions, traced again for new shapes: an exact bucket, a
+    padded one (seq 12 into 16) and the fallback (seq 24, no bucket; its backend chosen for
+    the call's dims), keyword and closed-over arrays, then eager calls after the jitted
+    ones; every result against the float64 reference."""
+    from conftest import build_cpu_store
+    _, bundle = build_cpu_store(tmp_path, JIT_MANIFEST, entries=1)
+    weights = flash_inputs(rng, b=1, h=2, s=16, d=16, lat=8)
+    lk, lv = jnp.asarray(weights["latent_key"]), jnp.asarray(weights["latent_value"])
+
+    @jax.jit
+    def keyword_call(q, k, v):
+        return bundle.call("flash_mla_attention", query=q, key=k, value=v, latent_key=lk,
+                           latent_value=lv, causal=True)
+
+    @jax.jit
+    def positional_twice(q, k, v):
+        out = bundle.call("flash_mla_attention", q, k, v, lk, lv, causal=True)
+        return out + bundle.call("flash_mla_attention", q, k, v, lk, lv, causal=True)
+
+    def want(x):
+        return flash_mla_reference(x["query"], x["key"], x["value"], weights["latent_key"],
+                                   weights["latent_value"], causal=True)
+    cases = [flash_inputs(rng, b=1, h=2, s=s, d=16, lat=8) for s in (16, 12, 24)]
+    for x in cases:
+        qkv = [jnp.asarray(x[n]) for n in ("query", "key", "value")]
+        close(keyword_call(*qkv), want(x), np.float32)
+        close(positional_twice(*qkv), 2 * want(x), np.float32)
+    for x in cases:                                   # eager, after the jitted calls
+        qkv = [jnp.asarray(x[n]) for n in ("query", "key", "value")]
+        close(bundle.call("flash_mla_attention", *qkv, lk, lv, causal=True), want(x), np.float32)
+    paths = bundle.stats()["calls"]
+    assert paths.get("exact") and paths.get("padded") and paths.get("fallback"), paths
+    assert bundle.stats()["fallback_backend"]["flash_mla_attention"] == "xla"
