@@ -1,70 +1,24 @@
 """examples/mla_demo served from a cpu store, under jax.jit and as whole stored steps:
 continuous batching over a paged latent cache (mla_attention in prefill,
 paged_mla_attention in decode) gives the plain-JAX reference's greedy tokens and logits."""
-import sys
-
+import jax
+import numpy as np
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "examples"))
+from example_serving import build_small_store, check_kernels_served, serve_whole_steps
 
 
 @pytest.fixture(scope="module")
 def mla_store(tmp_path_factory):
-    from ejaot.build.builder import build
-    from mla_demo import manifest_path
-    out = tmp_path_factory.mktemp("mla") / "store"
-    report = build(manifest_path("small"), "cpu", out, jobs=1)
-    assert report.ok and len(report.built) == 22, report.summary()
-    return out
+    return build_small_store(tmp_path_factory, "mla_demo")
 
 
 def test_mla_served_from_the_store_matches_the_reference(mla_store):
-    import ejaot
-    from serving import Server, greedy_reference, make_requests
-    from mla_demo import BUCKETS, CONFIGS, Model, init_params
-    import demo
-    cfg, buckets = CONFIGS["small"], BUCKETS["small"]
-    bundle = ejaot.use(mla_store)
-    try:
-        model, params = Model(cfg), init_params(cfg, seed=1)
-        requests = make_requests(cfg.vocab, [5, 40, 17, 100, 3], [6, 4, 9, 3, 12], seed=2)
-        served = Server(model, params, buckets).run(requests)
-        for r in requests:
-            assert served[r.rid] == greedy_reference(model.forward_reference, params, r.prompt,
-                                                     r.max_new_tokens), r.rid
-        assert demo.logit_error(model, params, buckets, requests[:2]) < 1e-4
-        st = bundle.stats()
-        # every kernel call of every traced step was served by a stored entry
-        assert st["calls"]["fallback"] == 0 and st["calls"]["exact"] > 0
-        assert st["rejected"] == []
-    finally:
-        ejaot.use(None)
+    check_kernels_served(mla_store, "mla_demo")
 
 
 def test_mla_whole_steps_served_from_the_compiled_tier(mla_store):
-    import jax
-    import numpy as np
-    import ejaot
-    from serving import Server, StoredSteps, greedy_reference, make_ready, make_requests
-    from mla_demo import BUCKETS, CONFIGS, Model, init_params
-    import demo
-    cfg, buckets = CONFIGS["small"], BUCKETS["small"]
-    bundle = ejaot.load(mla_store)
-    jitted, params = Model(cfg), init_params(cfg, seed=3)
-    model = StoredSteps(jitted, bundle, "mla_demo", model="small")
-    make_ready(model, params, buckets)
-    loaded = bundle.stats()
-    assert loaded["rejected"] == [] and loaded["calls"] == {"exact": 0, "padded": 0, "fallback": 0}
-    requests = make_requests(cfg.vocab, [7, 60, 2, 33], [5, 8, 11, 4], seed=4)
-    served = Server(model, params, buckets).run(requests)
-    for r in requests:
-        assert served[r.rid] == greedy_reference(jitted.forward_reference, params, r.prompt,
-                                                 r.max_new_tokens), r.rid
-    assert demo.logit_error(model, params, buckets, requests[:2]) < 1e-4
-    st = bundle.stats()
-    assert st["tiers"]["compiled"] > 0 and st["tiers"]["portable"] == 0 and st["calls"]["fallback"] == 0
+    model, params, buckets = serve_whole_steps(mla_store, "mla_demo", check_logits=True)
     # the decode step updates the cache in place: the caller's cache is donated
     cache = model.init_cache(buckets)
     n = buckets.decode_slots[0]
