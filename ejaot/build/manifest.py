@@ -442,15 +442,10 @@ def _check_block(t: Any, where: str, fail) -> _Draft:
 
     buckets = []
     if "buckets" in t:
-        raw_buckets = t["buckets"]
-        if not isinstance(raw_buckets, list):
-            raise fail(f"{where}.buckets", f"expected a list of tables, got {_kind(raw_buckets)}")
-        if not raw_buckets:
-            raise fail(f"{where}.buckets", "empty list: give at least one { dimension = value } table, "
-                                           "or leave the key out to build the product of dims")
+        raw_buckets = _list_of_tables(t["buckets"], f"{where}.buckets", fail, "dimension = value",
+                                      "empty list: give at least one { dimension = value } table, "
+                                      "or leave the key out to build the product of dims")
         for i, b in enumerate(raw_buckets):
-            if not isinstance(b, dict):
-                raise fail(f"{where}.buckets[{i}]", f"expected a table of dimension = value, got {_kind(b)}")
             for d, x in b.items():
                 if d not in spec.dims:
                     raise fail(f"{where}.buckets[{i}].{d}", f"unknown dimension of {spec.name}; "
@@ -461,15 +456,9 @@ def _check_block(t: Any, where: str, fail) -> _Draft:
     base = t.get("static", {})
     if not isinstance(base, dict):
         raise fail(f"{where}.static", f"expected a table of name = value, got {_kind(base)}")
-    variants = t.get("static_variants", [{}])
-    if not isinstance(variants, list):
-        raise fail(f"{where}.static_variants", f"expected a list of tables, got {_kind(variants)}")
-    if not variants:
-        raise fail(f"{where}.static_variants", "empty list: give at least one table ({} for "
-                                               "[kernel.static] alone), or leave the key out")
-    for i, v in enumerate(variants):
-        if not isinstance(v, dict):
-            raise fail(f"{where}.static_variants[{i}]", f"expected a table of name = value, got {_kind(v)}")
+    variants = _list_of_tables(t.get("static_variants", [{}]), f"{where}.static_variants", fail,
+                               "name = value", "empty list: give at least one table ({} for "
+                               "[kernel.static] alone), or leave the key out")
     for table, table_where in [(base, f"{where}.static")] + [
             (v, f"{where}.static_variants[{i}]") for i, v in enumerate(variants)]:
         for k in table:
@@ -483,6 +472,18 @@ def _check_block(t: Any, where: str, fail) -> _Draft:
         raise fail(f"{where}.vjp", f"expected true or false, got {_kind(vjp)} {_show(vjp)}")
     return _Draft(spec, where, t, module, tuple(dtypes), targets, tuple(present), dims, buckets,
                   base, variants, product, meshes, vjp)
+
+
+def _list_of_tables(value, key: str, fail, entries: str, when_empty: str) -> list:
+    """A non-empty list of tables (of `entries`, e.g. "name = value"), else a ManifestError."""
+    if not isinstance(value, list):
+        raise fail(key, f"expected a list of tables, got {_kind(value)}")
+    if not value:
+        raise fail(key, when_empty)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise fail(f"{key}[{i}]", f"expected a table of {entries}, got {_kind(item)}")
+    return value
 
 
 def _check_dim(x, key, fail, expected) -> None:
