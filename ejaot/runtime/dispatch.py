@@ -130,7 +130,7 @@ class Dispatcher:
 
         if tracing:
             # A NumPy constant, not a device array: it belongs to no trace.
-            reference = self._reference(spec, call)
+            _, reference = self._reference(spec, call)
             if in_tree is not None:
                 plain = reference
 
@@ -152,14 +152,13 @@ class Dispatcher:
         return run
 
     def _reference(self, spec: KernelSpec, call):
-        """The kernel compiled by JAX on this platform: the fallback, and what grad
-        differentiates."""
+        """(backend, the kernel compiled by JAX on this platform with it): the fallback,
+        and what grad differentiates."""
         backend = fallback_backend(spec, self.platform, call.dims, call.static)
-        return jitted(spec, backend, call.present, call.static)
+        return backend, jitted(spec, backend, call.present, call.static)
 
     def _make_fallback(self, spec: KernelSpec, call):
-        self.fallback_backends[spec.name] = fallback_backend(spec, self.platform, call.dims, call.static)
-        fn = self._reference(spec, call)
+        self.fallback_backends[spec.name], fn = self._reference(spec, call)
         arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
         static = call.static
 
