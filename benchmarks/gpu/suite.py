@@ -387,6 +387,38 @@ def compiled_temp_bytes(fn, args) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
+def forward_backward(fn, n_diff: int):
+    """(*arrays, cotangent) -> the gradients of fn's output in its first n_diff arrays:
+    the forward+backward a training step runs (jax.vjp; the rest of the arrays held)."""
+    import jax
+
+    def fwd_bwd(*a):
+        *arrays, ct = a
+        _, pull = jax.vjp(lambda *d: fn(*d, *arrays[n_diff:]), *arrays[:n_diff])
+        return pull(ct)
+    return fwd_bwd
+
+
+def comparison(spec, record):
+    """(name, description, forward) of what a forward row is compared with: cuDNN for
+    flash_attention (on q, k, v), the kernel's XLA backend for flash_mla_attention."""
+    import jax
+    from ejaot.artifact.function import jitted
+    static = record["static"]
+    if record["kernel"] == "flash_attention":
+        causal = bool(static.get("causal"))
+
+        def cudnn_fwd(q, k, v, *_):
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+        return ("cudnn", f"jax.nn.dot_product_attention(q, k, v, is_causal={causal}, implementation='cudnn')",
+                cudnn_fwd)
+    xla_fn = jitted(spec, "xla", tuple(record["present"]), static)
+
+    def xla_fwd(*arrays):
+        return xla_fn(*arrays)[0]
+    return "xla", "the kernel's XLA backend (jax.jit, scores materialized)", xla_fwd
+
+
 def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, want_cudnn):
     """flash_attention and flash_mla_attention: a forward row and a forward+backward row,
     each beside its comparison (cuDNN; the XLA backend)."""
@@ -394,7 +426,7 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
     import jax.numpy as jnp
     from . import roofline as rl
     from .timing import time_call
-    from ejaot.artifact.function import fallback_backend, jitted
+    from ejaot.artifact.function import fallback_backend
     from ejaot.runtime.dispatch import has_stored_vjp
     kernel = record["kernel"]
     static = {k: v for k, v in record["static"].items() if v is not None}
@@ -412,25 +444,9 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
         return bundle.call(kernel, *arrays, **static)
 
     def vjp_of(fn):
-        def fwd_bwd(*a):
-            *arrays, ct = a
-            _, pull = jax.vjp(lambda *d: fn(*d, *arrays[n_diff:]), *arrays[:n_diff])
-            return pull(ct)
-        return fwd_bwd
+        return forward_backward(fn, n_diff)
 
-    def cudnn_fwd(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v, is_causal=bool(static.get("causal")), implementation="cudnn")
-
-    if kernel == "flash_attention":
-        other, other_call = "cudnn", (f"jax.nn.dot_product_attention(q, k, v, is_causal="
-                                      f"{bool(static.get('causal'))}, implementation='cudnn')")
-        other_fwd = cudnn_fwd
-    else:
-        other, other_call = "xla", "the kernel's XLA backend (jax.jit, scores materialized)"
-        xla_fn = jitted(spec, "xla", tuple(record["present"]), record["static"])
-
-        def other_fwd(*arrays):
-            return xla_fn(*arrays)[0]
+    other, other_call, other_fwd = comparison(spec, record)
 
     cts = None
     for mode in ("fwd", "fwd+bwd"):

@@ -149,15 +149,21 @@ ROW_KEYS = {"id", "kernel", "mode", "entry", "dtype", "dims", "static", "backend
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
+def smoke_store(tmp_path_factory):
     from ejaot.build.builder import build
-    from ejaot.verify import verify_store
     tmp = tmp_path_factory.mktemp("gpu_bench")
     manifest = tmp / "smoke.toml"
     shutil.copy(GPU_DIR / "smoke.toml", manifest)
     store = tmp / "store"
     rep = build(manifest, "cpu", store, jobs=1)
     assert rep.ok and len(rep.built) == 6, rep.summary()
+    return store
+
+
+@pytest.fixture(scope="module")
+def smoke_results(smoke_store):
+    from ejaot.verify import verify_store
+    store, tmp = smoke_store, smoke_store.parent
     events = []
     verify_store(store, echo=None, on_event=events.append, max_elements=1 << 20)
     (tmp / "verify.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -247,3 +253,73 @@ def test_the_recorded_commit_is_the_one_given_else_git(monkeypatch):
     assert suite.git_commit() == "abc1234"     # a copied tree's git metadata may be stale
     monkeypatch.delenv("EJAOT_COMMIT")
     assert suite.git_commit() != "abc1234"
+
+
+# ---------------------------------------------------------------------------------------
+# profile.py (one case inside a profiler range) and ncu_summary.py (its reports)
+# ---------------------------------------------------------------------------------------
+
+def test_profile_runs_one_case_and_describes_it(smoke_store, tmp_path):
+    from benchmarks.gpu import profile
+    meta = tmp_path / "case.json"
+    assert profile.main(["--store", str(smoke_store), "--case", "flash_attention fwd+bwd B1 S128 Hq4 Hk2 D32 causal",
+                         "--warmup", "1", "--meta", str(meta)]) == 0
+    m = json.loads(meta.read_text())
+    assert m["case"] == "flash_attention fwd+bwd B1 S128 Hq4 Hk2 D32 causal" and m["mode"] == "fwd+bwd"
+    assert m["flops"] == 3.5 * 4_194_304 and m["call"].endswith("under jax.vjp") and not m["twin"]
+    # the comparison on the same inputs: flash_mla's XLA backend (cuDNN needs a GPU)
+    assert profile.main(["--store", str(smoke_store), "--case", "flash_mla_attention fwd B1", "--twin",
+                         "--warmup", "1", "--meta", str(meta)]) == 0
+    m = json.loads(meta.read_text())
+    assert m["twin"] and "XLA backend" in m["call"] and m["case"].endswith("[twin]")
+    assert profile.main(["--store", str(smoke_store), "--case", "mla_attention decode B2 S1", "--warmup", "1",
+                         "--meta", str(meta)]) == 0
+    assert json.loads(meta.read_text())["mode"] == "decode"
+
+
+def test_profile_case_must_name_one_row(smoke_store):
+    from benchmarks.gpu import profile
+    with pytest.raises(SystemExit, match=r"matches 2: flash_attention fwd B1 S128 Hq4 Hk2 D32 causal; "
+                                         r"flash_attention fwd\+bwd B1 S128 Hq4 Hk2 D32 causal"):
+        profile.main(["--store", str(smoke_store), "--case", "D32 causal"])
+    with pytest.raises(SystemExit, match="matches 0: none"):
+        profile.main(["--store", str(smoke_store), "--case", "no such case"])
+    with pytest.raises(SystemExit, match="have no comparison"):
+        profile.main(["--store", str(smoke_store), "--case", "page_attention decode", "--twin"])
+
+
+NCU_CSV = """==PROF== Disconnected from process 1
+"ID","Process ID","Kernel Name","gpu__time_duration.sum","sm__throughput.avg.pct_of_peak_sustained_elapsed",\
+"sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active","dram__throughput.avg.pct_of_peak_sustained_elapsed",\
+"launch__registers_per_thread","launch__shared_mem_per_block","launch__grid_size","launch__block_size",\
+"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio","smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",\
+"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"
+"","","","nsecond","%","%","%","register/thread","byte","","","ratio","ratio","ratio"
+"0","1","void _mla_decode_sm90_ws(Foo<int, 2>, float*)","150,000","61.5","58.25","40","168","229,888","128","256","3.5","0.25","1.75"
+"1","1","nvjet_tst_64x8_64x16_4x1_v_bz_coopA_TNT","10,000","20","n/a","70","90","0","512","384","0","","0.5"
+"""
+
+
+def test_ncu_summary_reads_raw_csv(tmp_path):
+    from benchmarks.gpu import ncu_summary as ns
+    text = NCU_CSV
+    case = ns.summarize_case(text, {"case": "mla decode", "call": "whole call", "flops": 73e9, "bytes": 340e6})
+    a, b = case["kernels"]
+    assert a["name"] == "_mla_decode_sm90_ws" and b["name"].startswith("nvjet_tst")
+    assert a["time_ns"] == 150_000 and a["smem_per_block"] == 229_888 and a["tensor_pct"] == 58.25
+    assert list(a["stalls"]) == ["barrier", "long_scoreboard", "wait"]      # largest first
+    assert b["tensor_pct"] is None and b["stalls"] == {"long_scoreboard": 0.5}   # n/a, blank and 0 dropped
+    assert case["kernel_time_us"] == 160.0
+    assert case["tflops"] == pytest.approx(73e9 / 160e-6 / 1e12)
+    assert case["gbps"] == pytest.approx(340e6 / 160e-6 / 1e9)
+    md = ns.markdown([case])
+    assert "**mla decode** (whole call): 2 kernels, 160.0 µs in all (456 TFLOP/s, 2125 GB/s over that time)" in md
+    assert "| _mla_decode_sm90_ws | 150.0 | 62 | 58 | " in md and "barrier 3.5, long_scoreboard 1.8, wait 0.2 |" in md
+    csv_path, meta_path = tmp_path / "c.csv", tmp_path / "c.json"
+    csv_path.write_text(text)
+    meta_path.write_text(json.dumps({"case": "x", "flops": 1.0}))
+    assert ns.main([f"{csv_path}:{meta_path}", "--json", str(tmp_path / "s.json"),
+                    "--markdown", str(tmp_path / "s.md")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())[0]["kernels"][0]["registers"] == 168
+    with pytest.raises(ValueError, match="no ncu raw CSV header"):
+        ns.read_raw_csv("==PROF== nothing profiled\n")
