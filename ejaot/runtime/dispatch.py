@@ -37,7 +37,8 @@ class Dispatcher:
     def __init__(self, catalog: Catalog, meshes, device, platform: str, strict: bool, misses: MissLog):
         self.catalog, self._meshes = catalog, meshes
         self.device, self.platform, self.strict, self.misses = device, platform, strict, misses
-        self.fallback_backends: dict[str, str] = {}
+        # kernel -> the backends its fallbacks run (a backend may take only some shapes)
+        self.fallback_backends: dict[str, set[str]] = {}
 
     def plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
         gkey, want = bucket_key(spec, call.dtype, call.present, call.static, call.dims)
@@ -158,7 +159,8 @@ class Dispatcher:
         return backend, jitted(spec, backend, call.present, call.static)
 
     def _make_fallback(self, spec: KernelSpec, call):
-        self.fallback_backends[spec.name], fn = self._reference(spec, call)
+        backend, fn = self._reference(spec, call)
+        self.fallback_backends.setdefault(spec.name, set()).add(backend)
         arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
         static = call.static
 

@@ -34,7 +34,26 @@ def test_exact_padded_and_fallback_each_counted_once(store_copy, rng):
     s = bundle.stats()
     assert s["calls"] == {"exact": 1, "padded": 1, "fallback": 1}
     assert s["tiers"] == {"compiled": 2, "portable": 0, "jit": 1}
-    assert s["fallback_backend"] == {"attention": "xla"}
+    assert s["fallback_backend"] == {"attention": ["xla"]}
+
+
+def test_stats_list_every_backend_a_kernels_fallbacks_ran(store_copy, rng, monkeypatch):
+    """A backend may take only some shapes (Backend.supports), so one kernel's fallbacks can
+    run on several backends: stats names each, not the last one."""
+    from ejaot.artifact import function
+    from ejaot.runtime import dispatch
+    chosen = lambda spec, platform, dims, static: "xla" if dims["seq"] < 40 else "other"
+    monkeypatch.setattr(dispatch, "fallback_backend", chosen)
+    monkeypatch.setattr(dispatch, "jitted", lambda spec, backend, present, static:
+                        function.jitted(spec, "xla", present, static))
+    bundle = ejaot.load(store_copy)
+    for seq in (40, 48, 40):                      # both larger than every bucket
+        q, k, v = qkv(rng, 1, seq)
+        check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    assert bundle.stats()["fallback_backend"] == {"attention": ["other"]}
+    q, k, v = qkv(rng, 3, 33)                     # batch 3: no bucket either
+    check(bundle.call("attention", q, k, v, causal=True), q, k, v, causal=True)
+    assert bundle.stats()["fallback_backend"] == {"attention": ["other", "xla"]}
 
 
 def test_padded_picks_the_smallest_covering_bucket(store_copy, rng):

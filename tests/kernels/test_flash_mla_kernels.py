@@ -212,4 +212,4 @@ def test_served_under_jit_with_several_traces_and_functions(tmp_path, rng):
         close(bundle.call("flash_mla_attention", *qkv, lk, lv, causal=True), want(x), np.float32)
     paths = bundle.stats()["calls"]
     assert paths.get("exact") and paths.get("padded") and paths.get("fallback"), paths
-    assert bundle.stats()["fallback_backend"]["flash_mla_attention"] == "xla"
+    assert bundle.stats()["fallback_backend"]["flash_mla_attention"] == ["xla"]
