@@ -11,11 +11,14 @@
 # with the sections and metrics below, the report is exported as a raw CSV, and
 # ncu_summary.py turns all of them into $OUT/profile.md and $OUT/profile.json.
 # Environment: OUT (default /tmp/gpu-profile-out), STORE (default .gpu/bench-store), NCU (the
-# ncu binary; default: on PATH, else the newest under /opt/nvidia/nsight-compute), PY.
+# ncu binary; default: on PATH, else the newest under /opt/nvidia/nsight-compute), PY,
+# CASE_TIMEOUT (seconds one case may take, default 180).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 export PYTHONUNBUFFERED=1
+# JAX takes memory as it needs it: ncu's kernel replay saves and restores what a kernel writes
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gpu-profile-out}; mkdir -p "$OUT"
 STORE=${STORE:-.gpu/bench-store}
 NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | sort -V | tail -1)}
@@ -55,7 +58,7 @@ for c in "${CASES[@]}"; do
   twin=(); [ "$text" != "$c" ] && twin=(--twin)
   name=$(printf 'case%02d' "$n")
   echo "== $name: $c ($(date -u +%T))"
-  "$NCU" --profile-from-start off --clock-control none --target-processes all "${SECTIONS[@]}" --metrics "$METRICS" \
+  timeout "${CASE_TIMEOUT:-180}" "$NCU" --profile-from-start off --clock-control none --target-processes all "${SECTIONS[@]}" --metrics "$METRICS" \
       -f -o "$OUT/$name" "$PY" -m benchmarks.gpu.profile --store "$STORE" --case "$text" "${twin[@]}" \
       --meta "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   rc=$?
