@@ -49,13 +49,13 @@ def _triton_config(dims, cc, fwd, dkdv, dq):
 
 
 def gluon_head_dim_ok(head_dim) -> bool:
-    """The head dims the Gluon forward (gluon_sm90.py) tiles: 64 and 128. The heuristic
+    """The head dims the Gluon forward (gluon_sm90.py) tiles: 64, 128 and 256. The heuristic
     (_gluon_ok) and triton_gpu._make_static, which honours a config's `gluon`, both ask."""
-    return head_dim in (64, 128)
+    return head_dim in (64, 128, 256)
 
 
 def _gluon_ok(dims, static, cc) -> bool:
-    """Where the Gluon forward applies (gluon_sm90.py): Hopper, head_dim 64 or 128, plain
+    """Where the Gluon forward applies (gluon_sm90.py): Hopper, head_dim 64, 128 or 256, plain
     scores (no soft cap, no window; a bias or segment ids at call time fall back to the
     Triton forward), and 128-row query blocks."""
     return (cc >= 90 and gluon_head_dim_ok(dims["head_dim"]) and static.get("logits_soft_cap") is None
@@ -66,9 +66,11 @@ def triton_heuristic(dims, static, target):
     cfg = _triton_kernel_heuristic(dims, static, target)
     if _gluon_ok(dims, static, cfg["compute_capability"]):
         # the Gluon ping-pong forward: 1.2-1.3x the Triton one at S=8192 on an H100
-        # (BENCHMARKS.md); 128 x 128 tiles in a ring of 3 K/V slots
-        cfg.update(block_m=128, block_n=_shrink(128, dims["kv_seq"]), num_warps=8, num_stages=3,
-                   gluon=True)
+        # (BENCHMARKS.md); 128 x 128 tiles in rings of 3 K and 3 V slots, or, at head_dim
+        # 256, 128 x 64 tiles in rings of 2 (what fits beside Q in shared memory)
+        wide = dims["head_dim"] > 128
+        cfg.update(block_m=128, block_n=_shrink(64 if wide else 128, dims["kv_seq"]), num_warps=8,
+                   num_stages=2 if wide else 3, gluon=True)
     return cfg
 
 
@@ -128,9 +130,9 @@ def triton_candidates(dims, static, target):
                     seen.add(key)
                     out.append(cfg)
     if gluon_ok:
-        # Hopper: the Gluon ping-pong forward (gluon_sm90.py: 128 query rows, Q and a K/V
-        # ring of at least 3 slots in shared memory)
-        for bn, stages in ((128, 3), (64, 4), (64, 6)):
+        # Hopper: the Gluon ping-pong forward (gluon_sm90.py: 128 query rows, Q and K and V
+        # rings of at least 2 slots in shared memory)
+        for bn, stages in ((128, 3), (128, 2), (64, 4), (64, 6), (64, 2)):
             if (128 * d + stages * 2 * bn * d) * 2 <= smem - 1024:
                 cfg = dict(base)
                 cfg.update(block_m=128, block_n=_shrink(bn, dims["kv_seq"]), num_warps=8,

@@ -1,6 +1,6 @@
 """`flash_attention` forward for Hopper (sm90) in Gluon, FlashAttention-3's schedule: the
 plain-scores path (no bias, soft cap, segments or window; causal or not; traced valid
-lengths), head_dim 64 or 128, 16-bit inputs. triton_gpu.py routes there when the config
+lengths), head_dim 64, 128 or 256, 16-bit inputs. triton_gpu.py routes there when the config
 says `gluon`; every other case runs the Triton forward.
 
 Why not Triton: the Triton forward's compiled code waits for each Q K^T as soon as it is
@@ -8,12 +8,14 @@ issued and runs the softmax between the products, and no config of it (its own w
 specialization included) got past 0.81-0.87x cuDNN at S=8192 on an H100 (BENCHMARKS.md).
 Here each program of 128 query rows has three partitions:
 
-  * a producer (the default partition, 4 warps, few registers) streams K/V blocks by TMA
-    into a ring of STAGES slots (host-made descriptors: triton_gpu._kv_descriptors);
+  * a producer (the default partition, 4 warps, few registers) streams K and V blocks by
+    TMA into two rings of STAGES slots each (host-made descriptors:
+    triton_gpu._kv_descriptors);
   * two consumer warpgroups own 64 query rows each. A consumer's step on block j, with
     P[j] from its previous softmax:
         wait its turn; S = Q K[j+1]^T and O = O * alpha + P[j] V[j], both issued async;
-        hand the turn over; wait for S; softmax of S -> P[j+1]; wait for O.
+        hand the turn over; wait for S (K[j+1]'s slot is free again); softmax of S ->
+        P[j+1]; wait for O (V[j]'s slot is free again).
     The turn barriers make the two warpgroups issue their products alternately ("ping-
     pong"), so one warpgroup's softmax runs while the other's products keep the tensor
     cores busy.
@@ -24,10 +26,16 @@ interleaves the softmax's bf16 conversion, which writes the registers the in-fli
 reads, with its exp2: within one warpgroup the softmax does not overlap its own P V; the
 overlap is across the two warpgroups.
 
-Barriers: ready[s] (block landed in slot s), free[s] (both consumers are done with slot s:
-count 2; released one step late, hence STAGES >= 3), turn[w] (warpgroup w may issue),
-tail (the producer zeroed the rows of the last V tile past kv_len: a zero weight times a
-NaN there would still be NaN).
+Why two rings: block j's K is done with once S[j] is computed, a step before its V (P[j]
+V[j] runs with S[j + 1]). With one slot for both, a slot is held a step longer than its K
+needs and the ring needs 3 slots; separate K and V rings free each tile as soon as it is
+used, so 2 slots of each suffice, which is what lets head_dim 256 (Q 64 KB, a 64-key K or V
+tile 32 KB) fit the 227 KB a block may use.
+
+Barriers: k_ready[s] / v_ready[s] (a block's K / V landed in slot s), k_free[s] / v_free[s]
+(both consumers are done with it: count 2), turn[w] (warpgroup w may issue), tail (the
+producer zeroed the rows of the last V tile past kv_len: a zero weight times a NaN there
+would still be NaN).
 
 Compiled with Triton's Gluon pipeline and launched with all 12 warps (triton_gpu.py routes
 it there: _shared/gluon_pipeline.py). Only importable where triton with Gluon is installed;
@@ -73,29 +81,29 @@ def _softmax(s, m_i, l_i, kv_len, q_pos, qk_scale: gl.constexpr, MASKED: gl.cons
 
 
 @_gluon_jit
-def _pp_issue(desc_k, desc_v, k_smem, v_smem, ready, j, row0, col, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr):
-    """TMA of block j's K and V tiles into slot j % STAGES."""
+def _pp_issue(desc, smem, ready, free, j, row0, col, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of block j's tile (K or V) into slot j % STAGES of its ring, once both consumers
+    freed the slot's previous block."""
     slot = j % STAGES
+    if j >= STAGES:
+        mbarrier.wait(free.index(slot), ((j // STAGES) - 1) & 1)
     bar = ready.index(slot)
-    mbarrier.expect(bar, desc_k.block_type.nbytes + desc_v.block_type.nbytes)
-    tma.async_copy_global_to_shared(desc_k, [row0 + j * BLOCK_N, col], bar, k_smem.index(slot))
-    tma.async_copy_global_to_shared(desc_v, [row0 + j * BLOCK_N, col], bar, v_smem.index(slot))
+    mbarrier.expect(bar, desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row0 + j * BLOCK_N, col], bar, smem.index(slot))
 
 
 @_gluon_jit
-def _pp_producer(desc_k, desc_v, k_smem, v_smem, ready, free, tail, row0, col, n_iter, kv_len,
-                 BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-    """Every block in order, each once both consumers freed its slot; then the rows of the
-    last V tile past kv_len are zeroed (only the last block can reach past it)."""
+def _pp_producer(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_free, v_free, tail, row0, col,
+                 n_iter, kv_len, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """Every block in order, K then V; then the rows of the last V tile past kv_len are
+    zeroed (only the last block can reach past it)."""
     for j in range(n_iter):
-        if j >= STAGES:
-            mbarrier.wait(free.index(j % STAGES), ((j // STAGES) - 1) & 1)
-        _pp_issue(desc_k, desc_v, k_smem, v_smem, ready, j, row0, col, BLOCK_N, STAGES)
+        _pp_issue(desc_k, k_smem, k_ready, k_free, j, row0, col, BLOCK_N, STAGES)
+        _pp_issue(desc_v, v_smem, v_ready, v_free, j, row0, col, BLOCK_N, STAGES)
     n_valid = kv_len - (n_iter - 1) * BLOCK_N
     if (n_iter > 0) & (n_valid < BLOCK_N):
         last = n_iter - 1
-        mbarrier.wait(ready.index(last % STAGES), (last // STAGES) & 1)
+        mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
         _zero_tail(v_smem.index(last % STAGES), n_valid, BLOCK_N, D,
                    gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))
         fence_async_shared()
@@ -109,7 +117,8 @@ def _pp_turn(turn, t, W: gl.constexpr):
 
 
 @_gluon_jit
-def _pp_consumer(q_smem, k_smem, v_smem, ready, free, turn, tail, Out, Lse, b64, h, bh, pid_m, off,
+def _pp_consumer(q_smem, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, tail, Out, Lse, b64,
+                 h, bh, pid_m, off,
                  kv_len, n_iter, n_full, qk_scale: gl.constexpr, SEQ: gl.constexpr,
                  HQ: gl.constexpr, D: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, W: gl.constexpr):
@@ -130,19 +139,19 @@ def _pp_consumer(q_smem, k_smem, v_smem, ready, free, turn, tail, Out, Lse, b64,
     l_i = gl.zeros([64], gl.float32, ROW_S)
     t = 0
     if n_full > 0:
-        mbarrier.wait(ready.index(0), 0)
+        mbarrier.wait(k_ready.index(0), 0)
         _pp_turn(turn, t, W)
         s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.arrive(turn.index(OTHER))
         t += 1
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        mbarrier.arrive(k_free.index(0))
         p, alpha, l_i, m_i = _softmax(s, m_i, l_i, kv_len, q_pos, qk_scale, False, False, BLOCK_N, S_L, 0)
         p_op = gl.convert_layout(p.to(dtype), P_L)
         for j in range(n_full - 1):
             nxt = j + 1
-            if j > 0:     # block j - 1's P V ended with the previous step: release its slot
-                mbarrier.arrive(free.index((j - 1) % STAGES))
-            mbarrier.wait(ready.index(nxt % STAGES), (nxt // STAGES) & 1)
+            mbarrier.wait(k_ready.index(nxt % STAGES), (nxt // STAGES) & 1)
+            mbarrier.wait(v_ready.index(j % STAGES), (j // STAGES) & 1)
             _pp_turn(turn, t, W)
             s = warpgroup_mma(q_smem, k_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
                               is_async=True)
@@ -151,34 +160,37 @@ def _pp_consumer(q_smem, k_smem, v_smem, ready, free, turn, tail, Out, Lse, b64,
             mbarrier.arrive(turn.index(OTHER))
             t += 1
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            mbarrier.arrive(k_free.index(nxt % STAGES))
             p, alpha, l_i, m_i = _softmax(s, m_i, l_i, kv_len, q_pos, qk_scale, False, False, BLOCK_N,
                                           S_L, 0)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(v_free.index(j % STAGES))
             p_op = gl.convert_layout(p.to(dtype), P_L)
-        if n_full > 1:
-            mbarrier.arrive(free.index((n_full - 2) % STAGES))
         last = n_full - 1
+        mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
         _pp_turn(turn, t, W)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
         acc = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
         mbarrier.arrive(turn.index(OTHER))
         t += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(free.index(last % STAGES))
+        mbarrier.arrive(v_free.index(last % STAGES))
     for j in range(n_full, n_iter):
         slot = j % STAGES
-        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
         _pp_turn(turn, t, W)
         s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.arrive(turn.index(OTHER))
         t += 1
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        mbarrier.arrive(k_free.index(slot))
         p, alpha, l_i, m_i = _softmax(s, m_i, l_i, kv_len, q_pos, qk_scale, True, CAUSAL, BLOCK_N, S_L, j)
+        mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
         if (j == n_iter - 1) & (kv_len - j * BLOCK_N < BLOCK_N):
             mbarrier.wait(tail, 0)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), P_L), v_smem.index(slot), acc)
-        mbarrier.arrive(free.index(slot))
+        mbarrier.arrive(v_free.index(slot))
 
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
@@ -200,7 +212,7 @@ def _fwd_sm90(Q, desc_k, desc_v, VL, Out, Lse,
     """triton_gpu._fwd_kernel's contract on its FAST path: Out [B, S, HQ, D]; Lse [B, HQ, S],
     base 2, +inf for a row that sees no key. BLOCK_M query rows per program; compiled with
     num_warps=4 (the producer), 12 warps in all."""
-    gl.static_assert(STAGES >= 3)
+    gl.static_assert(STAGES >= 2)
     NUM_M: gl.constexpr = (SEQ + _BLOCK_M - 1) // _BLOCK_M
     Q_ROW: gl.constexpr = HQ * D
     dtype: gl.constexpr = desc_k.block_type.element_ty
@@ -238,13 +250,17 @@ def _fwd_sm90(Q, desc_k, desc_v, VL, Out, Lse,
     q1_smem = gl.allocate_shared_memory(dtype, [64, D], q_sl, q1)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], desc_k.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], desc_v.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     tail = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(free.index(i), count=2)
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_free.index(i), count=2)
+        mbarrier.init(v_free.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     mbarrier.init(tail, count=1)
@@ -252,10 +268,12 @@ def _fwd_sm90(Q, desc_k, desc_v, VL, Out, Lse,
     gl.barrier()
 
     gl.warp_specialize([
-        (_pp_producer, (desc_k, desc_v, k_smem, v_smem, ready, free, tail, b * KV_SEQ, kh * D, n_iter,
-                        kv_len, BLOCK_N, D, STAGES)),
-        (_pp_consumer, (q0_smem, k_smem, v_smem, ready, free, turn, tail, Out, Lse, b64, h, bh, pid_m,
-                        off, kv_len, n_iter, n_full, qk_scale, SEQ, HQ, D, CAUSAL, BLOCK_N, STAGES, 0)),
-        (_pp_consumer, (q1_smem, k_smem, v_smem, ready, free, turn, tail, Out, Lse, b64, h, bh, pid_m,
-                        off, kv_len, n_iter, n_full, qk_scale, SEQ, HQ, D, CAUSAL, BLOCK_N, STAGES, 1)),
+        (_pp_producer, (desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_free, v_free, tail, b * KV_SEQ,
+                        kh * D, n_iter, kv_len, BLOCK_N, D, STAGES)),
+        (_pp_consumer, (q0_smem, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, tail, Out, Lse, b64,
+                        h, bh, pid_m, off, kv_len, n_iter, n_full, qk_scale, SEQ, HQ, D, CAUSAL, BLOCK_N,
+                        STAGES, 0)),
+        (_pp_consumer, (q1_smem, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, tail, Out, Lse, b64,
+                        h, bh, pid_m, off, kv_len, n_iter, n_full, qk_scale, SEQ, HQ, D, CAUSAL, BLOCK_N,
+                        STAGES, 1)),
     ], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])

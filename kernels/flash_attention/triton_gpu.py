@@ -16,7 +16,7 @@ their recomputed probabilities exactly zero). The backward is a `jax.custom_vjp`
 delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ.
 
 On Hopper the forward of plain scores (no bias, soft cap, segment ids or window; head_dim
-64 or 128; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
+64, 128 or 256; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
 ping-pong schedule; it saves the same logsumexp, so the backward is the same.
 
 The valid lengths (q_len, kv_len) are traced: the kernels read them from device memory.
@@ -27,7 +27,7 @@ this host's GPU): compute_capability; block_m, block_n, num_warps, num_stages (f
 bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ); tma
 (sm90: the forward's unmasked K/V loads go through host-made TMA descriptors) and
 warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default); gluon (sm90:
-the Gluon forward where it applies, with block_n and num_stages its tile and K/V ring; the
+the Gluon forward where it applies, with block_n and num_stages its tile and K and V rings; the
 heuristic's choice there, so a Triton config says gluon=False). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
@@ -749,7 +749,8 @@ def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
     from . import gluon_sm90
     route_through_gluon_pipeline(gluon_sm90._fwd_sm90)     # compiled as Gluon, launched with 12 warps
     b, s, hq, d = q.shape
-    # Q's rows and at least 3 K/V slots in the 227 KB a Hopper block may use
+    # Q's rows and at least 2 slots of each of the K and V rings in the 227 KB a Hopper
+    # block may use
     fit = (227 * 1024 - 1024 - gluon_sm90.BLOCK_M * d * 2) // (2 * block_n * d * 2)
     desc_k, desc_v = _kv_descriptors(k, v, block_n, gluon=True)
     return jt.triton_call(
@@ -759,7 +760,7 @@ def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
         grid=(_cdiv(s, gluon_sm90.BLOCK_M), b * hq), num_warps=4, num_stages=1,
         compute_capability=cc, name="flash_attention_fwd",
         qk_scale=ce["qk_scale"], SEQ=s, KV_SEQ=ce["KV_SEQ"], HQ=hq, HK=ce["HK"], D=d,
-        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(3, min(stages, fit)))
+        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(2, min(stages, fit)))
 
 
 def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout):

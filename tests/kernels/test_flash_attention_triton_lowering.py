@@ -154,17 +154,19 @@ def test_tma_forward_reads_through_host_made_descriptors():
 
 
 def test_hopper_plain_forward_is_the_gluon_pingpong_kernel():
-    """On sm90 the heuristic's forward for plain scores (causal or not, GQA/MQA, head_dim 64
-    or 128, lengths that are no multiple of a block) is the Gluon kernel: TMA loads through
-    host-made descriptors, launched with its 12 warps (4 producer + 2 x 4 consumer), its
-    shared memory within the H100's. Segment ids, a soft cap, head_dim 256 or sm80 keep
-    the Triton forward. The backward is the Triton one in every case."""
+    """On sm90 the heuristic's forward for plain scores (causal or not, GQA/MQA, head_dim 64,
+    128 or 256, lengths that are no multiple of a block) is the Gluon kernel: TMA loads
+    through host-made descriptors, launched with its 12 warps (4 producer + 2 x 4
+    consumer), its shared memory within the H100's (head_dim 256: Q and rings of 2 K and 2 V
+    slots). Segment ids, a soft cap or sm80 keep the Triton forward. The backward is the
+    Triton one in every case."""
     gluon = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=128, causal=True),
              dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=False),
-             dict(cc=90, b=1, s=328, t=200, hq=4, hk=4, d=128, causal=True, dtype="float16")]
+             dict(cc=90, b=1, s=328, t=200, hq=4, hk=4, d=128, causal=True, dtype="float16"),
+             dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=False),
+             dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=256, causal=True)]
     triton = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True),
               dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, cap=30.0),
-              dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=False),
               dict(cc=80, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False)]
     results = _lower(gluon + triton)
     _check(results, gluon + triton)
@@ -225,7 +227,7 @@ def test_candidates_name_their_forward_kernel():
     cands = triton_candidates(dims, static, get_target("gpu-sm90"))
     resolved = [resolve_config("flash_attention", c, triton_heuristic, dims, static) for c in cands]
     assert [r["gluon"] for r in resolved] == [c["gluon"] for c in cands]
-    assert sum(c["gluon"] for c in cands) == 3 and sum(not c["gluon"] for c in cands) >= 30
+    assert sum(c["gluon"] for c in cands) == 5 and sum(not c["gluon"] for c in cands) >= 30
     assert triton_heuristic(dims, static, get_target("gpu-sm90"))["gluon"] is True
     for target, extra in (("gpu-sm80", {}), ("gpu-sm90", {"logits_soft_cap": 30.0}),
                           ("gpu-sm90", {"sliding_window": (128, 0)})):
