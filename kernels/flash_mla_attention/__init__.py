@@ -15,7 +15,7 @@ Queries and keys share one length (as in ejkernel), so causal needs no alignment
 
 Backends: `triton` (GPU) and `pallas_tpu` (TPU) run flash attention's kernels in the latent
 space (through_flash.py): memory linear in seq, differentiable through the flash kernels'
-custom VJPs; `triton` takes latent_dim up to 256 and seq from 1024 (configs.py). `xla`
+custom VJPs; `triton` takes latent_dim up to 128 and seq from 1024 (configs.py). `xla`
 (every platform, any shape) materializes the scores: the reference, the fallback, and
 the GPU backend for the buckets `triton` leaves.
 """
