@@ -1,6 +1,6 @@
 """Nsight Compute reports of benchmark cases, summarized: per kernel of the profiled call,
-its time and where that time goes (the fractions of the SM's, the tensor pipe's, shared
-memory's and DRAM's peak rates that ncu measured, occupancy, registers, and the warp stall
+its time and where that time goes (the fractions of the SM's, the tensor pipe's, the
+load/store pipe's and DRAM's peak rates that ncu measured, occupancy, registers, and the warp stall
 reasons that dominate), and per case the kernels' total against the case's FLOPs and bytes.
 
     python -m benchmarks.gpu.ncu_summary CASE.csv[:CASE.json] ... [--json F] [--markdown F]
@@ -31,8 +31,7 @@ METRICS = {
     "tensor_pct": ("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active",
                    "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
                    "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
-    "smem_pct": ("l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed",
-                 "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed"),
+    "lsu_pct": ("l1tex__data_pipe_lsu_wavefronts.avg.pct_of_peak_sustained_elapsed",),
     "dram_pct": ("dram__throughput.avg.pct_of_peak_sustained_elapsed",
                  "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"),
     "dram_bytes": ("dram__bytes.sum",),
@@ -45,7 +44,7 @@ METRICS = {
 }
 STALL = re.compile(r"^smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio$")
 # every tensor-pipe metric the report holds is kept in the JSON (names differ across chips)
-TENSOR = re.compile(r"^sm__(pipe|inst_executed_pipe)_tensor\w*\.")
+TENSOR = re.compile(r"^sm__(pipe|inst_executed_pipe)_tensor\w*\.avg\.pct_of_peak_sustained_active$")
 
 
 def _number(text: str):
@@ -126,7 +125,7 @@ def markdown(cases: list[dict]) -> str:
         out.append(f"{head}: {len(c['kernels'])} kernels, {c['kernel_time_us']:.1f} µs in all"
                    + (f" ({', '.join(rates)} over that time)" if rates else ""))
         out.append("")
-        out.append("| kernel | µs | SM % | tensor % | smem pipe % | DRAM % | issue % | occupancy % | regs | "
+        out.append("| kernel | µs | SM % | tensor % | LSU % | DRAM % | issue % | occupancy % | regs | "
                    "smem KiB | grid × block | top stalls (cycles per issue) |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for k in c["kernels"]:
@@ -134,7 +133,7 @@ def markdown(cases: list[dict]) -> str:
             smem = None if k["smem_per_block"] is None else k["smem_per_block"] / 1024
             shape = "" if k["grid"] is None else f"{k['grid']:.0f} × {_fmt(k['block'])}"
             out.append(f"| {k['name']} | {_fmt(k['time_ns'] and k['time_ns'] / 1e3, '.1f')} | {_fmt(k['sm_pct'])} | "
-                       f"{_fmt(k['tensor_pct'])} | {_fmt(k['smem_pct'])} | {_fmt(k['dram_pct'])} | "
+                       f"{_fmt(k['tensor_pct'])} | {_fmt(k['lsu_pct'])} | {_fmt(k['dram_pct'])} | "
                        f"{_fmt(k['issue_pct'])} | {_fmt(k['occupancy_pct'])} | {_fmt(k['registers'])} | "
                        f"{_fmt(smem, '.1f')} | {shape} | {stalls} |")
         out.append("")
