@@ -5,14 +5,15 @@
         [--twin] [--warmup N] [--meta F]
 
 --case picks the one suite row whose case id (suite.case_id, as in gpu_results.json)
-contains the text: a decode kernel's one row, or a flash entry's "fwd" or "fwd+bwd" row. The call is the suite's: the whole call through `ejaot.load(store).call`
+contains the text: a decode kernel's one row, or a flash entry's "fwd" or "fwd+bwd" row.
+The call is the suite's: the whole call through `ejaot.load(store).call`
 (decode kernels and forward rows), or `jax.jit(jax.vjp(...))` through it (fwd+bwd rows);
 --twin runs the row's comparison instead (cuDNN for flash_attention, the XLA backend for
 flash_mla_attention), on the same inputs. It runs --warmup calls, then exactly one call
 between cuProfilerStart and cuProfilerStop, so `ncu --profile-from-start off` sees that
 call's kernels and nothing of start-up, compilation or warm-up. --meta writes the case (id,
 entry, what ran, FLOPs and minimum bytes by roofline.py) as JSON, for the summary's rates.
-On a host without CUDA the profiler calls are skipped (the CPU test runs it that way).
+Where JAX runs on no CUDA GPU the profiler calls are skipped (the CPU test runs it that way).
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ from .suite import (DIFFERENTIATED, KERNELS, case_id, comparison, ensure_kernel_
 
 class CudaProfilerRange:
     """cuProfilerStart / cuProfilerStop through the driver, on the context JAX made current
-    (its primary context). No-op where libcuda is absent."""
+    (its primary context). No-op when JAX does not run on a CUDA GPU or libcuda is absent."""
 
-    def __init__(self):
-        try:
-            self.cuda = ctypes.CDLL("libcuda.so.1")
-        except OSError:
-            self.cuda = None
+    def __init__(self, enabled: bool = True):
+        self.cuda = None
+        if enabled:
+            try:
+                self.cuda = ctypes.CDLL("libcuda.so.1")
+            except OSError:
+                pass
 
     def _ensure_context(self):
         ctx = ctypes.c_void_p()
@@ -112,7 +115,8 @@ def parse_args(argv=None):
     p.add_argument("--store", required=True, help="a store built by `ejaot build` (finalized on the GPU host)")
     p.add_argument("--case", required=True, help="text of the case id (as in gpu_results.json) of one entry")
     p.add_argument("--twin", action="store_true", help="run the row's comparison (cuDNN / XLA backend) instead")
-    p.add_argument("--warmup", type=int, default=3, help="calls before the profiled one")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="calls before the profiled one (at least 1: the first call compiles)")
     p.add_argument("--meta", help="write the case's description here (JSON)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
     fn, fargs, what = workload(bundle, spec, record, arrays, mode, args.twin)
     for _ in range(max(1, args.warmup)):
         jax.block_until_ready(fn(*fargs))
-    with CudaProfilerRange():
+    with CudaProfilerRange(enabled=jax.default_backend() == "gpu"):
         jax.block_until_ready(fn(*fargs))
     flops, nbytes, _ = flops_bytes(record["kernel"], mode, record["dims"], record["dtype"], record["static"],
                                    tuple(record["present"]))

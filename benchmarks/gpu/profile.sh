@@ -58,6 +58,7 @@ for c in "${CASES[@]}"; do
   twin=(); [ "$text" != "$c" ] && twin=(--twin)
   name=$(printf 'case%02d' "$n")
   echo "== $name: $c ($(date -u +%T))"
+  rm -f "$OUT/$name".{ncu-rep,csv,json,err}      # nothing of an earlier run in $OUT is summarized
   timeout "${CASE_TIMEOUT:-180}" "$NCU" --profile-from-start off --clock-control none --target-processes all "${SECTIONS[@]}" --metrics "$METRICS" \
       -f -o "$OUT/$name" "$PY" -m benchmarks.gpu.profile --store "$STORE" --case "$text" "${twin[@]}" \
       --meta "$OUT/$name.json" > "$OUT/$name.log" 2>&1

@@ -177,7 +177,7 @@ class Bundle:
             "tiers": {t: counts.get("tier:" + t, 0) for t in ("compiled", "portable", "jit")},
             "entries": len(entries),
             "rejected": self.catalog.rejections(),
-            "fallback_backend": {k: sorted(v) for k, v in self._dispatch.fallback_backends.items()},
+            "fallback_backend": self._dispatch.fallback_backends(),
             "miss_log": str(self.misses.path) if self.misses.path else None,
             "miss_log_error": self.misses.error,
             "store_problem": self.store_problem,

@@ -7,6 +7,7 @@ instead). The Plan it returns is what the bundle's hot path calls.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 import numpy as np
@@ -37,8 +38,10 @@ class Dispatcher:
     def __init__(self, catalog: Catalog, meshes, device, platform: str, strict: bool, misses: MissLog):
         self.catalog, self._meshes = catalog, meshes
         self.device, self.platform, self.strict, self.misses = device, platform, strict, misses
-        # kernel -> the backends its fallbacks run (a backend may take only some shapes)
-        self.fallback_backends: dict[str, set[str]] = {}
+        # kernel -> the backends its fallbacks run (a backend may take only some shapes);
+        # plans are made on callers' threads while stats() may read it
+        self._fallback_backends: dict[str, set[str]] = {}
+        self._fallback_lock = threading.Lock()
 
     def plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
         gkey, want = bucket_key(spec, call.dtype, call.present, call.static, call.dims)
@@ -160,13 +163,19 @@ class Dispatcher:
 
     def _make_fallback(self, spec: KernelSpec, call):
         backend, fn = self._reference(spec, call)
-        self.fallback_backends.setdefault(spec.name, set()).add(backend)
+        with self._fallback_lock:
+            self._fallback_backends.setdefault(spec.name, set()).add(backend)
         arrays_of = _arrays_getter(spec, [n for n, _, _ in _artifact_inputs(spec, call)])
         static = call.static
 
         def run(args, kwargs):
             return spec.pack(fn(*arrays_of(args, kwargs)), static)
         return run
+
+    def fallback_backends(self) -> dict[str, list[str]]:
+        """kernel -> the sorted backends its fallbacks have run, as of now."""
+        with self._fallback_lock:
+            return {k: sorted(v) for k, v in self._fallback_backends.items()}
 
     def _miss_message(self, spec, call, group, reason) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in call.dims.items())

@@ -727,7 +727,8 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
     ce = _constexprs(st, q, k, bias is not None, has_seg)
     bm, bn, warps, stages = st.fwd
-    if st.gluon and ce["FAST"] and not has_seg and st.window is None and bm == 128:
+    if (st.gluon and ce["FAST"] and not has_seg and st.window is None and bm == 128
+            and gluon_ring_slots(d, bn) >= 2):
         return _forward_gluon(q, k, v, valid_lens, ce, bn, stages, st.cc)
     desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
@@ -740,6 +741,14 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     return out, lse
 
 
+def gluon_ring_slots(head_dim: int, block_n: int) -> int:
+    """How many slots each of the Gluon forward's K and V rings can have beside Q's 128
+    rows in the 227 KB a Hopper block may use (2-byte inputs); below 2 the Gluon forward
+    does not apply and the Triton one runs (e.g. head_dim 256 with 128-key blocks)."""
+    from . import gluon_sm90
+    return (227 * 1024 - 1024 - gluon_sm90.BLOCK_M * head_dim * 2) // (2 * block_n * head_dim * 2)
+
+
 def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
     """The Gluon forward (gluon_sm90.py): BLOCK_M query rows per program, launched with the
     producer's 4 warps (_shared/gluon_pipeline.py adds the consumers' 8)."""
@@ -749,9 +758,6 @@ def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
     from . import gluon_sm90
     route_through_gluon_pipeline(gluon_sm90._fwd_sm90)     # compiled as Gluon, launched with 12 warps
     b, s, hq, d = q.shape
-    # Q's rows and at least 2 slots of each of the K and V rings in the 227 KB a Hopper
-    # block may use
-    fit = (227 * 1024 - 1024 - gluon_sm90.BLOCK_M * d * 2) // (2 * block_n * d * 2)
     desc_k, desc_v = _kv_descriptors(k, v, block_n, gluon=True)
     return jt.triton_call(
         q, desc_k, desc_v, valid_lens,
@@ -760,7 +766,7 @@ def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
         grid=(_cdiv(s, gluon_sm90.BLOCK_M), b * hq), num_warps=4, num_stages=1,
         compute_capability=cc, name="flash_attention_fwd",
         qk_scale=ce["qk_scale"], SEQ=s, KV_SEQ=ce["KV_SEQ"], HQ=hq, HK=ce["HK"], D=d,
-        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(2, min(stages, fit)))
+        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(2, min(stages, gluon_ring_slots(d, block_n))))
 
 
 def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout):

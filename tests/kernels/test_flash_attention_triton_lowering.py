@@ -181,6 +181,21 @@ def test_hopper_plain_forward_is_the_gluon_pingpong_kernel():
         assert [name for name, _ in r["smem"]] == ["_fwd_kernel"], r
 
 
+def test_gluon_forward_needs_two_slots_per_ring():
+    """Q's 128 rows plus at least 2 K and 2 V slots must fit the 227 KB a Hopper block may
+    use; a config past that (head_dim 256 with 128-key blocks) runs the Triton forward
+    instead of failing to compile."""
+    from ejaot_kernels.flash_attention.triton_gpu import gluon_ring_slots
+    assert [gluon_ring_slots(d, bn) for d, bn in ((64, 128), (128, 128), (128, 64), (256, 64), (256, 128))] \
+        == [6, 3, 6, 2, 1]
+    case = dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=True,
+                config={"block_m": 128, "block_n": 128, "num_stages": 1, "gluon": True})
+    results = _lower([case])
+    _check(results, [case])
+    fwd = [r for r in results if r["kind"] == "fwd"]
+    assert [name for name, _ in fwd[0]["smem"]] == ["_fwd_kernel"], fwd
+
+
 def test_lowers_optional_features():
     """Sliding window, soft cap, bias (with its gradient), segment ids, unequal and
     non-multiple-of-block lengths, MQA, float16, and float32 (whose tiles are shrunk to fit

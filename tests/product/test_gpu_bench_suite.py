@@ -290,13 +290,14 @@ def test_profile_case_must_name_one_row(smoke_store):
 
 NCU_CSV = """==PROF== Disconnected from process 1
 "ID","Process ID","Kernel Name","gpu__time_duration.sum","sm__throughput.avg.pct_of_peak_sustained_elapsed",\
-"sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active","dram__throughput.avg.pct_of_peak_sustained_elapsed",\
+"sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active","dram__throughput.avg.pct_of_peak_sustained_elapsed",\
+"sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active",\
 "launch__registers_per_thread","launch__shared_mem_per_block","launch__grid_size","launch__block_size",\
 "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio","smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",\
 "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"
-"","","","nsecond","%","%","%","register/thread","byte","","","ratio","ratio","ratio"
-"0","1","void _mla_decode_sm90_ws(Foo<int, 2>, float*)","150,000","61.5","58.25","40","168","229,888","128","256","3.5","0.25","1.75"
-"1","1","nvjet_tst_64x8_64x16_4x1_v_bz_coopA_TNT","10,000","20","n/a","70","90","0","512","384","0","","0.5"
+"","","","nsecond","%","%","%","%","register/thread","byte","","","ratio","ratio","ratio"
+"0","1","void _mla_decode_sm90_ws(Foo<int, 2>, float*)","150,000","61.5","58.25","40","4.9","168","229,888","128","256","3.5","0.25","1.75"
+"1","1","nvjet_tst_64x8_64x16_4x1_v_bz_coopA_TNT","10,000","20","n/a","70","0","90","0","512","384","0","","0.5"
 """
 
 
@@ -309,6 +310,8 @@ def test_ncu_summary_reads_raw_csv(tmp_path):
     assert a["time_ns"] == 150_000 and a["smem_per_block"] == 229_888 and a["tensor_pct"] == 58.25
     assert list(a["stalls"]) == ["barrier", "long_scoreboard", "wait"]      # largest first
     assert b["tensor_pct"] is None and b["stalls"] == {"long_scoreboard": 0.5}   # n/a, blank and 0 dropped
+    assert a["tensor_metrics"] == {"sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active": 58.25,
+                                   "sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active": 4.9}
     assert case["kernel_time_us"] == 160.0
     assert case["tflops"] == pytest.approx(73e9 / 160e-6 / 1e12)
     assert case["gbps"] == pytest.approx(340e6 / 160e-6 / 1e9)
