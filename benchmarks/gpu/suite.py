@@ -443,9 +443,6 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
     def call(*arrays):
         return bundle.call(kernel, *arrays, **static)
 
-    def vjp_of(fn):
-        return forward_backward(fn, n_diff)
-
     other, other_call, other_fwd = comparison(spec, record)
 
     cts = None
@@ -465,7 +462,7 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
                 if cts is None:
                     ks = jax.random.split(jax.random.key(7), len(arg_sets))
                     cts = [jax.random.normal(k, a[0].shape, jnp.float32).astype(a[0].dtype) for k, a in zip(ks, arg_sets)]
-                fn = jax.jit(vjp_of(call))
+                fn = jax.jit(forward_backward(call, n_diff))
                 fargs = [(*a, ct) for a, ct in zip(arg_sets, cts)]
                 before = bundle.stats()
                 jax.block_until_ready(fn(*fargs[0]))
@@ -495,7 +492,7 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
                 if mode == "fwd":
                     cfn, cargs = jax.jit(other_fwd), [a if other == "xla" else a[:3] for a in arg_sets]
                 else:
-                    cfn, cargs = jax.jit(vjp_of(other_fwd)), fargs
+                    cfn, cargs = jax.jit(forward_backward(other_fwd, n_diff)), fargs
                 c = {"call": other_call + (" under jax.vjp" if mode != "fwd" else "")}
                 if other == "xla":
                     c["temp_bytes"] = compiled_temp_bytes(cfn, cargs[0])

@@ -727,9 +727,10 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
     bias_arg, qseg_arg, kseg_arg, has_seg = _placeholders(q, bias, q_seg, kv_seg)
     ce = _constexprs(st, q, k, bias is not None, has_seg)
     bm, bn, warps, stages = st.fwd
-    if (st.gluon and ce["FAST"] and not has_seg and st.window is None and bm == 128
-            and gluon_ring_slots(d, bn) >= 2):
-        return _forward_gluon(q, k, v, valid_lens, ce, bn, stages, st.cc)
+    if st.gluon and ce["FAST"] and not has_seg and st.window is None and bm == 128:
+        slots = gluon_ring_slots(d, bn)
+        if slots >= 2:
+            return _forward_gluon(q, k, v, valid_lens, ce, bn, max(2, min(stages, slots)), st.cc)
     desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
         q, k, v, desc_k, desc_v, bias_arg, qseg_arg, kseg_arg, valid_lens,
@@ -751,7 +752,8 @@ def gluon_ring_slots(head_dim: int, block_n: int) -> int:
 
 def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
     """The Gluon forward (gluon_sm90.py): BLOCK_M query rows per program, launched with the
-    producer's 4 warps (_shared/gluon_pipeline.py adds the consumers' 8)."""
+    producer's 4 warps (_shared/gluon_pipeline.py adds the consumers' 8); stages: the K and V
+    rings' slots each (gluon_ring_slots bounds them)."""
     import jax
     import jax.numpy as jnp
     import jax_triton as jt
@@ -766,7 +768,7 @@ def _forward_gluon(q, k, v, valid_lens, ce, block_n, stages, cc):
         grid=(_cdiv(s, gluon_sm90.BLOCK_M), b * hq), num_warps=4, num_stages=1,
         compute_capability=cc, name="flash_attention_fwd",
         qk_scale=ce["qk_scale"], SEQ=s, KV_SEQ=ce["KV_SEQ"], HQ=hq, HK=ce["HK"], D=d,
-        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=max(2, min(stages, gluon_ring_slots(d, block_n))))
+        CAUSAL=ce["CAUSAL"], BLOCK_N=block_n, STAGES=stages)
 
 
 def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, dout):
