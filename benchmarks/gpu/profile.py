@@ -6,7 +6,7 @@
 
 --case picks the one suite row whose case id (suite.case_id, as in gpu_results.json)
 contains the text: a decode kernel's one row, or a flash entry's "fwd" or "fwd+bwd" row.
-The call is the suite's: the whole call through `ejaot.load(store).call`
+The call is the suite's: `jax.jit` over the whole call through `ejaot.load(store).call`
 (decode kernels and forward rows), or `jax.jit(jax.vjp(...))` through it (fwd+bwd rows);
 --twin runs the row's comparison instead (cuDNN for flash_attention, the XLA backend for
 flash_mla_attention), on the same inputs. It runs --warmup calls, then exactly one call
@@ -95,17 +95,17 @@ def workload(bundle, spec, record, arrays: dict, mode: str, twin: bool):
     if kernel not in DIFFERENTIATED:
         if twin:
             raise SystemExit(f"--twin: {kernel} rows have no comparison")
-        return (lambda *a: bundle.call(kernel, **dict(zip(names, a)), **static)), args, \
-            "ejaot.load(store).call (the whole call)"
+        return jax.jit(lambda *a: bundle.call(kernel, **dict(zip(names, a)), **static)), args, \
+            "jax.jit over ejaot.load(store).call (the whole call)"
     if twin:
         _, what, fwd = comparison(spec, record)
     else:
-        what = "ejaot.load(store).call"
+        what = "jax.jit over ejaot.load(store).call"
 
         def fwd(*a):
             return bundle.call(kernel, *a, **static)
     if mode == "fwd":
-        return jax.jit(fwd) if twin else fwd, args, what
+        return jax.jit(fwd), args, what
     ct = jax.random.normal(jax.random.key(7), args[0].shape, jnp.float32).astype(args[0].dtype)
     return jax.jit(forward_backward(fwd, len(DIFFERENTIATED[kernel]))), (*args, ct), what + " under jax.vjp"
 

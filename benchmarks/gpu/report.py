@@ -1,7 +1,8 @@
 """gpu_results.json (benchmarks/gpu/suite.py) -> the Markdown tables for BENCHMARKS.md: a
 header with the run's command, device, date, commit and measured device rates, then one
-table per kernel (columns: time, TFLOP/s, GB/s, % of the measured matmul rate, % of the
-measured copy bandwidth, bound, cuDNN's rate and our ratio to it).
+table per kernel (columns: time under jax.jit, TFLOP/s, GB/s, % of the measured matmul rate,
+% of the measured copy bandwidth, bound, the eager call's time, cuDNN's rate and our ratio
+to it).
 
     python -m benchmarks.gpu.report gpu_results.json [--out tables.md]
 """
@@ -68,6 +69,13 @@ def compared_cells(row: dict, name: str = "cudnn") -> tuple[str, str]:
     return "error²", "–"
 
 
+def eager_cell(row: dict) -> str:
+    e = row.get("eager")
+    if not e:
+        return "–"
+    return _num(e["time"]["median_s"] * 1e6, ".1f") if "time" in e else "error"
+
+
 def _mib(n) -> str:
     return "–" if n is None else f"{n / 2 ** 20:,.0f}"
 
@@ -107,10 +115,12 @@ def header(doc: dict) -> list[str]:
         + (f"; ridge point {ridge:.0f} FLOP/byte." if ridge else "."),
     ]
     t = (doc.get("settings") or {})
-    lines += ["", f"Each figure: median over {t.get('iters')} samples of back-to-back calls through "
-              "`ejaot.load(store).call` (whole call), host wall clock with `block_until_ready` per sample, "
-              "after warm-up; % matmul and % copy are of the rates above; bound: arithmetic intensity "
-              "(minimum bytes) against the ridge point."]
+    lines += ["", f"Each figure: median over {t.get('iters')} samples of back-to-back calls of "
+              "`jax.jit` over `ejaot.load(store).call` (the whole call, as a server's jitted step makes "
+              "it), host wall clock with `block_until_ready` per sample, after warm-up; eager µs: the "
+              "same call made eagerly (the bundle's Python dispatch on every call); % matmul and % copy "
+              "are of the rates above; bound: arithmetic intensity (minimum bytes) against the ridge "
+              "point."]
     return lines
 
 
@@ -118,7 +128,8 @@ def kernel_table(kernel: str, rows: list[dict], all_rows: list[dict] = ()) -> li
     flash = kernel in COMPARED
     other, other_label = COMPARED.get(kernel, ("cudnn", "cuDNN"))
     latent = kernel == "flash_mla_attention"
-    cols = ["case"] + (["mode"] if flash else []) + ["µs", "TFLOP/s", "GB/s", "% matmul", "% copy", "bound"]
+    cols = (["case"] + (["mode"] if flash else []) + ["µs", "TFLOP/s", "GB/s", "% matmul", "% copy", "bound"]
+            + ["eager µs"])
     cols += [f"{other_label} TFLOP/s", f"vs {other_label}"] if flash else []
     cols += ["scratch MiB (ours / XLA)", "TFLOP/s vs flash_attention"] if latent else []
     out = [f"**{TITLES.get(kernel, kernel)}**", "", "| " + " | ".join(cols) + " |",
@@ -136,7 +147,7 @@ def kernel_table(kernel: str, rows: list[dict], all_rows: list[dict] = ()) -> li
             continue
         cells = lead + [_num(r["time"]["median_s"] * 1e6, ".1f"), _rate(r.get("tflops")),
                         _rate(r.get("gbps")), _pct(r.get("frac_matmul")), _pct(r.get("frac_copy")),
-                        r.get("bound") or "–"]
+                        r.get("bound") or "–", eager_cell(r)]
         if flash:
             cells += list(compared_cells(r, other))
         if latent:

@@ -18,8 +18,11 @@ What it measures, in one process:
 2. Every entry of flash_attention, flash_mla_attention, mla_attention, paged_mla_attention
    and page_attention in the store (or those of --kernel), called through the bundle on device-made random inputs
    (paged kernels: every sequence a full context, max_blocks x page_size tokens, on distinct
-   shuffled pages): the whole call, as a server makes it. Eager calls run the compiled tier
-   (the portable one when the store has none usable here). flash_attention also gets a
+   shuffled pages): the whole call, as a server makes it: `jax.jit` of `bundle.call` (the
+   stored program inlined into the caller's, one dispatch per call). The same call made
+   eagerly, which runs the compiled tier (the portable one when the store has none usable
+   here) and pays the bundle's Python dispatch on every call, is timed beside it
+   ("eager"). flash_attention also gets a
    forward+backward row (so does flash_mla_attention, differentiated in every input but the
    bias): `jax.jit` of `jax.vjp` through `bundle.call`, where the forward is
    the stored portable tier inlined and the backward is the entry's stored VJP when it was
@@ -67,7 +70,9 @@ Output schema (schema "ejaot.gpu_bench/1"): one JSON object
         served      {path: exact|padded|fallback, tier: compiled|portable|jit} of the timed call
         backward    (fwd+bwd rows) what ran the backward
         flops, bytes, bytes_parts (paged/MLA: cache, weights, io, tables)
-        time        timing.time_call's result: median_s, min_s, samples_s, reps, iters, ...
+        time        timing.time_call's result for the call under jax.jit: median_s, min_s,
+                    samples_s, reps, iters, ...
+        eager       fwd and decode rows: {time, tflops, gbps} of the same call made eagerly
         tflops, gbps, intensity, frac_matmul, frac_copy, ridge, bound ("compute"|"memory"),
                     frac_roofline   (roofline.roofline, from the median time)
         cudnn       flash rows: {status: "ok", time, tflops, ratio (ours/cuDNN rate)} |
@@ -453,7 +458,7 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
             flops, nbytes, _ = flops_bytes(kernel, mode, record["dims"], record["dtype"], static)
             row.update(flops=flops, bytes=nbytes, bytes_parts=None)
             if mode == "fwd":
-                fn, fargs = call, arg_sets
+                fn, fargs = jax.jit(call), arg_sets
                 before = bundle.stats()
                 jax.block_until_ready(fn(*fargs[0]))
                 row["served"] = served_delta(before, bundle.stats())
@@ -479,6 +484,8 @@ def run_flash(suite, bundle, spec, key, record, sets, timing, rates, platform, w
             row["time"] = _timing_record(t)
             row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),
                                    rates.get("copy_bytes_per_s")))
+            if mode == "fwd":
+                time_eager(row, call, fargs, timing)
             if other == "xla":
                 row["temp_bytes"] = compiled_temp_bytes(fn, fargs[0])
         except Exception as e:  # noqa: BLE001 - the row records it, the suite goes on
@@ -528,8 +535,12 @@ def run_decode(suite, bundle, spec, key, record, sets, timing, rates):
             return bundle.call(kernel, **arrays, **static)
 
         kw_sets = [dict((n, s[n]) for n in names) for s in sets]
+        jitted = jax.jit(call)
 
         def fn(i):
+            return jitted(**kw_sets[i])
+
+        def eager(i):
             return call(**kw_sets[i])
         idx = [(i,) for i in range(len(kw_sets))]
         before = bundle.stats()
@@ -540,11 +551,24 @@ def run_decode(suite, bundle, spec, key, record, sets, timing, rates):
         row["time"] = _timing_record(t)
         row.update(rl.roofline(flops, nbytes, t["median_s"], rates.get("matmul_flops_per_s"),
                                rates.get("copy_bytes_per_s")))
+        time_eager(row, eager, idx, timing)
     except Exception as e:  # noqa: BLE001
         row["error"] = _err(e)
         row["traceback"] = traceback.format_exc(limit=8)
     suite.save()
     return [row]
+
+
+def time_eager(row: dict, fn, arg_sets, timing: dict) -> None:
+    """The eager figure beside a row's jitted one: the same call through the bundle's
+    Python dispatch on every call (what a server that does not jit its step pays)."""
+    from .timing import time_call
+    try:
+        t = time_call(fn, arg_sets, **timing)
+        row["eager"] = {"time": _timing_record(t), "tflops": row["flops"] / t["median_s"] / 1e12,
+                        "gbps": row["bytes"] / t["median_s"] / 1e9}
+    except Exception as e:  # noqa: BLE001 - the jitted figure stands without it
+        row["eager"] = {"error": _err(e)}
 
 
 def base_row(record, key, kernel, mode) -> dict:

@@ -192,6 +192,14 @@ def test_smoke_run_schema(smoke_results):
         assert r["time"]["median_s"] > 0 and r["time"]["min_s"] <= r["time"]["median_s"]
         assert r["bound"] in ("compute", "memory")
         assert r["tflops"] == pytest.approx(r["flops"] / r["time"]["median_s"] / 1e12)
+        # the jitted call is the figure; the eager call is timed beside it (not fwd+bwd)
+        if r["mode"] == "fwd+bwd":
+            assert "eager" not in r
+        else:
+            e = r["eager"]
+            assert e["time"]["median_s"] > 0 and e["time"]["samples_s"] != r["time"]["samples_s"]
+            assert e["tflops"] == pytest.approx(r["flops"] / e["time"]["median_s"] / 1e12)
+            assert e["gbps"] == pytest.approx(r["bytes"] / e["time"]["median_s"] / 1e9)
         assert r["frac_copy"] == pytest.approx(r["gbps"] / rates["copy"]["gbps"])
         assert r["verify"]["ok"] is True
         # served by the store, or flagged (another process may edit a kernel's source meanwhile)
@@ -240,12 +248,18 @@ def test_report_tables(smoke_results):
         assert f"**{title}**" in md
     assert md.count("| case |") == 5
     assert "| XLA TFLOP/s | vs XLA | scratch MiB (ours / XLA) | TFLOP/s vs flash_attention |" in md
-    assert "| case | mode | µs | TFLOP/s | GB/s | % matmul | % copy | bound | cuDNN TFLOP/s | vs cuDNN |" in md
+    assert ("| case | mode | µs | TFLOP/s | GB/s | % matmul | % copy | bound | eager µs | cuDNN TFLOP/s "
+            "| vs cuDNN |") in md
+    assert "| case | µs | TFLOP/s | GB/s | % matmul | % copy | bound | eager µs |" in md
+    mla = next(r for r in doc["rows"] if r["kernel"] == "mla_attention")
+    assert f"| {mla['eager']['time']['median_s'] * 1e6:.1f} |" in md
     assert "cuDNN not run: cuDNN needs an NVIDIA GPU" in md
     # a failed row renders as an error line, not a crash
     broken = json.loads(json.dumps(doc))
     broken["rows"][0].update(error="RuntimeError: boom", time=None, tflops=None)
-    assert "error: RuntimeError: boom" in report.render(broken)
+    broken["rows"][1]["eager"] = {"error": "RuntimeError: eager boom"}
+    text = report.render(broken)
+    assert "error: RuntimeError: boom" in text and "| error |" in text
 
 
 def test_the_recorded_commit_is_the_one_given_else_git(monkeypatch):
