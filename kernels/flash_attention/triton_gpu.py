@@ -13,7 +13,12 @@ are summed without atomics (deterministic), and it writes the bias gradient tile
 
 The forward saves the row logsumexp (base 2; +inf for rows that see no key, which makes
 their recomputed probabilities exactly zero). The backward is a `jax.custom_vjp`:
-delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ.
+delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ. With `fused_dq` (sm90,
+16-bit inputs) there is no dQ kernel: the dK/dV kernel also multiplies each step's dS by K
+and adds that partial dQ into a float32 buffer by TMA reduction (cp.reduce.async.bulk),
+which XLA then scales and casts. It saves the dQ kernel's second recomputation of the
+scores and dP (five products per tile instead of seven); the float32 sums arrive in
+any order, so dQ is not bit-for-bit repeatable.
 
 On Hopper the forward of plain scores (no bias, soft cap, segment ids or window; head_dim
 64, 128 or 256; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
@@ -28,7 +33,7 @@ bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ);
 (sm90: the forward's unmasked K/V loads go through host-made TMA descriptors) and
 warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default); gluon (sm90:
 the Gluon forward where it applies, with block_n and num_stages its tile and K and V rings; the
-heuristic's choice there, so a Triton config says gluon=False). float32
+heuristic's choice there, so a Triton config says gluon=False); fused_dq (above). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
 Imports without triton (the kernels then cannot lower) and touches no device at import;
@@ -398,14 +403,17 @@ def _bwd_dq_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DQ,
 
 @_jit
 def _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base, delta_base,
-               qseg_base, bias_base, dbias_base, offs_d, lo, hi,
+               qseg_base, bias_base, dbias_base, offs_d, lo, hi, dq_acc, dq_b, dq_col,
                Q_ROW: tl.constexpr, SEQ: tl.constexpr, KV_SEQ: tl.constexpr,
                sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
                WL: tl.constexpr, WR: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                HAS_CAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr,
-               FAST: tl.constexpr, MASKED: tl.constexpr,
+               FAST: tl.constexpr, MASKED: tl.constexpr, FUSED_DQ: tl.constexpr,
                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Transposed tiles: rows are this program's keys, columns a block of queries."""
+    """Transposed tiles: rows are this program's keys, columns a block of queries. FUSED_DQ:
+    each step's dQ partial (dS K over this program's keys) is added into the float32 buffer
+    behind the descriptor dq_acc ([batch, seq, q_heads * head_dim]; box [1, BLOCK_M, D]) by a
+    TMA reduction, which drops the rows past the sequence."""
     offs_mb = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -464,7 +472,11 @@ def _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base
                 tl.store(db_ptrs, dsT.to(dbias_base.dtype.element_ty))
         if HAS_CAP:
             dsT = dsT * (1.0 - tT * tT)
-        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        ds16T = dsT.to(q.dtype)
+        dk = tl.dot(ds16T, q, dk, input_precision=DOT_PREC)
+        if FUSED_DQ:
+            dq_part = tl.dot(tl.trans(ds16T), k, input_precision=DOT_PREC)
+            dq_acc.atomic_add([dq_b, start_m, dq_col], dq_part.reshape([1, BLOCK_M, k.shape[1]]))
     return dk, dv
 
 
@@ -481,13 +493,14 @@ def _zero_dbias_rows(dbias_base, offs_n, lo, hi, SEQ: tl.constexpr, KV_SEQ: tl.c
 
 
 @_jit
-def _bwd_dkdv_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DK, DV, DBias,
+def _bwd_dkdv_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DQAcc, DK, DV, DBias,
                      sm_scale: tl.constexpr, qk_scale: tl.constexpr, soft_cap: tl.constexpr,
                      SEQ: tl.constexpr, KV_SEQ: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr,
                      D: tl.constexpr, WL: tl.constexpr, WR: tl.constexpr,
                      CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_SEG: tl.constexpr, FAST: tl.constexpr,
-                     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     FUSED_DQ: tl.constexpr):
     GROUP: tl.constexpr = HQ // HK
     Q_ROW: tl.constexpr = HQ * D
     KV_ROW: tl.constexpr = HK * D
@@ -551,16 +564,19 @@ def _bwd_dkdv_kernel(Q, K, V, Bias, QSeg, KSeg, VL, DO, Lse, Delta, DK, DV, DBia
             dbias_base = DBias + bh64 * (SEQ * KV_SEQ)
         dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
                             delta_base, qseg_base, bias_base, dbias_base, offs_d, m_lo, full_lo,
+                            DQAcc, b, h * D,
                             Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
-                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, BLOCK_M, DOT_PREC)
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, FUSED_DQ, BLOCK_M, DOT_PREC)
         dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
                             delta_base, qseg_base, bias_base, dbias_base, offs_d, full_lo, full_hi,
+                            DQAcc, b, h * D,
                             Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
-                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, False, BLOCK_M, DOT_PREC)
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, False, FUSED_DQ, BLOCK_M, DOT_PREC)
         dk, dv = _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base,
                             delta_base, qseg_base, bias_base, dbias_base, offs_d, full_hi, m_hi,
+                            DQAcc, b, h * D,
                             Q_ROW, SEQ, KV_SEQ, sm_scale, qk_scale, soft_cap, WL, WR, CAUSAL,
-                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, BLOCK_M, DOT_PREC)
+                            WINDOW, HAS_CAP, HAS_BIAS, HAS_SEG, FAST, True, FUSED_DQ, BLOCK_M, DOT_PREC)
         if HAS_BIAS:
             _zero_dbias_rows(dbias_base, offs_n, m_lo * 0, m_lo, SEQ, KV_SEQ, BLOCK_M, BLOCK_N)
             _zero_dbias_rows(dbias_base, offs_n, visited_end, m_lo * 0 + SEQ, SEQ, KV_SEQ, BLOCK_M, BLOCK_N)
@@ -589,6 +605,7 @@ class _Static:
     tma: bool = False                     # forward's main loop loads K/V through TMA (sm90+)
     ws: bool = False                      # forward's main loop warp-specialized (sm90+)
     gluon: bool = False                   # forward in Gluon where it can (gluon_sm90.py)
+    fused_dq: bool = False                # dQ reduced by the dK/dV kernel (sm90+, 2-byte inputs)
 
 
 def _pow2_block(requested: int, n: int) -> int:
@@ -600,12 +617,36 @@ def _pow2_block(requested: int, n: int) -> int:
 
 
 
+def _smem_limit(cc) -> int:
+    """Shared memory one block may use: Hopper 227 KB, A100 163 KB, others 99 KB."""
+    return (227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024
+
+
+def _fit_triton_forward(tiles, d, itemsize, cc, has_bias):
+    """2-byte inputs, the Triton forward: its pipeline stages (down to 2), then its key
+    block, then its stages to 1, shrink until the resident Q tile and the stages of K, V
+    (and bias) tiles fit. A config sized for the Gluon forward (which a bias or segment ids
+    send to this kernel), or written by hand, may not fit as given."""
+    m, n, warps, stages = tiles
+    if itemsize > 2:
+        return tiles        # _fit_smem sized it
+
+    def need(n, stages):
+        return itemsize * (m * d + stages * (2 * n * d + (m * n if has_bias else 0)))
+    while need(n, stages) > _smem_limit(cc) and (stages > 1 or n > 16):
+        if stages > 2 or (stages > 1 and n <= 16):
+            stages -= 1
+        else:
+            n //= 2
+    return m, n, warps, stages
+
+
 def _fit_smem(kind, tiles, d, itemsize, cc):
     """Float32 inputs: shrinks the tiles (stages first, then the streamed block to 32, the
     resident block to 64, then both to 16) until an estimate of the kernel's shared memory
     fits the generation. tf32x3 dots keep two copies of a resident operand, hence the 2x.
-    The 2-byte configs in configs.py are sized for their inputs and left alone."""
-    limit = int((227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024 * 0.85)
+    2-byte configs are left alone here (the Triton forward's: _fit_triton_forward)."""
+    limit = int(_smem_limit(cc) * 0.85)
     m, n, warps, stages = tiles
     if itemsize <= 2:
         return tiles
@@ -650,15 +691,22 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         got = (_pow2_block(cfg[bm], s), _pow2_block(cfg[bn], t), int(cfg[warps]), int(cfg[stages]))
         return _fit_smem(kind, got, d, itemsize, cc)
     tma = bool(cfg.get("tma", False)) and cc >= 90 and itemsize == 2
+    fused_dq = bool(cfg.get("fused_dq", False)) and cc >= 90 and itemsize == 2
+    dkdv = tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages")
+    if fused_dq and d > 128:
+        # the dQ partial's float32 staging tile (block_m x head_dim) must fit beside the
+        # streamed q and dO tiles: 32 queries per step at head_dim 256
+        dkdv = (min(dkdv[0], 32),) + dkdv[1:]
     return _Static(
         causal=bool(causal), window=window,
         soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
         scale=scale, cc=cc,
         fwd=tiles("fwd", "block_m", "block_n", "num_warps", "num_stages"),
-        dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
+        dkdv=dkdv,
         dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
         gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
+        fused_dq=fused_dq,
     )
 
 
@@ -731,6 +779,7 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
         slots = gluon_ring_slots(d, bn)
         if slots >= 2:
             return _forward_gluon(q, k, v, valid_lens, ce, bn, max(2, min(stages, slots)), st.cc)
+    bm, bn, warps, stages = _fit_triton_forward(st.fwd, d, q.dtype.itemsize, st.cc, bias is not None)
     desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
         q, k, v, desc_k, desc_v, bias_arg, qseg_arg, kseg_arg, valid_lens,
@@ -791,14 +840,27 @@ def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, d
 
     bm, bn, warps, stages = st.dkdv
     dbias_type = jax.ShapeDtypeStruct(bias.shape if bias is not None else (1,), bias_arg.dtype)
-    dk, dv, dbias = jt.triton_call(
-        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens, dout, lse, delta,
-        kernel=_bwd_dkdv_kernel,
-        out_type=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
-                  dbias_type),
+    out_type = (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype), dbias_type)
+    if st.fused_dq:
+        # dQ summed over the key blocks in float32, in place: the zeroed buffer is the
+        # kernel's 11th operand (flattened: a descriptor is its array) and its 4th output
+        install_compile_hook()       # completes the descriptor's metadata for jax-triton
+        acc = jnp.zeros((b, s, hq * d), jnp.float32)
+        dq_arg = jt.TensorDescriptor.from_array(acc, block_shape=[1, bm, d])
+        out_type += (jax.ShapeDtypeStruct(acc.shape, acc.dtype),)
+        aliases = {10: 3}
+    else:
+        dq_arg, aliases = jnp.zeros((1,), jnp.float32), None     # unread
+    res = jt.triton_call(
+        q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens, dout, lse, delta, dq_arg,
+        kernel=_bwd_dkdv_kernel, out_type=out_type, input_output_aliases=aliases,
         grid=(_cdiv(t, bn), b * hk), num_warps=warps, num_stages=stages,
-        compute_capability=st.cc, name="flash_attention_bwd_dkdv",
-        BLOCK_M=bm, BLOCK_N=bn, **ce)
+        compute_capability=st.cc, name="flash_attention_bwd_dkdv" + ("_dq" if st.fused_dq else ""),
+        BLOCK_M=bm, BLOCK_N=bn, FUSED_DQ=st.fused_dq, **ce)
+    dk, dv, dbias = res[:3]
+    if st.fused_dq:
+        dq = (res[3] * st.scale).reshape(q.shape).astype(q.dtype)
+        return dq, dk, dv, (dbias if bias is not None else None)
 
     bm, bn, warps, stages = st.dq
     dq = jt.triton_call(

@@ -92,6 +92,7 @@ _SCRIPT = textwrap.dedent(r'''
                 "smem": list(SMEM),
                 "ptx_targets": ptx_targets(text),
                 "tma_loads": any(b"cp.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
+                "tma_reductions": any(b"cp.reduce.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
                 "device_made_descriptors": any(b"tensormap.replace" in blob for blob in opaque_blobs(text)),
                 "launch_warps": dict(gluon_pipeline._TOTAL_WARPS)}),
                 flush=True)
@@ -110,8 +111,9 @@ SMEM_LIMIT = {90: 232448, 80: 166912}
 
 def _check(results: list[dict], cases: list[dict]):
     assert len(results) == 2 * len(cases), results
-    # each case compiles at least its forward, dK/dV and dQ kernels (delta kernels get reused)
-    assert sum(len(r["smem"]) for r in results) >= 3 * len(cases)
+    # each case compiles at least its forward, dK/dV and dQ kernels (delta kernels get
+    # reused; a fused_dq backward has no dQ kernel)
+    assert sum(len(r["smem"]) for r in results) >= sum(2 if fused_dq(c) else 3 for c in cases)
     for r in results:
         c = r["case"]
         b, s, t, hq, hk, d = (c[k] for k in ("b", "s", "t", "hq", "hk", "d"))
@@ -125,12 +127,20 @@ def _check(results: list[dict], cases: list[dict]):
         if r["kind"] == "fwd":
             assert r["calls"] == 1, r
             assert r["out_avals"] == [[[b, s, hq, d], dt]], r
+        elif fused_dq(c):
+            assert r["calls"] == 3, r   # forward (saves lse), delta, dK/dV with dQ
         else:
             assert r["calls"] == 4, r   # forward (saves lse), delta, dK/dV, dQ
             want = [[[b, s, hq, d], dt], [[b, t, hk, d], dt], [[b, t, hk, d], dt]]
             if c.get("bias"):
                 want.append([[b, hq, s, t], dt])
             assert r["out_avals"] == want, r
+
+
+def fused_dq(case) -> bool:
+    """Whether a case's backward reduces dQ in its dK/dV kernel (sm90, 16-bit inputs)."""
+    return bool(case.get("config", {}).get("fused_dq")) and case["cc"] >= 90 \
+        and case.get("dtype", "bfloat16") != "float32"
 
 
 @pytest.mark.parametrize("cc", [90, 80])
@@ -196,11 +206,43 @@ def test_gluon_forward_needs_two_slots_per_ring():
     assert [name for name, _ in fwd[0]["smem"]] == ["_fwd_kernel"], fwd
 
 
+def test_fused_dq_backward_reduces_dq_by_tma():
+    """fused_dq: no dQ kernel; the dK/dV kernel adds its dQ partials into a float32 buffer
+    by TMA reductions through a host-made descriptor (none made on the device), at head
+    dims 64-256, causal or not, GQA, lengths that are no multiple of a block, with a bias
+    (whose gradient it still writes) and segment ids; its shared memory fits. A float32
+    config asking for it keeps the dQ kernel."""
+    on = dict(fused_dq=True)
+    cases = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal, config=on)
+             for d in (64, 128) for causal in (True, False)]
+    cases += [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=256, causal=True, config=on),
+              dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True, config=on),
+              dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True, config=on),
+              dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=64, causal=True, dtype="float32", config=on)]
+    results = _lower(cases)
+    _check(results, cases)
+    bwd = [r for r in results if r["kind"] == "bwd"]
+    assert len(bwd) == len(cases)
+    for r in bwd:
+        names = [name for name, _ in r["smem"]]
+        if fused_dq(r["case"]):
+            assert r["tma_reductions"] and not r["device_made_descriptors"], r
+            assert "_bwd_dq_kernel" not in names, r
+        else:
+            assert not r["tma_reductions"] and "_bwd_dq_kernel" in names, r
+
+
 def test_lowers_optional_features():
     """Sliding window, soft cap, bias (with its gradient), segment ids, unequal and
     non-multiple-of-block lengths, MQA, float16, and float32 (whose tiles are shrunk to fit
-    shared memory) up to head_dim 256."""
+    shared memory) up to head_dim 256. A bias on sm90 sends the heuristic's Gluon-sized
+    forward config to the Triton forward, whose stages shrink to fit (_check: shared memory
+    within the limit), as do hand-written 2-byte tiles too large as given."""
     cases = [
+        dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True),
+        dict(cc=90, b=1, s=200, t=328, hq=2, hk=1, d=256, causal=True, bias=True),
+        dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=True, seg=True,
+             config={"block_m": 128, "block_n": 128, "num_stages": 3, "gluon": False}),
         dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, window=[64, 0], cap=30.0,
              bias=True, seg=True),
         dict(cc=80, b=2, s=96, t=160, hq=4, hk=2, d=128, causal=False, window=[32, 16], scale=0.1,
