@@ -17,8 +17,9 @@ delta = rowsum(dO * O) (a small kernel), then dK/dV, then dQ. With `fused_dq` (s
 16-bit inputs) there is no dQ kernel: the dK/dV kernel also multiplies each step's dS by K
 and adds that partial dQ into a float32 buffer by TMA reduction (cp.reduce.async.bulk),
 which XLA then scales and casts. It saves the dQ kernel's second recomputation of the
-scores and dP (five products per tile instead of seven); the float32 sums arrive in
-any order, so dQ is not bit-for-bit repeatable.
+scores and dP (five products per tile instead of seven), but measured slower on an H200
+at every tiling tried (BENCHMARKS.md), so no heuristic picks it: a config asks for it.
+The float32 sums arrive in any order, so dQ is not bit-for-bit repeatable.
 
 On Hopper the forward of plain scores (no bias, soft cap, segment ids or window; head_dim
 64, 128 or 256; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
