@@ -206,6 +206,21 @@ def test_gluon_forward_needs_two_slots_per_ring():
     assert [name for name, _ in fwd[0]["smem"]] == ["_fwd_kernel"], fwd
 
 
+def test_triton_forward_tiles_shrink_only_when_they_do_not_fit():
+    """2-byte inputs: the Triton forward keeps a config that fits (the sm90 table's head_dim
+    128 row: 128 x 128 tiles, 3 stages) and shrinks one that does not: stages first, to 2,
+    then the key block (a bias adds a tile per stage; head_dim 256). float32 tiles are
+    _fit_smem's and pass through."""
+    from ejaot_kernels.flash_attention.triton_gpu import _fit_triton_forward
+    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 90, False) == (128, 128, 8, 3)
+    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 90, True) == (128, 128, 8, 2)
+    assert _fit_triton_forward((128, 128, 8, 3), 256, 2, 90, False) == (128, 64, 8, 2)
+    assert _fit_triton_forward((128, 64, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
+    assert _fit_triton_forward((128, 128, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
+    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 80, False) == (128, 128, 8, 2)
+    assert _fit_triton_forward((64, 64, 4, 2), 128, 4, 90, True) == (64, 64, 4, 2)
+
+
 def test_fused_dq_backward_reduces_dq_by_tma():
     """fused_dq: no dQ kernel; the dK/dV kernel adds its dQ partials into a float32 buffer
     by TMA reductions through a host-made descriptor (none made on the device), at head
