@@ -623,30 +623,48 @@ def _smem_limit(cc) -> int:
     return (227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024
 
 
-def _fit_triton_forward(tiles, d, itemsize, cc, has_bias):
-    """2-byte inputs, the Triton forward: its pipeline stages (down to 2), then its key
-    block, then its stages to 1, shrink until the resident Q tile and the stages of K, V
-    (and bias) tiles fit. A config sized for the Gluon forward (which a bias or segment ids
-    send to this kernel), or written by hand, may not fit as given."""
+def _fit_2byte(kind, tiles, d, itemsize, cc, has_bias, fused_dq=False):
+    """2-byte inputs: shrinks a kernel's tiles until its resident tiles and the pipeline
+    stages of its streamed ones fit the shared memory of a block: stages down to 2, then the
+    streamed block (to 16), then stages to 1, then the resident block. A config sized for
+    the Gluon forward (which a bias or segment ids send to the Triton forward), or written
+    by hand, may not fit as given, and the kernel would then compile but not launch.
+      fwd   queries resident (Q), keys streamed (K, V, and a bias tile per stage)
+      dkdv  keys resident (K, V), queries streamed (Q, dO, bias); fused_dq adds the dQ
+            partial's float32 staging tile
+      dq    queries resident (Q, dO), keys streamed (K, V, bias)
+    float32 tiles are _fit_smem's and pass through."""
     m, n, warps, stages = tiles
     if itemsize > 2:
-        return tiles        # _fit_smem sized it
+        return tiles
+    blocks = {"m": m, "n": n}
+    res, strm = ("n", "m") if kind == "dkdv" else ("m", "n")
+    resident_tiles = 1 if kind == "fwd" else 2
 
-    def need(n, stages):
-        return itemsize * (m * d + stages * (2 * n * d + (m * n if has_bias else 0)))
-    while need(n, stages) > _smem_limit(cc) and (stages > 1 or n > 16):
-        if stages > 2 or (stages > 1 and n <= 16):
+    def need():
+        bm, bn = blocks["m"], blocks["n"]
+        per_stage = 2 * blocks[strm] * d + (bm * bn if has_bias else 0)
+        staging = 4 * bm * d if kind == "dkdv" and fused_dq else 0
+        return itemsize * (resident_tiles * blocks[res] * d + stages * per_stage) + staging
+    while need() > _smem_limit(cc):
+        if stages > 2:
             stages -= 1
+        elif blocks[strm] > 16:
+            blocks[strm] //= 2
+        elif stages > 1:
+            stages -= 1
+        elif blocks[res] > 16:
+            blocks[res] //= 2
         else:
-            n //= 2
-    return m, n, warps, stages
+            break
+    return blocks["m"], blocks["n"], warps, stages
 
 
 def _fit_smem(kind, tiles, d, itemsize, cc):
     """Float32 inputs: shrinks the tiles (stages first, then the streamed block to 32, the
     resident block to 64, then both to 16) until an estimate of the kernel's shared memory
     fits the generation. tf32x3 dots keep two copies of a resident operand, hence the 2x.
-    2-byte configs are left alone here (the Triton forward's: _fit_triton_forward)."""
+    2-byte configs are fitted where the kernel is called (_fit_2byte), which knows the bias."""
     limit = int(_smem_limit(cc) * 0.85)
     m, n, warps, stages = tiles
     if itemsize <= 2:
@@ -693,17 +711,12 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         return _fit_smem(kind, got, d, itemsize, cc)
     tma = bool(cfg.get("tma", False)) and cc >= 90 and itemsize == 2
     fused_dq = bool(cfg.get("fused_dq", False)) and cc >= 90 and itemsize == 2
-    dkdv = tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages")
-    if fused_dq and d > 128:
-        # the dQ partial's float32 staging tile (block_m x head_dim) must fit beside the
-        # streamed q and dO tiles: 32 queries per step at head_dim 256
-        dkdv = (min(dkdv[0], 32),) + dkdv[1:]
     return _Static(
         causal=bool(causal), window=window,
         soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
         scale=scale, cc=cc,
         fwd=tiles("fwd", "block_m", "block_n", "num_warps", "num_stages"),
-        dkdv=dkdv,
+        dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
         dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
         gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
@@ -780,7 +793,7 @@ def _forward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens):
         slots = gluon_ring_slots(d, bn)
         if slots >= 2:
             return _forward_gluon(q, k, v, valid_lens, ce, bn, max(2, min(stages, slots)), st.cc)
-    bm, bn, warps, stages = _fit_triton_forward(st.fwd, d, q.dtype.itemsize, st.cc, bias is not None)
+    bm, bn, warps, stages = _fit_2byte("fwd", st.fwd, d, q.dtype.itemsize, st.cc, bias is not None)
     desc_k, desc_v = _kv_descriptors(k, v, bn) if st.tma else (k, v)
     out, lse = jt.triton_call(
         q, k, v, desc_k, desc_v, bias_arg, qseg_arg, kseg_arg, valid_lens,
@@ -839,7 +852,8 @@ def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, d
         compute_capability=st.cc, name="flash_attention_bwd_delta",
         SEQ=s, HQ=hq, D=d, BLOCK_M=pre_bm)
 
-    bm, bn, warps, stages = st.dkdv
+    bm, bn, warps, stages = _fit_2byte("dkdv", st.dkdv, d, q.dtype.itemsize, st.cc, bias is not None,
+                                       st.fused_dq)
     dbias_type = jax.ShapeDtypeStruct(bias.shape if bias is not None else (1,), bias_arg.dtype)
     out_type = (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype), dbias_type)
     if st.fused_dq:
@@ -863,7 +877,7 @@ def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, d
         dq = (res[3] * st.scale).reshape(q.shape).astype(q.dtype)
         return dq, dk, dv, (dbias if bias is not None else None)
 
-    bm, bn, warps, stages = st.dq
+    bm, bn, warps, stages = _fit_2byte("dq", st.dq, d, q.dtype.itemsize, st.cc, bias is not None)
     dq = jt.triton_call(
         q, k, v, bias_arg, qseg_arg, kseg_arg, valid_lens, dout, lse, delta,
         kernel=_bwd_dq_kernel,

@@ -206,19 +206,30 @@ def test_gluon_forward_needs_two_slots_per_ring():
     assert [name for name, _ in fwd[0]["smem"]] == ["_fwd_kernel"], fwd
 
 
-def test_triton_forward_tiles_shrink_only_when_they_do_not_fit():
-    """2-byte inputs: the Triton forward keeps a config that fits (the sm90 table's head_dim
-    128 row: 128 x 128 tiles, 3 stages) and shrinks one that does not: stages first, to 2,
-    then the key block (a bias adds a tile per stage; head_dim 256). float32 tiles are
-    _fit_smem's and pass through."""
-    from ejaot_kernels.flash_attention.triton_gpu import _fit_triton_forward
-    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 90, False) == (128, 128, 8, 3)
-    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 90, True) == (128, 128, 8, 2)
-    assert _fit_triton_forward((128, 128, 8, 3), 256, 2, 90, False) == (128, 64, 8, 2)
-    assert _fit_triton_forward((128, 64, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
-    assert _fit_triton_forward((128, 128, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
-    assert _fit_triton_forward((128, 128, 8, 3), 128, 2, 80, False) == (128, 128, 8, 2)
-    assert _fit_triton_forward((64, 64, 4, 2), 128, 4, 90, True) == (64, 64, 4, 2)
+def test_2byte_tiles_shrink_only_when_they_do_not_fit():
+    """2-byte inputs: a kernel keeps tiles that fit (the sm90 table's rows, e.g. the Triton
+    forward's 128 x 128 tiles in 3 stages at head_dim 128) and shrinks those that do not:
+    stages first, to 2, then the streamed block (a bias adds a tile per stage). The backward
+    configs below requested 262,656 and 262,144 bytes on an H200 and did not launch
+    (BENCHMARKS.md); fitted, they take what the table's head_dim-256 rows take or less.
+    float32 tiles are _fit_smem's and pass through."""
+    from ejaot_kernels.flash_attention.triton_gpu import _fit_2byte as fit
+    assert fit("fwd", (128, 128, 8, 3), 128, 2, 90, False) == (128, 128, 8, 3)
+    assert fit("fwd", (128, 128, 8, 3), 128, 2, 90, True) == (128, 128, 8, 2)
+    assert fit("fwd", (128, 128, 8, 3), 256, 2, 90, False) == (128, 64, 8, 2)
+    assert fit("fwd", (128, 64, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
+    assert fit("fwd", (128, 128, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
+    assert fit("fwd", (128, 128, 8, 3), 128, 2, 80, False) == (128, 128, 8, 2)
+    assert fit("fwd", (64, 64, 4, 2), 128, 4, 90, True) == (64, 64, 4, 2)
+    # the backward: the table's rows as they are; keys resident in dK/dV, queries in dQ
+    assert fit("dkdv", (64, 64, 4, 2), 128, 2, 90, True) == (64, 64, 4, 2)
+    assert fit("dkdv", (64, 64, 8, 2), 256, 2, 90, False) == (64, 64, 8, 2)
+    assert fit("dq", (128, 32, 8, 2), 256, 2, 90, False) == (128, 32, 8, 2)
+    assert fit("dkdv", (64, 128, 8, 2), 256, 2, 90, False) == (32, 128, 8, 2)
+    assert fit("dq", (128, 64, 8, 2), 256, 2, 90, False) == (128, 32, 8, 2)
+    # fused_dq stages a float32 dQ tile per step: 32 queries per step at head_dim 256
+    assert fit("dkdv", (64, 64, 8, 2), 256, 2, 90, False, fused_dq=True) == (32, 64, 8, 2)
+    assert fit("dkdv", (64, 128, 8, 2), 128, 2, 90, False, fused_dq=True) == (64, 128, 8, 2)
 
 
 def test_fused_dq_backward_reduces_dq_by_tma():
@@ -252,12 +263,14 @@ def test_lowers_optional_features():
     non-multiple-of-block lengths, MQA, float16, and float32 (whose tiles are shrunk to fit
     shared memory) up to head_dim 256. A bias on sm90 sends the heuristic's Gluon-sized
     forward config to the Triton forward, whose stages shrink to fit (_check: shared memory
-    within the limit), as do hand-written 2-byte tiles too large as given."""
+    within the limit), as do hand-written 2-byte tiles too large as given, forward and
+    backward."""
     cases = [
         dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True),
         dict(cc=90, b=1, s=200, t=328, hq=2, hk=1, d=256, causal=True, bias=True),
         dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=256, causal=True, seg=True,
-             config={"block_m": 128, "block_n": 128, "num_stages": 3, "gluon": False}),
+             config={"block_m": 128, "block_n": 128, "num_stages": 3, "gluon": False,
+                     "bwd_block_m": 64, "bwd_block_n": 128, "dq_block_m": 128, "dq_block_n": 64}),
         dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, window=[64, 0], cap=30.0,
              bias=True, seg=True),
         dict(cc=80, b=2, s=96, t=160, hq=4, hk=2, d=128, causal=False, window=[32, 16], scale=0.1,
