@@ -214,22 +214,26 @@ def test_2byte_tiles_shrink_only_when_they_do_not_fit():
     (BENCHMARKS.md); fitted, they take what the table's head_dim-256 rows take or less.
     float32 tiles are _fit_smem's and pass through."""
     from ejaot_kernels.flash_attention.triton_gpu import _fit_2byte as fit
-    assert fit("fwd", (128, 128, 8, 3), 128, 2, 90, False) == (128, 128, 8, 3)
-    assert fit("fwd", (128, 128, 8, 3), 128, 2, 90, True) == (128, 128, 8, 2)
-    assert fit("fwd", (128, 128, 8, 3), 256, 2, 90, False) == (128, 64, 8, 2)
-    assert fit("fwd", (128, 64, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
-    assert fit("fwd", (128, 128, 8, 2), 256, 2, 90, True) == (128, 64, 8, 2)
-    assert fit("fwd", (128, 128, 8, 3), 128, 2, 80, False) == (128, 128, 8, 2)
-    assert fit("fwd", (64, 64, 4, 2), 128, 4, 90, True) == (64, 64, 4, 2)
-    # the backward: the table's rows as they are; keys resident in dK/dV, queries in dQ
-    assert fit("dkdv", (64, 64, 4, 2), 128, 2, 90, True) == (64, 64, 4, 2)
-    assert fit("dkdv", (64, 64, 8, 2), 256, 2, 90, False) == (64, 64, 8, 2)
-    assert fit("dq", (128, 32, 8, 2), 256, 2, 90, False) == (128, 32, 8, 2)
-    assert fit("dkdv", (64, 128, 8, 2), 256, 2, 90, False) == (32, 128, 8, 2)
-    assert fit("dq", (128, 64, 8, 2), 256, 2, 90, False) == (128, 32, 8, 2)
-    # fused_dq stages a float32 dQ tile per step: 32 queries per step at head_dim 256
-    assert fit("dkdv", (64, 64, 8, 2), 256, 2, 90, False, fused_dq=True) == (32, 64, 8, 2)
-    assert fit("dkdv", (64, 128, 8, 2), 128, 2, 90, False, fused_dq=True) == (64, 128, 8, 2)
+    # (kind, tiles, head_dim, itemsize, cc, bias, fused_dq) -> tiles
+    cases = [
+        (("fwd", (128, 128, 8, 3), 128, 2, 90, False), (128, 128, 8, 3)),
+        (("fwd", (128, 128, 8, 3), 128, 2, 90, True), (128, 128, 8, 2)),
+        (("fwd", (128, 128, 8, 3), 256, 2, 90, False), (128, 64, 8, 2)),
+        (("fwd", (128, 64, 8, 2), 256, 2, 90, True), (128, 64, 8, 2)),
+        (("fwd", (128, 128, 8, 2), 256, 2, 90, True), (128, 64, 8, 2)),
+        (("fwd", (128, 128, 8, 3), 128, 2, 80, False), (128, 128, 8, 2)),
+        (("fwd", (64, 64, 4, 2), 128, 4, 90, True), (64, 64, 4, 2)),
+        # the backward: the table's rows as they are; keys resident in dK/dV, queries in dQ
+        (("dkdv", (64, 64, 4, 2), 128, 2, 90, True), (64, 64, 4, 2)),
+        (("dkdv", (64, 64, 8, 2), 256, 2, 90, False), (64, 64, 8, 2)),
+        (("dq", (128, 32, 8, 2), 256, 2, 90, False), (128, 32, 8, 2)),
+        (("dkdv", (64, 128, 8, 2), 256, 2, 90, False), (32, 128, 8, 2)),
+        (("dq", (128, 64, 8, 2), 256, 2, 90, False), (128, 32, 8, 2)),
+        # fused_dq stages a float32 dQ tile per step: 32 queries per step at head_dim 256
+        (("dkdv", (64, 64, 8, 2), 256, 2, 90, False, True), (32, 64, 8, 2)),
+        (("dkdv", (64, 128, 8, 2), 128, 2, 90, False, True), (64, 128, 8, 2)),
+    ]
+    assert [fit(*args) for args, _ in cases] == [want for _, want in cases]
 
 
 def test_fused_dq_backward_reduces_dq_by_tma():
