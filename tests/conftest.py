@@ -50,6 +50,23 @@ def built_store(tmp_path_factory, small_manifest):
     return out
 
 
+# A one-bucket flash_mla_attention manifest table (float32, seq 16), which the MLA store
+# tests and the flash_mla jit test build
+TINY_FLASH_MLA_TABLE = """
+[[kernel]]
+name = "flash_mla_attention"
+dtypes = ["float32"]
+[kernel.dims]
+batch = 1
+heads = 2
+seq = 16
+head_dim = 16
+latent_dim = 8
+[kernel.static]
+causal = true
+"""
+
+
 def build_cpu_store(tmp_path, manifest_text: str, entries: int):
     """Builds `manifest_text` for the cpu target into tmp_path/"store" and loads it; every
     one of `entries` entries must build and be accepted. Returns (store dir, bundle)."""

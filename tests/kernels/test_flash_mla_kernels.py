@@ -18,6 +18,7 @@ from ejaot.targets import get_target
 from ejaot_kernels.flash_mla_attention import SPEC, pallas_tpu, xla
 from ejaot_kernels.flash_mla_attention.configs import triton_heuristic, triton_latent_dim
 
+from conftest import TINY_FLASH_MLA_TABLE, build_cpu_store
 from reference import flash_mla_reference
 
 BF16 = ml_dtypes.bfloat16
@@ -163,20 +164,7 @@ def test_backend_follows_latent_dim(tmp_path, monkeypatch):
     assert SPEC.choose_backend(("triton", "xla")) == "triton"     # bucket-independent question
 
 
-JIT_MANIFEST = """
-format = 1
-[[kernel]]
-name = "flash_mla_attention"
-dtypes = ["float32"]
-[kernel.dims]
-batch = 1
-heads = 2
-seq = 16
-head_dim = 16
-latent_dim = 8
-[kernel.static]
-causal = true
-"""
+JIT_MANIFEST = "format = 1\n" + TINY_FLASH_MLA_TABLE
 
 
 def test_served_under_jit_with_several_traces_and_functions(tmp_path, rng):
@@ -184,7 +172,6 @@ def test_served_under_jit_with_several_traces_and_functions(tmp_path, rng):
     padded one (seq 12 into 16) and the fallback (seq 24, no bucket; its backend chosen for
     the call's dims), keyword and closed-over arrays, then eager calls after the jitted
     ones; every result against the float64 reference."""
-    from conftest import build_cpu_store
     _, bundle = build_cpu_store(tmp_path, JIT_MANIFEST, entries=1)
     weights = flash_inputs(rng, b=1, h=2, s=16, d=16, lat=8)
     lk, lv = jnp.asarray(weights["latent_key"]), jnp.asarray(weights["latent_value"])

@@ -8,7 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 import ejaot
-from conftest import build_cpu_store
+from conftest import TINY_FLASH_MLA_TABLE, build_cpu_store
 from reference import flash_mla_reference, softmax_rows
 from ejaot.errors import CallError
 from ejaot_kernels.flash_mla_attention import SPEC as FLASH_SPEC, flash_mla_attention
@@ -298,19 +298,7 @@ kv_lora_rank = 32
 rope_dim = 8
 [kernel.static]
 causal = true
-
-[[kernel]]
-name = "flash_mla_attention"
-dtypes = ["float32"]
-[kernel.dims]
-batch = 1
-heads = 2
-seq = 16
-head_dim = 16
-latent_dim = 8
-[kernel.static]
-causal = true
-"""
+""" + TINY_FLASH_MLA_TABLE
 
 
 def test_store_serves_mla_exact_padded_and_fallback(tmp_path, rng):
