@@ -127,10 +127,9 @@ def _check(results: list[dict], cases: list[dict]):
         if r["kind"] == "fwd":
             assert r["calls"] == 1, r
             assert r["out_avals"] == [[[b, s, hq, d], dt]], r
-        elif fused_dq(c):
-            assert r["calls"] == 3, r   # forward (saves lse), delta, dK/dV with dQ
         else:
-            assert r["calls"] == 4, r   # forward (saves lse), delta, dK/dV, dQ
+            # forward (saves lse), delta, dK/dV, dQ; fused_dq: dK/dV with dQ, no dQ kernel
+            assert r["calls"] == (3 if fused_dq(c) else 4), r
             want = [[[b, s, hq, d], dt], [[b, t, hk, d], dt], [[b, t, hk, d], dt]]
             if c.get("bias"):
                 want.append([[b, hq, s, t], dt])
