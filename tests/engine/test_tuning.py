@@ -89,4 +89,25 @@ def test_paged_buckets_are_timed_at_full_contexts(kernel, monkeypatch, tmp_path)
     real = verify.entry_arguments
     monkeypatch.setattr(verify, "entry_arguments", lambda *a, **k: asked.append(k.get("timing")) or real(*a, **k))
     tune.measure_store(tmp_path / "store", echo=lambda *_: None, iters=1)
-    assert asked == [False, True]      # checked on both, timed on the full contexts
+    # checked on both, timed on the full contexts: fresh sets of them, rotated so that the
+    # calls in a row do not read one set from cache
+    assert asked == [False, True] + [True] * (tune.MAX_TIMING_SETS - 1)
+
+
+def test_candidates_are_timed_as_jitted_programs(tunable_attention, small_manifest, tmp_path, monkeypatch):
+    """The portable tier (jax.jit over the exported program, what a server's jitted step
+    inlines) is timed, not the compiled tier's eager call, over rotating argument sets."""
+    from ejaot.runtime.entry import StoredEntry
+    target = get_target("cpu")
+    cands = tune.candidate_entries(load_manifest(small_manifest), target)
+    assert build_entries(cands, target, tmp_path / "cands", jobs=1, supersede=False).ok
+    monkeypatch.setattr(StoredEntry, "compiled", lambda self: pytest.fail("the compiled tier was timed"))
+    seen = []
+    real = tune._sample
+    monkeypatch.setattr(tune, "_sample", lambda fn, sets, reps: seen.append(sets) or real(fn, sets, reps))
+    result = tune.measure_store(tmp_path / "cands", echo=lambda *_: None, iters=1)
+    assert len(result["winners"]) == len(cands) // 2
+    assert seen and all(len(s) == tune.MAX_TIMING_SETS for s in seen)
+    import numpy as np
+    first, second = seen[0][0], seen[0][1]
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, second))
