@@ -258,32 +258,46 @@ def _mla_decode_kernel(QL, BQ, KV, BK, VL, BT, O, LSE,
 
 
 @_jit
-def _combine_kernel(OP, LSE, O, M: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
-                    NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr):
+def _combine_kernel(OP, LSE, O, M: tl.constexpr, R: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                    SP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Merges the split partials: out = sum_k 2^(lse_k - max) o_k / sum_k 2^(lse_k - max);
-    rows every slice of which saw no key give zeros. Grid (row blocks, batch)."""
-    pid = tl.program_id(0)
-    b64 = tl.program_id(1).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows every slice of which saw no key give zeros. Grid (row blocks, column blocks,
+    batch): a program loads every split's [BLOCK_M, BLOCK_C] tile in one [SP, BLOCK_M,
+    BLOCK_C] load (SP: NUM_SPLITS rounded up to a power of two), so all the splits' reads
+    are in flight at once and a few long contexts still spread over many programs."""
+    b64 = tl.program_id(2).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ks = tl.arange(0, SP)
     row_ok = rows < M
-    offs_r = tl.arange(0, RP)
-    mask = row_ok[:, None] & (offs_r < R)[None, :]
-    lse_base = LSE + b64 * (NUM_SPLITS * M) + rows
-    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for k in range(NUM_SPLITS):
-        m = tl.maximum(m, tl.load(lse_base + k * M, mask=row_ok, other=float("-inf")))
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    acc = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
-    den = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k in range(NUM_SPLITS):
-        w = tl.math.exp2(tl.load(lse_base + k * M, mask=row_ok, other=float("-inf")) - m_use)
-        o = tl.load(OP + (b64 * NUM_SPLITS + k) * (M * R) + rows[:, None] * R + offs_r[None, :],
-                    mask=mask, other=0.0)
-        acc += w[:, None] * o
-        den += w
-    out = acc / tl.where(den == 0.0, 1.0, den)[:, None]
-    tl.store(O + b64 * (M * R) + rows[:, None] * R + offs_r[None, :], out.to(O.dtype.element_ty),
-             mask=mask)
+    k_ok = ks < NUM_SPLITS
+    lse = tl.load(LSE + b64 * (NUM_SPLITS * M) + ks[:, None] * M + rows[None, :],
+                  mask=k_ok[:, None] & row_ok[None, :], other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    w = tl.math.exp2(lse - tl.where(m == float("-inf"), 0.0, m)[None, :])     # [SP, BLOCK_M]
+    den = tl.sum(w, axis=0)
+    ok3 = k_ok[:, None, None] & row_ok[None, :, None] & (cols < R)[None, None, :]
+    o = tl.load(OP + (b64 * NUM_SPLITS + ks[:, None, None]) * (M * R) + rows[None, :, None] * R
+                + cols[None, None, :], mask=ok3, other=0.0)
+    out = tl.sum(w[:, :, None] * o, axis=0) / tl.where(den == 0.0, 1.0, den)[:, None]
+    tl.store(O + b64 * (M * R) + rows[:, None] * R + cols[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (cols < R)[None, :])
+
+
+COMBINE_TILE = 4096     # f32 elements a combine program loads: 32 per thread of its 4 warps
+
+
+def combine_tiles(num_splits: int, m: int, r: int) -> tuple[int, int, int]:
+    """(SP, BLOCK_M, BLOCK_C) of _combine_kernel: up to 128 columns, then as many rows as keep
+    the [SP, BLOCK_M, BLOCK_C] tile within COMBINE_TILE elements; with many splits the tile
+    narrows to 2 rows x 32 columns (128-byte row segments), and is larger only past 64
+    splits."""
+    sp = next_pow2(num_splits)
+    block_c = min(next_pow2(r), 128)
+    block_m = max(2, min(next_pow2(m), COMBINE_TILE // (sp * block_c)))
+    while sp * block_m * block_c > COMBINE_TILE and block_c > 32:
+        block_c //= 2
+    return sp, block_m, block_c
 
 
 # ----------------------------------------------------------------------------------------
@@ -960,13 +974,13 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
     if st.num_splits == 1:
         return res[0].reshape(b, s, hq, r)
     part, lse = res
-    block_m = 16
+    sp, block_m, block_c = combine_tiles(st.num_splits, m, r)
     out = jt.triton_call(
         part, lse, kernel=_combine_kernel,
         out_type=jax.ShapeDtypeStruct((b, m, r), out_dtype),
-        grid=(_cdiv(m, block_m), b), num_warps=4, num_stages=1,
+        grid=(_cdiv(m, block_m), _cdiv(r, block_c), b), num_warps=4, num_stages=1,
         compute_capability=st.cc, name="mla_decode_combine",
-        M=m, R=r, RP=max(16, next_pow2(r)), NUM_SPLITS=st.num_splits, BLOCK_M=block_m)
+        M=m, R=r, NUM_SPLITS=st.num_splits, SP=sp, BLOCK_M=block_m, BLOCK_C=block_c)
     return out.reshape(b, s, hq, r)
 
 
