@@ -340,3 +340,18 @@ def test_ncu_summary_reads_raw_csv(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())[0]["kernels"][0]["registers"] == 168
     with pytest.raises(ValueError, match="no ncu raw CSV header"):
         ns.read_raw_csv("==PROF== nothing profiled\n")
+
+
+def test_decode_periods_time_each_mla_entry_jitted(smoke_store, capsys):
+    """The A/B timer: one row per MLA decode entry of the store, the same case ids as the
+    suite's rows, every figure a positive time; --floor times a one-kernel program."""
+    import json
+    from benchmarks.gpu import decode_periods
+    assert decode_periods.main([str(smoke_store), "new"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["case"] for r in rows) == ["mla_attention decode B2 S1 T128 H4 R64+16 D32",
+                                                "paged_mla_attention decode B2 T64 page16 H4 R64+16 D32"]
+    assert all(r["label"] == "new" and min(r["period_us"], r["dispatch_us"], r["drain_us"], r["lone_us"]) > 0
+               for r in rows)
+    assert decode_periods.main(["--floor"]) == 0
+    assert json.loads(capsys.readouterr().out)["floor_us"] > 0
