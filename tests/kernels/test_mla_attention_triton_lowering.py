@@ -300,3 +300,19 @@ def test_paged_decode_lowers_to_the_kernel_its_page_size_allows():
     for r in (p64, p128, p32, p16, p16_lockstep):
         k = r["kernels"][0]
         assert k["spill_store_bytes"] == 0 and k["registers"] <= 255, k
+
+
+@pytest.mark.parametrize("splits, rows, rank", [(2, 16, 512), (3, 16, 96), (16, 128, 512), (64, 16, 512),
+                                                (64, 128, 512), (128, 16, 512), (5, 1, 32)])
+def test_combine_tiles_cover_every_split_in_one_load(splits, rows, rank):
+    """A combine program loads all the splits of its [rows, columns] tile at once: the split
+    axis is a power of two at least the count, every block a power of two (Triton ranges),
+    the columns at least 32 wide where the rank allows, and the tile at most COMBINE_TILE
+    elements up to 64 splits (twice that past them)."""
+    from ejaot_kernels._shared.mla_triton import COMBINE_TILE, combine_tiles
+    sp, block_m, block_c = combine_tiles(splits, rows, rank)
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0
+    assert pow2(sp) and splits <= sp < 2 * splits
+    assert pow2(block_m) and pow2(block_c) and block_m >= 2
+    assert block_c >= min(32, rank) and block_c <= 128
+    assert sp * block_m * block_c <= (COMBINE_TILE if splits <= 64 else 2 * COMBINE_TILE)
