@@ -20,16 +20,6 @@ import json
 import time
 
 
-def floor() -> dict:
-    import jax
-    import jax.numpy as jnp
-    from .timing import time_call
-    xs = [jnp.ones((1024,), jnp.float32) + i for i in range(4)]
-    f = jax.jit(lambda a: a * 2.0 + 1.0)
-    t = time_call(f, [(a,) for a in xs], iters=20)
-    return {"floor_us": t["median_s"] * 1e6, "min_us": t["min_s"] * 1e6}
-
-
 def periods(store: str, label: str, kernels=("mla_attention", "paged_mla_attention"), n_calls: int = 200):
     import jax
     import ejaot
@@ -72,7 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--floor", action="store_true", help="time the jitted one-kernel program instead")
     args = p.parse_args(argv)
     if args.floor:
-        print(json.dumps(floor()), flush=True)
+        from .suite import measure_call_floor
+        f = measure_call_floor({"iters": 20})
+        print(json.dumps({"floor_us": f["us"], "min_us": f["us_best"]}), flush=True)
         return 0
     if not args.store:
         p.error("STORE is required (or --floor)")

@@ -105,6 +105,9 @@ def header(doc: dict) -> list[str]:
     mm_s = (f"{mm['tflops']:.1f} TFLOP/s (n = {mm['n']})" if "tflops" in mm
             else f"not measured ({mm.get('error')})")
     ridge = rates.get("ridge_flops_per_byte")
+    floor = rates.get("call_floor") or {}
+    floor_s = (f" A jitted one-op call on a 4 KB array takes {floor['us']:.1f} µs back to back (the host's "
+               "cost per jitted call: a row near it is paced by the host)." if "us" in floor else "")
     lines = [
         f"Command: `{doc.get('command')}` · device: {dev.get('kind')} ({dev.get('platform')}) · "
         f"{doc.get('date')} · commit {doc.get('commit')} · jax {doc.get('jax')}"
@@ -112,7 +115,7 @@ def header(doc: dict) -> list[str]:
         "",
         f"Measured in the same process: device-to-device copy {copy_s} (jitted `jnp.copy`, read + write "
         f"counted), dense bf16 matmul {mm_s}"
-        + (f"; ridge point {ridge:.0f} FLOP/byte." if ridge else "."),
+        + (f"; ridge point {ridge:.0f} FLOP/byte." if ridge else ".") + floor_s,
     ]
     t = (doc.get("settings") or {})
     lines += ["", f"Each figure: median over {t.get('iters')} samples of back-to-back calls of "

@@ -58,6 +58,7 @@ Output schema (schema "ejaot.gpu_bench/1"): one JSON object
     device_rates  {copy: {gbps, gbps_best, bytes, time, method},
                    matmul: {tflops, tflops_best, n, dtype, sizes: [{n, tflops, time} | {n, error}],
                             method},
+                   call_floor: {us, us_best, time, method},
                    ridge_flops_per_byte}
                   ("gbps"/"tflops" from median times, "_best" from the fastest sample;
                    a failed measurement is {error})
@@ -204,6 +205,20 @@ def measure_matmul(sizes, timing: dict, dtype: str = "bfloat16") -> dict:
     return {"tflops": best["tflops"], "tflops_best": max(r["tflops_best"] for r in ok), "n": best["n"],
             "dtype": dtype, "sizes": rows,
             "method": f"jax.jit(jnp.matmul) of n x n {dtype} matrices; TFLOP/s = 2 n^3 / time; best n kept"}
+
+
+def measure_call_floor(timing: dict) -> dict:
+    """The host's cost of one jitted call: jax.jit of one elementwise op on a 4 KB float32
+    array, back to back (4 arrays in turn). A decode row whose time is near this is paced
+    by the host, not by its kernels."""
+    import jax
+    import jax.numpy as jnp
+    from .timing import time_call
+    xs = [jnp.full((1024,), float(i), jnp.float32) for i in range(4)]
+    f = jax.jit(lambda a: a * 2.0 + 1.0)
+    t = time_call(f, [(a,) for a in xs], **timing)
+    return {"us": t["median_s"] * 1e6, "us_best": t["min_s"] * 1e6, "time": _timing_record(t),
+            "method": "jax.jit(a * 2 + 1) of a 1024-element float32 array, back-to-back calls"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -680,6 +695,11 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001
         doc["device_rates"]["matmul"] = {"error": _err(e)}
         doc["errors"].append(f"matmul rate: {_err(e)}")
+    try:
+        doc["device_rates"]["call_floor"] = measure_call_floor(timing)
+    except Exception as e:  # noqa: BLE001
+        doc["device_rates"]["call_floor"] = {"error": _err(e)}
+        doc["errors"].append(f"call floor: {_err(e)}")
     if len(rates) == 2:
         doc["device_rates"]["ridge_flops_per_byte"] = rates["matmul_flops_per_s"] / rates["copy_bytes_per_s"]
     gc.collect()

@@ -181,6 +181,8 @@ def test_smoke_run_schema(smoke_results):
     rates = doc["device_rates"]
     assert rates["copy"]["gbps"] > 0 and rates["matmul"]["tflops"] > 0 and rates["matmul"]["n"] in (128, 256)
     assert rates["ridge_flops_per_byte"] == pytest.approx(rates["matmul"]["tflops"] * 1e3 / rates["copy"]["gbps"])
+    floor = rates["call_floor"]
+    assert 0 < floor["us_best"] <= floor["us"] and floor["time"]["iters"] == doc["settings"]["iters"]
     assert doc["verify"]["ok"] is True
     rows = doc["rows"]
     assert doc["store"]["timed_entries"] == 6 and len(rows) == 9      # flash, flash_mla: fwd and fwd+bwd rows
@@ -254,6 +256,7 @@ def test_report_tables(smoke_results):
     mla = next(r for r in doc["rows"] if r["kernel"] == "mla_attention")
     assert f"| {mla['eager']['time']['median_s'] * 1e6:.1f} |" in md
     assert "cuDNN not run: cuDNN needs an NVIDIA GPU" in md
+    assert f"A jitted one-op call on a 4 KB array takes {doc['device_rates']['call_floor']['us']:.1f} µs" in md
     # a failed row renders as an error line, not a crash
     broken = json.loads(json.dumps(doc))
     broken["rows"][0].update(error="RuntimeError: boom", time=None, tflops=None)
