@@ -1,0 +1,252 @@
+"""Numerics of the Triton backends' tl kernels on the CPU, through Triton's interpreter
+(tests/triton_interpret.py): each kernel launched directly on NumPy arrays and checked in
+float32 against a float64 reference on fresh random inputs. The Gluon (sm90) kernels have
+no interpreter; the H200 verify runs check them (BENCHMARKS.md).
+
+The shared MLA decode library (kernels/_shared/mla_triton.py): the portable decode kernel
+(`_mla_decode_kernel`, exact-f32 dots) over a contiguous and a paged latent cache, with one
+key range or split keys, and the combine kernel that merges the splits."""
+from __future__ import annotations
+
+import pytest
+
+from triton_interpret import run_interpreted
+
+pytest.importorskip("triton")
+
+_MLA = r'''
+import json
+import numpy as np
+from triton_interpret import NpTensor
+from ejaot_kernels._shared.mla_triton import _combine_kernel, _mla_decode_kernel, combine_tiles
+
+LOG2E = 1.4426950408889634
+rng = np.random.default_rng(20261204)
+
+
+def pow2(n):
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def combine(part, lse):
+    b, splits, m, r = part.shape
+    out = np.zeros((b, m, r), np.float32)
+    sp, bm, bc = combine_tiles(splits, m, r)
+    _combine_kernel[(-(-m // bm), -(-r // bc), b)](NpTensor(part), NpTensor(lse), NpTensor(out), M=m, R=r,
+                                                  NUM_SPLITS=splits, SP=sp, BLOCK_M=bm, BLOCK_C=bc)
+    return out
+
+
+def decode(ql, bq, kv_rows, bk_rows, vl, bt, s, hq, t, splits, causal, page):
+    b, m, r = ql.shape
+    e = bq.shape[-1]
+    if splits == 1:
+        o, lse = np.full((b, m, r), np.nan, np.float32), np.zeros(1, np.float32)
+    else:
+        o, lse = np.full((b, splits, m, r), np.nan, np.float32), np.full((b, splits, m), np.nan, np.float32)
+    scale = 1.0 / np.sqrt(r + e)
+    _mla_decode_kernel[(-(-m // 16), splits, b)](
+        NpTensor(ql), NpTensor(bq), NpTensor(kv_rows), NpTensor(bk_rows), NpTensor(vl), NpTensor(bt),
+        NpTensor(o), NpTensor(lse), qk_scale=float(scale) * LOG2E, SEQ=s, KV_SEQ=t, HQ=hq, R=r, RP=pow2(r),
+        E=e, EP=pow2(e), HAS_ROPE=True, CAUSAL=causal, NUM_SPLITS=splits, BLOCK_H=16, BLOCK_N=16, STAGES=1,
+        DOT_PREC="ieee", PAGE=page, KV_ROWS=kv_rows.shape[0])
+    return (o if splits == 1 else combine(o, lse)), scale
+
+
+def attend(q, qe, keys, ekeys, keep, scale):
+    """float64 reference for one sequence: q [s, hq, r], qe [s, e], keys [t, r], ekeys [t, e],
+    keep [s, t] -> [s, hq, r]; a row that keeps no key gives zeros."""
+    logits = (np.einsum("shr,tr->sht", q, keys) + np.einsum("se,te->st", qe, ekeys)[:, None, :]) * scale
+    logits = np.where(keep[:, None, :], logits, -np.inf)
+    mx = logits.max(-1, keepdims=True)
+    p = np.exp(logits - np.where(np.isinf(mx), 0.0, mx))
+    den = p.sum(-1, keepdims=True)
+    return np.einsum("sht,tr->shr", p / np.where(den == 0, 1.0, den), np.nan_to_num(keys))   # NaN rows: weight 0
+
+
+def contiguous(b, s, hq, t, r, e, splits, causal, kv_len, q_len):
+    ql = rng.standard_normal((b, s * hq, r)).astype(np.float32)
+    bq = rng.standard_normal((b, s, e)).astype(np.float32)
+    kv = rng.standard_normal((b, t, r)).astype(np.float32)
+    bk = rng.standard_normal((b, t, e)).astype(np.float32)
+    kv[:, kv_len:] = np.nan       # past the valid length: never read into the output
+    bk[:, kv_len:] = np.nan
+    out, scale = decode(ql, bq, kv.reshape(b * t, r), bk.reshape(b * t, e), np.array([q_len, kv_len], np.int32),
+                        np.zeros(1, np.int32), s, hq, t, splits, causal, 0)
+    kpos, qpos = np.arange(t), np.arange(s) + kv_len - q_len
+    keep = (kpos[None, :] < kv_len) & ((kpos[None, :] <= qpos[:, None]) | (not causal))
+    ref = np.stack([attend(ql[i].reshape(s, hq, r).astype(np.float64), bq[i].astype(np.float64),
+                           kv[i].astype(np.float64), bk[i].astype(np.float64), keep, scale) for i in range(b)])
+    return out, ref.reshape(b, s * hq, r)
+
+
+def paged(b, hq, page, blocks, pages, r, e, splits, ctx, bad):
+    """`bad`: (sequence, block) table entries set out of range inside the context: their keys
+    are dropped, never read from another page."""
+    ql = rng.standard_normal((b, hq, r)).astype(np.float32)
+    bq = rng.standard_normal((b, 1, e)).astype(np.float32)
+    kv = rng.standard_normal((pages, page, r)).astype(np.float32)
+    bk = rng.standard_normal((pages, page, e)).astype(np.float32)
+    bt = rng.permutation(pages)[:b * blocks].reshape(b, blocks).astype(np.int32)
+    t = blocks * page
+    for i in range(b):            # a context's unused rows of its pages hold NaN
+        for j in range(ctx[i], t):
+            kv[bt[i, j // page], j % page] = np.nan
+            bk[bt[i, j // page], j % page] = np.nan
+    for i, j, v in bad:
+        bt[i, j] = v
+    out, scale = decode(ql, bq, kv.reshape(pages * page, r), bk.reshape(pages * page, e), np.array(ctx, np.int32),
+                        bt, 1, hq, t, splits, False, page)
+    ref = []
+    for i in range(b):
+        j = np.arange(t)
+        pg = bt[i, j // page]
+        keep = (j < ctx[i]) & (pg >= 0) & (pg < pages)
+        rows = np.where(keep, pg, 0) * page + j % page
+        ref.append(attend(ql[i][None].astype(np.float64), bq[i].astype(np.float64),
+                          kv.reshape(-1, r)[rows].astype(np.float64), bk.reshape(-1, e)[rows].astype(np.float64),
+                          keep[None], scale)[0])
+    return out, np.stack(ref)
+
+
+for name, fn, kw in CASES:
+    out, ref = {"contiguous": contiguous, "paged": paged}[fn](**kw)
+    print("RESULT " + json.dumps({"name": name, "err": float(np.abs(out - ref).max()),
+                                  "ref": float(np.abs(ref).max()), "finite": bool(np.isfinite(out).all()),
+                                  "zero_rows": int((np.abs(ref).max(-1) == 0).sum()),
+                                  "zero_out_rows": int((np.abs(out).max(-1) == 0).sum())}), flush=True)
+'''
+
+_CASES = [
+    ("one range, kv_len past a block edge", "contiguous",
+     dict(b=2, s=1, hq=16, t=96, r=32, e=16, splits=1, causal=False, kv_len=83, q_len=1)),
+    ("3 splits", "contiguous",
+     dict(b=2, s=1, hq=16, t=96, r=32, e=16, splits=3, causal=False, kv_len=83, q_len=1)),
+    ("2 queries, causal, 2 splits", "contiguous",
+     dict(b=1, s=2, hq=8, t=64, r=32, e=16, splits=2, causal=True, kv_len=40, q_len=2)),
+    ("rank not a power of two, 5 splits", "contiguous",
+     dict(b=1, s=1, hq=4, t=80, r=48, e=8, splits=5, causal=False, kv_len=49, q_len=1)),
+    ("paged, random contexts", "paged",
+     dict(b=3, hq=16, page=16, blocks=6, pages=40, r=32, e=16, splits=1, ctx=[96, 37, 1], bad=[])),
+    ("paged, 4 splits, an empty context, bad table entries", "paged",
+     dict(b=3, hq=16, page=16, blocks=6, pages=40, r=32, e=16, splits=4, ctx=[90, 0, 70],
+          bad=[(0, 2, -1), (2, 1, 40), (2, 5, 1 << 30)])),
+]
+
+
+@pytest.fixture(scope="module")
+def mla_results():
+    script = f"CASES = {_CASES!r}\n" + _MLA
+    return {r["name"]: r for r in run_interpreted(script)}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _CASES])
+def test_mla_decode_and_combine_match_the_float64_reference(mla_results, name):
+    r = mla_results[name]
+    assert r["finite"], r
+    assert r["err"] <= 2e-6 * max(1.0, r["ref"]), r
+    assert r["zero_out_rows"] == r["zero_rows"], r     # rows that see no key: zeros, not NaN
+
+
+# -- page_attention (kernels/page_attention/triton_gpu.py): paged GQA decode, split keys ------
+
+_PAGED_GQA = r'''
+import json
+import numpy as np
+from triton_interpret import NpTensor
+from ejaot_kernels.page_attention.triton_gpu import _combine_kernel, _decode_kernel
+
+LOG2E = 1.4426950408889634
+rng = np.random.default_rng(20261205)
+
+
+def pow2(n):
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def run(s, hq, hk, d, ps, mb, pages, ppb, splits, ctx, bad, window=None, cap=None):
+    g = hq // hk
+    q = rng.standard_normal((s, hq, d)).astype(np.float32)
+    kc = rng.standard_normal((hk, pages, ps, d)).astype(np.float32)
+    vc = rng.standard_normal((hk, pages, ps, d)).astype(np.float32)
+    tables = rng.permutation(pages)[:s * mb].reshape(s, mb).astype(np.int32)
+    ctx = np.array(ctx, np.int32)
+    for i in range(s):            # rows a sequence does not attend to (past its context, before
+        for p in range(mb * ps):  # its window) hold NaN
+            if p >= ctx[i] or (window is not None and p < ctx[i] - window):
+                kc[:, tables[i, p // ps], p % ps] = np.nan
+                vc[:, tables[i, p // ps], p % ps] = np.nan
+    for i, j, v in bad:
+        tables[i, j] = v
+    scale = d ** -0.5
+    if splits == 1:
+        first, lse = np.full((s, hq, d), np.nan, np.float32), np.zeros(1, np.float32)
+    else:
+        first, lse = np.full((s, hq, splits, d), np.nan, np.float32), np.full((s, hq, splits), np.nan, np.float32)
+    _decode_kernel[(s, hk, splits)](
+        NpTensor(q), NpTensor(kc), NpTensor(vc), NpTensor(ctx), NpTensor(tables), NpTensor(first), NpTensor(lse),
+        sm_scale=scale, qk_scale=scale * LOG2E, soft_cap=cap if cap is not None else 1.0, HAS_CAP=cap is not None,
+        WINDOW=window or 0, HAS_WINDOW=window is not None, HQ=hq, G=g, BLOCK_G=pow2(g), D=d, BLOCK_D=pow2(d),
+        TOTAL_PAGES=pages, PS=ps, MB=mb, PPB=ppb, BLOCK_N=pow2(ppb * ps), NUM_SPLITS=splits, DOT_PREC="tf32x3")
+    out = first
+    if splits > 1:
+        out = np.full((s, hq, d), np.nan, np.float32)
+        _combine_kernel[(s * hq,)](NpTensor(first), NpTensor(lse), NpTensor(out), HQ=hq, D=d, BLOCK_D=pow2(d),
+                                   NUM_SPLITS=splits, BLOCK_S=1 << (splits - 1).bit_length())
+    # float64 reference: page_attention's rule (xla.token_keep)
+    t = mb * ps
+    pos = np.arange(t)
+    c = np.maximum(ctx, 0)[:, None]
+    keep = pos[None, :] < c
+    if window is not None:
+        keep &= pos[None, :] >= c - window
+    page_of = tables[:, pos // ps]
+    keep &= (page_of >= 0) & (page_of < pages)
+    safe = np.where(keep, page_of, 0)
+    k = kc[:, safe, pos % ps].astype(np.float64)            # [hk, s, t, d]
+    v = vc[:, safe, pos % ps].astype(np.float64)
+    logits = np.einsum("skgd,kstd->skgt", q.reshape(s, hk, g, d).astype(np.float64), k) * scale
+    if cap is not None:
+        logits = cap * np.tanh(logits / cap)
+    logits = np.where(keep[:, None, None, :], logits, -np.inf)
+    mx = logits.max(-1, keepdims=True)
+    p = np.exp(logits - np.where(np.isinf(mx), 0.0, mx))
+    den = p.sum(-1, keepdims=True)
+    ref = np.einsum("skgt,kstd->skgd", p / np.where(den == 0, 1.0, den), np.where(keep[None, :, :, None], v, 0.0))
+    ref = ref.reshape(s, hq, d)
+    return out, ref
+
+
+for name, kw in CASES:
+    out, ref = run(**kw)
+    print("RESULT " + json.dumps({"name": name, "err": float(np.abs(out - ref).max()),
+                                  "ref": float(np.abs(ref).max()), "finite": bool(np.isfinite(out).all()),
+                                  "zero_rows": int((np.abs(ref).max(-1) == 0).sum()),
+                                  "zero_out_rows": int((np.abs(out).max(-1) == 0).sum())}), flush=True)
+'''
+
+_GQA_CASES = [
+    ("one range, partial last pages", dict(s=3, hq=8, hk=2, d=32, ps=16, mb=6, pages=40, ppb=2, splits=1,
+                                            ctx=[96, 37, 5], bad=[])),
+    ("3 splits, head_dim 40, a context past the table, an empty one",
+     dict(s=3, hq=8, hk=2, d=40, ps=16, mb=6, pages=40, ppb=1, splits=3, ctx=[500, 0, 61], bad=[])),
+    ("2 splits, bad table entries inside contexts",
+     dict(s=2, hq=4, hk=4, d=32, ps=8, mb=8, pages=30, ppb=2, splits=2, ctx=[64, 50],
+          bad=[(0, 3, -1), (1, 0, 30), (1, 5, -(1 << 31))])),
+    ("sliding window and soft cap, 2 splits",
+     dict(s=2, hq=8, hk=1, d=32, ps=16, mb=6, pages=40, ppb=2, splits=2, ctx=[90, 20], bad=[], window=33,
+          cap=5.0)),
+]
+
+
+@pytest.fixture(scope="module")
+def gqa_results():
+    return {r["name"]: r for r in run_interpreted(f"CASES = {_GQA_CASES!r}\n" + _PAGED_GQA)}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _GQA_CASES])
+def test_page_attention_decode_and_combine_match_the_float64_reference(gqa_results, name):
+    r = gqa_results[name]
+    assert r["finite"], r
+    assert r["err"] <= 2e-6 * max(1.0, r["ref"]), r
+    assert r["zero_out_rows"] == r["zero_rows"], r
