@@ -3,9 +3,12 @@
 float32 against a float64 reference on fresh random inputs. The Gluon (sm90) kernels have
 no interpreter; the H200 verify runs check them (BENCHMARKS.md).
 
-The shared MLA decode library (kernels/_shared/mla_triton.py): the portable decode kernel
-(`_mla_decode_kernel`, exact-f32 dots) over a contiguous and a paged latent cache, with one
-key range or split keys, and the combine kernel that merges the splits."""
+Checked here: the shared MLA decode library (kernels/_shared/mla_triton.py: the portable
+decode kernel over a contiguous and a paged latent cache, one key range or split keys, and the
+combine kernel that merges the splits), page_attention's paged GQA decode and combine, and
+flash_attention's Triton forward and two-kernel backward (the reference's gradients by
+jax.vjp in float64). Rows no query may attend to hold NaN in the paged and MLA caches: a
+kernel that read them into an output would fail."""
 from __future__ import annotations
 
 import pytest
@@ -250,3 +253,95 @@ def test_page_attention_decode_and_combine_match_the_float64_reference(gqa_resul
     assert r["finite"], r
     assert r["err"] <= 2e-6 * max(1.0, r["ref"]), r
     assert r["zero_out_rows"] == r["zero_rows"], r
+
+
+# -- flash_attention (kernels/flash_attention/triton_gpu.py): the Triton forward and the ------
+# two-kernel backward (pointer loads; the TMA, fused-dQ and Gluon paths need a GPU)
+
+_FLASH = r'''
+import json
+import numpy as np
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+from triton_interpret import NpTensor
+from ejaot_kernels.attention.xla import attention_core
+from ejaot_kernels.flash_attention.triton_gpu import (_bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel,
+                                                      _fwd_kernel)
+
+LOG2E = 1.4426950408889634
+rng = np.random.default_rng(20261206)
+T = NpTensor
+
+
+def run(b, s, t, hq, hk, d, q_len, kv_len, causal, window=None, cap=None, bias=False, segments=False, bm=16, bn=16):
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    q, k, v, do = f32(b, s, hq, d), f32(b, t, hk, d), f32(b, t, hk, d), f32(b, s, hq, d)
+    bias_a = f32(b, hq, s, t) if bias else np.zeros(1, np.float32)
+    qseg = rng.integers(0, 2, (b, s)).astype(np.int32) if segments else np.zeros(1, np.int32)
+    kseg = rng.integers(0, 2, (b, t)).astype(np.int32) if segments else np.zeros(1, np.int32)
+    vl = np.array([q_len, kv_len], np.int32)
+    scale = d ** -0.5
+    wl, wr = window if window is not None else (0, 0)
+    ce = dict(sm_scale=scale, qk_scale=scale * LOG2E, soft_cap=cap if cap is not None else 1.0, SEQ=s, KV_SEQ=t,
+              HQ=hq, HK=hk, D=d, WL=wl, WR=wr, CAUSAL=causal, WINDOW=window is not None, HAS_CAP=cap is not None,
+              HAS_BIAS=bias, HAS_SEG=segments, FAST=cap is None and not bias, DOT_PREC="tf32x3")
+    out, lse = np.zeros_like(q), np.zeros((b, hq, s), np.float32)
+    _fwd_kernel[(-(-s // bm), b * hq)](T(q), T(k), T(v), T(k), T(v), T(bias_a), T(qseg), T(kseg), T(vl), T(out),
+                                       T(lse), BLOCK_M=bm, BLOCK_N=bn, USE_TMA=False, WS=False, **ce)
+    delta = np.zeros((b, hq, s), np.float32)
+    _bwd_preprocess_kernel[(-(-s // 64), b * hq)](T(out), T(do), T(delta), SEQ=s, HQ=hq, D=d, BLOCK_M=64)
+    dk, dv = np.zeros_like(k), np.zeros_like(v)
+    dbias = np.zeros_like(bias_a)
+    _bwd_dkdv_kernel[(-(-t // bn), b * hk)](T(q), T(k), T(v), T(bias_a), T(qseg), T(kseg), T(vl), T(do), T(lse),
+                                           T(delta), T(np.zeros(1, np.float32)), T(dk), T(dv), T(dbias),
+                                           BLOCK_M=bm, BLOCK_N=bn, FUSED_DQ=False, **ce)
+    dq = np.zeros_like(q)
+    _bwd_dq_kernel[(-(-s // bm), b * hq)](T(q), T(k), T(v), T(bias_a), T(qseg), T(kseg), T(vl), T(do), T(lse),
+                                         T(delta), T(dq), BLOCK_M=bm, BLOCK_N=bn, **ce)
+
+    def ref(q, k, v, bias_r):
+        keep = ((jnp.asarray(qseg)[:, :, None] == jnp.asarray(kseg)[:, None, :])[:, None] if segments else None)
+        return attention_core(q, k, v, (q_len, kv_len), bias=bias_r if bias else None, keep_mask=keep,
+                              causal=causal, sliding_window=window, logits_soft_cap=cap, softmax_scale=scale,
+                              dtype="float64", softmax_dtype="float64")[0]
+    x64 = lambda a: jnp.asarray(a, jnp.float64)
+    want, vjp = jax.vjp(ref, x64(q), x64(k), x64(v), x64(bias_a))
+    grads = vjp(x64(do))
+    # rows past q_len are padding: compare the valid rows (their outputs are unspecified)
+    got = {"out": out[:, :q_len], "dq": dq[:, :q_len], "dk": dk, "dv": dv}
+    ref_ = {"out": np.asarray(want)[:, :q_len], "dq": np.asarray(grads[0])[:, :q_len], "dk": np.asarray(grads[1]),
+            "dv": np.asarray(grads[2])}
+    if bias:
+        got["dbias"], ref_["dbias"] = dbias[:, :, :q_len], np.asarray(grads[3])[:, :, :q_len]
+    return {n: [float(np.abs(got[n] - ref_[n]).max()), float(np.abs(ref_[n]).max()), bool(np.isfinite(got[n]).all())]
+            for n in got}
+
+
+for name, kw in CASES:
+    print("RESULT " + json.dumps({"name": name, "errs": run(**kw)}), flush=True)
+'''
+
+_FLASH_CASES = [
+    ("causal, GQA, ragged blocks", dict(b=2, s=40, t=56, hq=4, hk=2, d=32, q_len=40, kv_len=56, causal=True)),
+    ("causal, valid lengths short of the bucket",
+     dict(b=1, s=48, t=64, hq=2, hk=1, d=32, q_len=37, kv_len=50, causal=True)),
+    ("bias, soft cap, sliding window", dict(b=1, s=32, t=48, hq=2, hk=2, d=16, q_len=32, kv_len=48, causal=False,
+                                            window=(9, 4), cap=3.0, bias=True)),
+    ("segments, causal, GQA", dict(b=2, s=32, t=32, hq=4, hk=1, d=32, q_len=32, kv_len=32, causal=True,
+                                   segments=True)),
+]
+
+
+@pytest.fixture(scope="module")
+def flash_results():
+    return {r["name"]: r for r in run_interpreted(f"CASES = {_FLASH_CASES!r}\n" + _FLASH)}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _FLASH_CASES])
+def test_flash_attention_forward_and_backward_match_the_float64_reference(flash_results, name):
+    errs = flash_results[name]["errs"]
+    assert set(errs) >= {"out", "dq", "dk", "dv"}
+    for what, (err, scale, finite) in errs.items():
+        assert finite, (what, errs)
+        assert err <= 1e-5 * max(1.0, scale), (what, errs)
