@@ -79,3 +79,33 @@ def run_interpreted(script: str) -> list[dict]:
                           timeout=900)
     assert proc.returncode == 0, f"interpreted run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+_LAUNCH_ONLY = ("num_warps", "num_stages", "num_ctas", "compute_capability", "name", "debug",
+                "enable_fp_fusion", "serialized_metadata", "zeroed_outputs")
+
+
+def emulated_triton_call(*args, kernel, out_type, grid, input_output_aliases=None, **kwargs):
+    """jax_triton.triton_call's contract run through the interpreter: a jax.pure_callback that
+    launches `kernel` on NumPy copies of the arguments and on fresh outputs filled with NaN
+    (jax-triton's outputs start uninitialized: a kernel that leaves part of one unwritten
+    shows), aliased outputs starting as copies of their inputs. Patched over
+    jax_triton.triton_call, it runs the Triton backends' JAX wrappers end to end on the CPU
+    (configs without TMA descriptors or Gluon kernels)."""
+    import jax
+    constexprs = {k: v for k, v in kwargs.items() if k not in _LAUNCH_ONLY}
+    outs = tuple(out_type) if isinstance(out_type, (tuple, list)) else (out_type,)
+    aliases = dict(input_output_aliases or {})
+
+    def host(*arrays):
+        arrays = [np.array(a) for a in arrays]
+        results = [np.full(o.shape, np.nan, o.dtype) if np.issubdtype(o.dtype, np.floating)
+                   else np.zeros(o.shape, o.dtype) for o in outs]
+        for i, j in aliases.items():
+            results[j] = arrays[i].copy()
+        g = grid(constexprs) if callable(grid) else tuple(grid)
+        kernel[g](*[NpTensor(a) for a in arrays], *[NpTensor(r) for r in results], **constexprs)
+        return tuple(results)
+
+    res = jax.pure_callback(host, tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs), *args)
+    return res if isinstance(out_type, (tuple, list)) else res[0]

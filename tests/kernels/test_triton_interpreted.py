@@ -8,7 +8,9 @@ decode kernel over a contiguous and a paged latent cache, one key range or split
 combine kernel that merges the splits), page_attention's paged GQA decode and combine, and
 flash_attention's Triton forward and two-kernel backward (the reference's gradients by
 jax.vjp in float64). Rows no query may attend to hold NaN in the paged and MLA caches: a
-kernel that read them into an output would fail."""
+kernel that read them into an output would fail. Last, the Triton backends' JAX wrappers end
+to end (jax_triton.triton_call replaced by the interpreter), under jax.jit, against each
+kernel's XLA backend."""
 from __future__ import annotations
 
 import pytest
@@ -342,6 +344,108 @@ def flash_results():
 def test_flash_attention_forward_and_backward_match_the_float64_reference(flash_results, name):
     errs = flash_results[name]["errs"]
     assert set(errs) >= {"out", "dq", "dk", "dv"}
+    for what, (err, scale, finite) in errs.items():
+        assert finite, (what, errs)
+        assert err <= 1e-5 * max(1.0, scale), (what, errs)
+
+
+# -- the Triton backends' JAX wrappers end to end: jax_triton.triton_call replaced by the --------
+# interpreter (triton_interpret.emulated_triton_call), each against the kernel's XLA backend
+# on its own example inputs, under jax.jit; configs for sm80 (no TMA, no Gluon)
+
+_WRAPPERS = r'''
+import json
+import numpy as np
+import jax
+import jax.numpy as jnp
+import jax_triton
+from triton_interpret import emulated_triton_call
+jax_triton.triton_call = emulated_triton_call
+from ejaot.spec.registry import get_kernel
+
+rng = np.random.default_rng(20261207)
+
+
+def inputs_for(name, dims, present=(), static={}):
+    spec = get_kernel(name)
+    dims = spec.resolve_dims(dims)
+    inputs = spec.make_inputs(dims, "float32", tuple(present), static, rng)
+    return inputs, np.array([dims[d] for d in spec.valid_length_dims], np.int32)
+
+
+def err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return [float(np.abs(got - want).max()), float(np.abs(want).max()), bool(np.isfinite(got).all())]
+
+
+def forward(kernel, dims, present, static, config):
+    import importlib
+    tri = importlib.import_module(f"ejaot_kernels.{kernel}.triton_gpu")
+    xla = importlib.import_module(f"ejaot_kernels.{kernel}.xla")
+    inputs, vl = inputs_for(kernel, dims, present, static)
+    impl = getattr(tri, f"{kernel}_impl")
+    got = jax.jit(lambda arrays: impl(arrays, vl, config=config, **static)[0])(inputs)     # as a server runs it
+    want = getattr(xla, f"{kernel}_impl")(inputs, vl, config={}, **static)[0]
+    return {"out": err(got, want)}
+
+
+def flash_grads(dims, present, static, config):
+    from ejaot_kernels.flash_attention import triton_gpu as tri, xla
+    inputs, vl = inputs_for("flash_attention", dims, present, static)
+    names = ("query", "key", "value")
+
+    def f(impl, cfg):
+        def call(q, k, v):
+            return impl({**inputs, "query": q, "key": k, "value": v}, vl, config=cfg, **static)[0]
+        return call
+    primals = [jnp.asarray(inputs[n]) for n in names]
+    got, vjp_t = jax.vjp(jax.jit(f(tri.flash_attention_impl, config)), *primals)
+    want, vjp_x = jax.vjp(f(xla.flash_attention_impl, {}), *primals)
+    ct = jnp.asarray(rng.standard_normal(got.shape).astype(np.float32))
+    out = {"out": err(got, want)}
+    for n, g, w in zip(("dq", "dk", "dv"), vjp_t(ct), vjp_x(ct)):
+        out[n] = err(g, w)
+    return out
+
+
+for name, fn, kw in CASES:
+    print("RESULT " + json.dumps({"name": name, "errs": {"forward": forward, "flash_grads": flash_grads}[fn](**kw)}),
+          flush=True)
+'''
+
+_WRAPPER_CASES = [
+    ("mla_attention, contiguous, causal, 3 splits", "forward", dict(
+        kernel="mla_attention",
+        dims=dict(batch=2, seq=2, kv_seq=80, q_heads=8, kv_heads=8, head_dim=16, kv_lora_rank=32, rope_dim=16),
+        present=("b_q", "b_k"), static=dict(causal=True, softmax_scale=None),
+        config={"kernel": "dot", "num_splits": 3, "compute_capability": 80})),
+    ("paged_mla_attention, 4 splits", "forward", dict(
+        kernel="paged_mla_attention",
+        dims=dict(num_seqs=3, max_blocks=6, page_size=16, total_pages=40, q_heads=8, kv_heads=8, head_dim=16,
+                  kv_lora_rank=32, rope_dim=16),
+        present=("b_q", "rope_cache"), static=dict(softmax_scale=None),
+        config={"kernel": "dot", "num_splits": 4, "compute_capability": 80})),
+    ("page_attention, window, soft cap, 2 splits", "forward", dict(
+        kernel="page_attention",
+        dims=dict(num_seqs=3, max_blocks=6, page_size=16, total_pages=40, q_heads=8, kv_heads=2, head_dim=32),
+        present=(), static=dict(attn_scale=None, attn_logits_soft_cap=4.0, sliding_window=40),
+        config={"num_splits": 2, "pages_per_block": 2, "compute_capability": 80})),
+    ("flash_attention, causal GQA, forward and gradients", "flash_grads", dict(
+        dims=dict(batch=2, seq=48, kv_seq=64, q_heads=4, kv_heads=2, head_dim=32), present=(),
+        static=dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None),
+        config={"compute_capability": 80, "block_m": 16, "block_n": 16, "bwd_block_m": 16, "bwd_block_n": 16,
+                "dq_block_m": 16, "dq_block_n": 16})),
+]
+
+
+@pytest.fixture(scope="module")
+def wrapper_results():
+    return {r["name"]: r for r in run_interpreted(f"CASES = {_WRAPPER_CASES!r}\n" + _WRAPPERS)}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _WRAPPER_CASES])
+def test_triton_backend_matches_the_xla_backend_under_jit(wrapper_results, name):
+    errs = wrapper_results[name]["errs"]
     for what, (err, scale, finite) in errs.items():
         assert finite, (what, errs)
         assert err <= 1e-5 * max(1.0, scale), (what, errs)
