@@ -19,6 +19,13 @@ from triton_interpret import run_interpreted
 
 pytest.importorskip("triton")
 
+
+def _assert_close(errs: dict, rel: float) -> None:
+    """errs: {output: [max |got - want|, max |want|, got all finite]}."""
+    for what, (err, scale, finite) in errs.items():
+        assert finite, (what, errs)
+        assert err <= rel * max(1.0, scale), (what, errs)
+
 _MLA = r'''
 import json
 import numpy as np
@@ -344,9 +351,7 @@ def flash_results():
 def test_flash_attention_forward_and_backward_match_the_float64_reference(flash_results, name):
     errs = flash_results[name]["errs"]
     assert set(errs) >= {"out", "dq", "dk", "dv"}
-    for what, (err, scale, finite) in errs.items():
-        assert finite, (what, errs)
-        assert err <= 1e-5 * max(1.0, scale), (what, errs)
+    _assert_close(errs, 1e-5)
 
 
 # -- the Triton backends' JAX wrappers end to end: jax_triton.triton_call replaced by the --------
@@ -445,7 +450,4 @@ def wrapper_results():
 
 @pytest.mark.parametrize("name", [c[0] for c in _WRAPPER_CASES])
 def test_triton_backend_matches_the_xla_backend_under_jit(wrapper_results, name):
-    errs = wrapper_results[name]["errs"]
-    for what, (err, scale, finite) in errs.items():
-        assert finite, (what, errs)
-        assert err <= 1e-5 * max(1.0, scale), (what, errs)
+    _assert_close(wrapper_results[name]["errs"], 1e-5)
