@@ -435,6 +435,10 @@ _WRAPPER_CASES = [
         dims=dict(num_seqs=3, max_blocks=6, page_size=16, total_pages=40, q_heads=8, kv_heads=2, head_dim=32),
         present=(), static=dict(attn_scale=None, attn_logits_soft_cap=4.0, sliding_window=40),
         config={"num_splits": 2, "pages_per_block": 2, "compute_capability": 80})),
+    ("flash_mla_attention, causal, latent 16 (flash's kernels in the latent space)", "forward", dict(
+        kernel="flash_mla_attention", dims=dict(batch=2, heads=2, seq=40, head_dim=32, latent_dim=16), present=(),
+        static=dict(causal=True, softmax_scale=None),
+        config={"compute_capability": 80, "block_m": 16, "block_n": 16})),
     ("flash_attention, causal GQA, forward and gradients", "flash_grads", dict(
         dims=dict(batch=2, seq=48, kv_seq=64, q_heads=4, kv_heads=2, head_dim=32), present=(),
         static=dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None),
