@@ -691,7 +691,8 @@ def tune_build(manifest, target, out, jobs):
 def tune_measure(candidates_dir, write, iters):
     """On the target's device: time every candidate (checked against the reference) and
     keep the fastest per bucket, with its measured time. Each candidate runs as a jitted
-    program, as a server's jitted step runs it, on input sets that rotate past the cache."""
+    program, as a server's jitted step runs it, on up to 8 input sets in turn (256 MiB of
+    inputs where the sets are that large)."""
     from .targets import get_target
     from .tune import measure_store, write_tuned
     _, index = _open_index(candidates_dir)

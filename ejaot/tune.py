@@ -66,9 +66,12 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
             # The portable tier, jitted: the program a server's jitted step inlines. The
             # compiled tier's eager call adds host work that, for calls of tens of us,
             # outlasts the kernels and hides the differences between candidates.
-            fn = entry.portable() or entry.compiled()
+            fn = entry.portable()
             if fn is None:
-                continue
+                fn = entry.compiled()
+                if fn is None:
+                    continue
+                echo(f"  note {entry.record['config']}: no portable tier, timed through the compiled tier's eager call")
             try:
                 errs = [all_close(jax.block_until_ready(fn(*a)), want, r0["dtype"]) for a, want in checks]
                 if not all(ok for ok, _ in errs):
@@ -118,8 +121,9 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
 
 def _timing_sets(first: list, make) -> list:
     """`first` and more argument sets from make() (on the device), enough that calls in a
-    row touch ROTATE_BYTES of distinct inputs (at most MAX_TIMING_SETS): with one set, a
-    bucket whose inputs fit in L2 would be timed from L2, which serving does not see."""
+    row touch ROTATE_BYTES of distinct inputs, but at most MAX_TIMING_SETS: with one set, a
+    bucket whose inputs fit in L2 would be timed from L2, which serving does not see (sets
+    under ROTATE_BYTES / MAX_TIMING_SETS each still rotate within a smaller span)."""
     import math
     import jax
     size = max(1, sum(getattr(a, "nbytes", 0) for a in first))

@@ -89,7 +89,7 @@ def emulated_triton_call(*args, kernel, out_type, grid, input_output_aliases=Non
     """jax_triton.triton_call's contract run through the interpreter: a jax.pure_callback that
     launches `kernel` on NumPy copies of the arguments and on fresh outputs filled with NaN
     (jax-triton's outputs start uninitialized: a kernel that leaves part of one unwritten
-    shows), aliased outputs starting as copies of their inputs. Patched over
+    shows), an aliased output being its input operand's array. Patched over
     jax_triton.triton_call, it runs the Triton backends' JAX wrappers end to end on the CPU
     (configs without TMA descriptors or Gluon kernels)."""
     import jax
@@ -101,8 +101,8 @@ def emulated_triton_call(*args, kernel, out_type, grid, input_output_aliases=Non
         arrays = [np.array(a) for a in arrays]
         results = [np.full(o.shape, np.nan, o.dtype) if np.issubdtype(o.dtype, np.floating)
                    else np.zeros(o.shape, o.dtype) for o in outs]
-        for i, j in aliases.items():
-            results[j] = arrays[i].copy()
+        for i, j in aliases.items():    # written in place: the kernel writes through operand i
+            results[j] = arrays[i]
         g = grid(constexprs) if callable(grid) else tuple(grid)
         kernel[g](*[NpTensor(a) for a in arrays], *[NpTensor(r) for r in results], **constexprs)
         return tuple(results)

@@ -7,7 +7,7 @@ one session. Run from the tree whose sources built the store.
                                                          4 KB array: the host's floor per call
 
 Per entry (jax.jit over `bundle.call`, 4 input sets made as suite.py makes them):
-  period_us    back-to-back period (timing.time_call: median of 10 samples), as suite.py
+  period_us    back-to-back period (timing.time_call: median of 10 samples)
   dispatch_us  host time per call to issue 200 calls without waiting (close to period_us
                when the host, not the device, sets the pace)
   drain_us     the wait for the device after those 200 calls
@@ -30,7 +30,7 @@ def periods(store: str, label: str, kernels=("mla_attention", "paged_mla_attenti
     suite.ensure_kernel_collection()
     bundle = ejaot.load(store, miss_log=False)
     specs = all_kernels()
-    for key, rec in sorted(FileStore(store).read_index()["entries"].items()):
+    for _, rec in sorted(FileStore(store).read_index()["entries"].items()):
         kernel = rec["kernel"]
         if kernel not in kernels:
             continue

@@ -106,7 +106,7 @@ def header(doc: dict) -> list[str]:
             else f"not measured ({mm.get('error')})")
     ridge = rates.get("ridge_flops_per_byte")
     floor = rates.get("call_floor") or {}
-    floor_s = (f" A jitted one-op call on a 4 KB array takes {floor['us']:.1f} µs back to back (the host's "
+    floor_s = (f" A jitted one-kernel call on a 4 KB array takes {floor['us']:.1f} µs back to back (the host's "
                "cost per jitted call: a row near it is paced by the host)." if "us" in floor else "")
     lines = [
         f"Command: `{doc.get('command')}` · device: {dev.get('kind')} ({dev.get('platform')}) · "

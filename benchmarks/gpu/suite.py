@@ -208,9 +208,9 @@ def measure_matmul(sizes, timing: dict, dtype: str = "bfloat16") -> dict:
 
 
 def measure_call_floor(timing: dict) -> dict:
-    """The host's cost of one jitted call: jax.jit of one elementwise op on a 4 KB float32
-    array, back to back (4 arrays in turn). A decode row whose time is near this is paced
-    by the host, not by its kernels."""
+    """The host's cost of one jitted call: jax.jit of a one-kernel program (a * 2 + 1, fused)
+    on a 4 KB float32 array, back to back (4 arrays in turn). A decode row whose time is
+    near this is paced by the host, not by its kernels."""
     import jax
     import jax.numpy as jnp
     from .timing import time_call

@@ -111,3 +111,20 @@ def test_candidates_are_timed_as_jitted_programs(tunable_attention, small_manife
     import numpy as np
     first, second = seen[0][0], seen[0][1]
     assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, second))
+
+
+def test_committed_tuning_records_match_their_kernel_sources():
+    """A committed record whose kernel source changed since it was measured is ignored by the
+    build (the heuristic serves instead), silently. Here it fails instead: re-tune on the
+    target's device (`ejaot tune measure`), or delete the record to accept the heuristic."""
+    from pathlib import Path
+    from ejaot.spec.registry import all_kernels
+    root = Path(__file__).resolve().parents[2] / "kernels"
+    records = sorted(root.glob("*/tuned/*.json"))
+    assert records, "no committed tuning records found"
+    for path in records:
+        db = json.loads(path.read_text())
+        spec = all_kernels()[path.parent.parent.name]
+        backends = {key.split("|")[0] for key in db["entries"]}
+        stale = [b for b in backends if spec.source_hash(b) != db["source_hash"]]
+        assert not stale, f"{path.relative_to(root.parent)}: measured against other {stale} sources"

@@ -42,7 +42,7 @@ def pow2(n):
 
 def combine(part, lse):
     b, splits, m, r = part.shape
-    out = np.zeros((b, m, r), np.float32)
+    out = np.full((b, m, r), np.nan, np.float32)     # a row left unwritten stays NaN
     sp, bm, bc = combine_tiles(splits, m, r)
     _combine_kernel[(-(-m // bm), -(-r // bc), b)](NpTensor(part), NpTensor(lse), NpTensor(out), M=m, R=r,
                                                   NUM_SPLITS=splits, SP=sp, BLOCK_M=bm, BLOCK_C=bc)
@@ -121,8 +121,24 @@ def paged(b, hq, page, blocks, pages, r, e, splits, ctx, bad):
     return out, np.stack(ref)
 
 
+def combine_only(b, splits, m, r):
+    """The combine alone on random partials: several row and column blocks per sequence, a
+    row no split saw (lse -inf everywhere) and a split that saw nothing."""
+    part = rng.standard_normal((b, splits, m, r)).astype(np.float32)
+    lse = (rng.standard_normal((b, splits, m)) * 4).astype(np.float32)
+    lse[0, :, 1] = -np.inf
+    part[0, :, 1] = 0.0
+    lse[:, splits // 2] = -np.inf
+    part[:, splits // 2] = 0.0
+    mx = lse.max(1, keepdims=True)
+    w = np.exp2(lse.astype(np.float64) - np.where(np.isinf(mx), 0.0, mx))
+    den = w.sum(1)
+    ref = (w[..., None] * part).sum(1) / np.where(den == 0, 1.0, den)[..., None]
+    return combine(part, lse), ref
+
+
 for name, fn, kw in CASES:
-    out, ref = {"contiguous": contiguous, "paged": paged}[fn](**kw)
+    out, ref = {"contiguous": contiguous, "paged": paged, "combine": combine_only}[fn](**kw)
     print("RESULT " + json.dumps({"name": name, "err": float(np.abs(out - ref).max()),
                                   "ref": float(np.abs(ref).max()), "finite": bool(np.isfinite(out).all()),
                                   "zero_rows": int((np.abs(ref).max(-1) == 0).sum()),
@@ -138,6 +154,9 @@ _CASES = [
      dict(b=1, s=2, hq=8, t=64, r=32, e=16, splits=2, causal=True, kv_len=40, q_len=2)),
     ("rank not a power of two, 5 splits", "contiguous",
      dict(b=1, s=1, hq=4, t=80, r=48, e=8, splits=5, causal=False, kv_len=49, q_len=1)),
+    ("combine: 64 splits over 8 row x 4 column blocks", "combine", dict(b=2, splits=64, m=16, r=128)),
+    ("combine: 128 splits, rank 96", "combine", dict(b=1, splits=128, m=8, r=96)),
+    ("combine: 3 splits, 128 rows", "combine", dict(b=1, splits=3, m=128, r=512)),
     ("paged, random contexts", "paged",
      dict(b=3, hq=16, page=16, blocks=6, pages=40, r=32, e=16, splits=1, ctx=[96, 37, 1], bad=[])),
     ("paged, 4 splits, an empty context, bad table entries", "paged",

@@ -256,7 +256,7 @@ def test_report_tables(smoke_results):
     mla = next(r for r in doc["rows"] if r["kernel"] == "mla_attention")
     assert f"| {mla['eager']['time']['median_s'] * 1e6:.1f} |" in md
     assert "cuDNN not run: cuDNN needs an NVIDIA GPU" in md
-    assert f"A jitted one-op call on a 4 KB array takes {doc['device_rates']['call_floor']['us']:.1f} µs" in md
+    assert f"A jitted one-kernel call on a 4 KB array takes {doc['device_rates']['call_floor']['us']:.1f} µs" in md
     # a failed row renders as an error line, not a crash
     broken = json.loads(json.dumps(doc))
     broken["rows"][0].update(error="RuntimeError: boom", time=None, tflops=None)
