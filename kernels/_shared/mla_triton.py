@@ -629,8 +629,7 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
     rows_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=ROW_S)
     q_pos = gl.minimum(rows_s, M - 1) // HQ + off
     cols_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
-    if RA > 0:
-        acc = gl.zeros([BLOCK_H, RA], gl.float32, O_L)
+    acc = gl.zeros([BLOCK_H, RA], gl.float32, O_L)
     s_zero = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, S_L)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, ROW_S)
     l_i = gl.zeros([BLOCK_H], gl.float32, ROW_S)
@@ -663,9 +662,8 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
         fence_async_shared()
         gl.barrier()
         mbarrier.arrive(p_ready)
-        if RA > 0:
-            acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
-            acc = warpgroup_mma(p_smem, kv.slice(0, RA, dim=1), acc)
+        acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
+        acc = warpgroup_mma(p_smem, kv.slice(0, RA, dim=1), acc)
         gl.barrier()
         mbarrier.arrive(kv_free.index(slot))
     # final row sums for the output warpgroup, then this warpgroup's share of out_lat
@@ -674,9 +672,8 @@ def _ws_softmax_partition(q_smem, qpe_smem, kv_smem, bk_smem, p_smem, alpha_smem
     l_smem.store(l_safe)
     gl.barrier()
     mbarrier.arrive(fin)
-    if RA > 0:
-        _gl_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
-                       BLOCK_H, O_L)
+    _gl_store_cols(acc, gl.convert_layout(l_safe, ROW_O), O, b64, split, pid_h, 0, M, R, NUM_SPLITS,
+                   BLOCK_H, O_L)
     if NUM_SPLITS > 1:
         lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
         gl.store(LSE + (b64 * NUM_SPLITS + split) * M + rows_s, lse, mask=rows_s < M)
@@ -705,13 +702,13 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
                          p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row, n_iter, bt_row,
                          M: gl.constexpr, R: gl.constexpr, HAS_ROPE: gl.constexpr,
                          NUM_SPLITS: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-                         RA: gl.constexpr, RB1: gl.constexpr, OB1_L: gl.constexpr,
-                         OB2_L: gl.constexpr, PAGE: gl.constexpr, KV_ROWS: gl.constexpr,
-                         KV_SEQ: gl.constexpr, BOXES: gl.constexpr, RL: gl.constexpr):
+                         RA: gl.constexpr, OB1_L: gl.constexpr, OB2_L: gl.constexpr,
+                         PAGE: gl.constexpr, KV_ROWS: gl.constexpr, KV_SEQ: gl.constexpr,
+                         BOXES: gl.constexpr, RL: gl.constexpr):
     """out_lat[:, RA:] in one or two power-of-two column blocks (shared-memory slices must
-    start at a multiple of their width): [R - RB1, R) and, when the softmax warpgroup takes
-    a quarter, [RA, R/2). RB1 is R/2 on one warpgroup, or all of R (RA 0) on two, which
-    split its columns between them (OB1_L)."""
+    start at a multiple of their width): [R/2, R) and, when the softmax warpgroup takes a
+    quarter, [RA, R/2)."""
+    RB1: gl.constexpr = R // 2
     RB2: gl.constexpr = R - RA - RB1
     acc1 = gl.zeros([BLOCK_H, RB1], gl.float32, OB1_L)
     acc2 = acc1
@@ -724,7 +721,7 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
         kv = kv_smem.index(slot)
         alpha = alpha_smem.load(gl.SliceLayout(1, OB1_L))
         acc1 = acc1 * alpha[:, None]
-        acc1 = warpgroup_mma(p_smem, kv.slice(R - RB1, RB1, dim=1), acc1)
+        acc1 = warpgroup_mma(p_smem, kv.slice(RB1, RB1, dim=1), acc1)
         if RB2 > 0:
             acc2 = acc2 * gl.convert_layout(alpha, gl.SliceLayout(1, OB2_L))[:, None]
             acc2 = warpgroup_mma(p_smem, kv.slice(RA, RB2, dim=1), acc2)
@@ -737,7 +734,7 @@ def _ws_output_partition(kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready,
         row_nxt = _gl_block_row(tma_row, j + 3, bt_row, j + 3 < n_iter, BLOCK_N, PAGE, KV_ROWS, KV_SEQ, RL)
     mbarrier.wait(fin, 0)
     l_safe = l_smem.load(gl.SliceLayout(1, OB1_L))
-    _gl_store_cols(acc1, l_safe, O, b64, split, pid_h, R - RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
+    _gl_store_cols(acc1, l_safe, O, b64, split, pid_h, RB1, M, R, NUM_SPLITS, BLOCK_H, OB1_L)
     if RB2 > 0:
         _gl_store_cols(acc2, gl.convert_layout(l_safe, gl.SliceLayout(1, OB2_L)), O, b64, split, pid_h,
                        RA, M, R, NUM_SPLITS, BLOCK_H, OB2_L)
@@ -750,13 +747,11 @@ def _mla_decode_sm90_ws(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
                         HAS_ROPE: gl.constexpr, CAUSAL: gl.constexpr, NUM_SPLITS: gl.constexpr,
                         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                         PAGE: gl.constexpr, KV_ROWS: gl.constexpr, BOX: gl.constexpr,
-                        RA: gl.constexpr, RA_N: gl.constexpr, RB1: gl.constexpr, RB2_N: gl.constexpr,
-                        OUT_WARPS: gl.constexpr):
+                        RA: gl.constexpr, RB2_N: gl.constexpr):
     """Same contract as _mla_decode_sm90 (compiled with num_warps=4, the softmax warpgroup;
-    the output warpgroup(s) a worker partition of OUT_WARPS warps, and the launch runs
-    all of them: gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax
-    warpgroup accumulates out_lat[:, :RA] (RA_N: RA, at least 8), the output partition
-    the rest: RB1 columns (R/2, or R on 8 warps) and RB2 = R - RA - RB1 (RB2_N: at least 8)."""
+    the output warpgroup is a 4-warp worker partition, and the launch runs all 8 warps:
+    gluon_pipeline.py; BLOCK_H == BLOCK_N == 64, 2 stages). The softmax warpgroup
+    accumulates out_lat[:, :RA], the output warpgroup the rest."""
     M: gl.constexpr = SEQ * HQ
     dtype: gl.constexpr = kv_desc.block_type.element_ty
     kv_sl: gl.constexpr = kv_desc.layout
@@ -766,11 +761,9 @@ def _mla_decode_sm90_ws(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     OA_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                   instr_shape=[16, RA_N, 16])
-    # on 8 output warps each warpgroup takes half of RB1's columns
-    OB1_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, OUT_WARPS // 4],
-                                                    instr_shape=[16, RB1 // (OUT_WARPS // 4), 16])
-    RL_OUT: gl.constexpr = gl.BlockedLayout([1], [32], [OUT_WARPS], [0])
+                                                   instr_shape=[16, RA, 16])
+    OB1_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, R // 2, 16])
     OB2_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                     instr_shape=[16, RB2_N, 16])
     LD_L: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
@@ -815,9 +808,9 @@ def _mla_decode_sm90_ws(QL, BQ, kv_desc, bk_desc, VL, BT, O, LSE,
                                  NUM_SPLITS, BLOCK_H, BLOCK_N, RA, S_L, OA_L, PAGE, LD_L, KV_ROWS)),
         (_ws_output_partition, (kv_smem, bk_smem, p_smem, alpha_smem, l_smem, kv_ready, kv_free,
                                 p_ready, p_free, fin, kv_desc, bk_desc, O, b64, split, pid_h, tma_row,
-                                n_iter, bt_row, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, RB1,
-                                OB1_L, OB2_L, PAGE, KV_ROWS, KV_SEQ, BOXES, RL_OUT)),
-    ], [OUT_WARPS])
+                                n_iter, bt_row, M, R, HAS_ROPE, NUM_SPLITS, BLOCK_H, BLOCK_N, RA, OB1_L,
+                                OB2_L, PAGE, KV_ROWS, KV_SEQ, BOXES, RL)),
+    ], [4])
 
 
 # ----------------------------------------------------------------------------------------
@@ -834,7 +827,7 @@ class _Static:
     num_splits: int
     num_warps: int
     num_stages: int
-    softmax_share: int = 2   # wgmma_ws: the softmax warpgroup accumulates 1/share of out_lat (0: none)
+    softmax_share: int = 2   # wgmma_ws: the softmax warpgroup accumulates 1/share of out_lat
 
 
 
@@ -866,8 +859,7 @@ def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
     share = 2
     if kernel == "wgmma_ws":
         bh, bn, stages, warps = 64, 64, 2, 4
-        asked = int(cfg.get("softmax_share", 2))
-        share = 0 if asked == 0 else 4 if asked >= 4 and r >= QUARTER_MIN_RANK else 2
+        share = 4 if int(cfg.get("softmax_share", 2)) >= 4 and r >= QUARTER_MIN_RANK else 2
     elif kernel == "wgmma":
         # 64 rows (one wgmma M per warpgroup, 8 warps); 64 keys x 2 TMA stages, or 32 x 3-4
         bh, warps = 64, 8
@@ -913,15 +905,6 @@ def tma_descriptors(kv, b_k, box: int, block_n: int):
         return jt.TensorDescriptor.from_array(x, block_shape=[box, width], layout=layout)
     kv_desc = desc(kv)
     return kv_desc, (desc(b_k) if b_k is not None else kv_desc)
-
-
-def _ws_columns(r: int, share: int) -> dict:
-    """The warp-specialized kernel's out_lat columns per role: the softmax warpgroup's RA
-    (r / share; share 0: none), the output partition's RB1 (r / 2 on one warpgroup; all
-    of r on two, OUT_WARPS 8) and RB2 = r - RA - RB1; *_N: instruction widths, >= 8."""
-    ra = r // share if share else 0
-    rb1 = r if share == 0 else r // 2
-    return dict(RA=ra, RA_N=max(ra, 8), RB1=rb1, RB2_N=max(r - ra - rb1, 8), OUT_WARPS=8 if share == 0 else 4)
 
 
 def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype,
@@ -979,7 +962,8 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
         res = jt.triton_call(
             ql, bq_arg, kv_desc, bk_desc, vl, bt, kernel=_mla_decode_sm90_ws, out_type=out_type, grid=grid,
             num_warps=4, num_stages=1, compute_capability=st.cc, name=name + "_sm90_ws",
-            E=max(e, 16), BOX=box, **_ws_columns(r, st.softmax_share), **common)
+            E=max(e, 16), BOX=box, RA=r // st.softmax_share, RB2_N=max(r // 4, 8),
+            **common)
     else:
         rp = max(16, next_pow2(r))
         ep = max(16, next_pow2(e)) if has_rope else 16

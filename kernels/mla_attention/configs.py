@@ -206,8 +206,7 @@ def triton_heuristic(dims, static, target):
     sm_count = int(facts.get("sm_count", 132 if cc >= 90 else 108))
     splits = choose_splits(dims["batch"], rows, t, block_h, block_n, dims["kv_lora_rank"], sm_count)
     # Hopper runs a Gluon kernel: "wgmma_ws" (warp-specialized, softmax_share: the
-    # softmax warpgroup accumulates 1/share of out_lat; 0: none, and the output
-    # partition is two warpgroups, 12 warps in all) or "wgmma" (both warpgroups in
+    # softmax warpgroup accumulates 1/share of out_lat) or "wgmma" (both warpgroups in
     # lockstep); 64 x 64 tiles, 2 TMA stages. The tile fields above then describe the
     # tl.dot kernel, which serves other generations, float32 inputs and shapes the
     # Gluon kernels do not tile.
@@ -221,7 +220,7 @@ def triton_heuristic(dims, static, target):
 def triton_candidates(dims, static, target):
     """Decode configs to time: the heuristic, then tiles and split counts around it. On
     Hopper: the warp-specialized kernel with the softmax warpgroup's share of out_lat at
-    1/2, 1/4 or none (0: two output warpgroups take it all), the lockstep wgmma kernel (64 keys x 2 stages or 32 keys x 3-4 stages;
+    1/2 or 1/4, the lockstep wgmma kernel (64 keys x 2 stages or 32 keys x 3-4 stages;
     both Gluon kernels ignore num_warps), and the tl.dot kernel."""
     base = triton_heuristic(dims, static, target)
     cc = base["compute_capability"]
@@ -237,20 +236,17 @@ def triton_candidates(dims, static, target):
     add(base)
     dot = {**base, "kernel": "dot"}
     if base["kernel"] in ("wgmma_ws", "wgmma"):
-        ws = base["kernel"] == "wgmma_ws"
-        quarter = ws and dims["kv_lora_rank"] >= QUARTER_MIN_RANK
+        quarter = base["kernel"] == "wgmma_ws" and dims["kv_lora_rank"] >= QUARTER_MIN_RANK
         if quarter:
             add({**base, "softmax_share": 4})
-        if ws:
-            add({**base, "softmax_share": 0})
         lockstep = {**base, "kernel": "wgmma"}
         add(lockstep)
         for bn, stages in ((32, 4), (32, 3)):
             add({**lockstep, "block_n": bn, "num_stages": stages})
         add({**dot, "block_n": 64, "num_stages": 2, "num_warps": 8})   # 1.1-2x slower on an H100
-        for ns in sorted({1, 2, base["num_splits"]}):
-            for share in ((4,) if quarter else ()) + ((0,) if ws else ()):
-                add({**base, "softmax_share": share, "num_splits": ns})
+        if quarter:
+            for ns in sorted({1, 2, base["num_splits"]}):
+                add({**base, "softmax_share": 4, "num_splits": ns})
     for bn in ((base["block_n"], 32, 128) if base["kernel"] == "dot" else ()):
         for stages in (2, 3, 1):
             for warps in (8, 4):
