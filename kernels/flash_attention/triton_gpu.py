@@ -98,6 +98,54 @@ def _scores(qk, bias, sm_scale: tl.constexpr, soft_cap: tl.constexpr, HAS_CAP: t
 
 
 @_jit
+def _bias_tile(bias_base, offs_m, offs_n, row_ok, kv_ok, KV_SEQ: tl.constexpr, MASKED: tl.constexpr,
+               EVEN_M: tl.constexpr, KEYS_BY_ROW: tl.constexpr):
+    """The bias of queries offs_m against keys offs_n: a [queries, keys] tile, or
+    [keys, queries] with KEYS_BY_ROW (the dK/dV loop's transposed tiles). Rows past the
+    sequence (row_ok) and, MASKED, keys past kv_len read zeros."""
+    if KEYS_BY_ROW:
+        rows, keys, rows_ok, keys_ok = offs_m[None, :], offs_n[:, None], row_ok[None, :], kv_ok[:, None]
+    else:
+        rows, keys, rows_ok, keys_ok = offs_m[:, None], offs_n[None, :], row_ok[:, None], kv_ok[None, :]
+    b_ptrs = bias_base + rows * KV_SEQ + keys
+    if MASKED:
+        bias = tl.load(b_ptrs, mask=rows_ok & keys_ok, other=0.0)
+    elif EVEN_M:
+        bias = tl.load(b_ptrs)
+    else:
+        bias = tl.load(b_ptrs, mask=rows_ok, other=0.0)
+    return bias
+
+
+@_jit
+def _visible(s, q_pos, offs_n, kv_ok, own_seg, seg_ptrs, seg_ok, WL: tl.constexpr, WR: tl.constexpr,
+             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_SEG: tl.constexpr,
+             MASKED: tl.constexpr, KEYS_BY_ROW: tl.constexpr):
+    """s with -inf where a key may not be seen: past kv_len, after the query (causal),
+    outside the window, or of another segment. Tiles are [queries, keys], or [keys,
+    queries] with KEYS_BY_ROW. The program's own segment ids (own_seg: the queries', or the
+    keys' with KEYS_BY_ROW) meet the other side's, loaded from seg_ptrs (seg_ok: in range).
+    Unmasked blocks check segments only."""
+    if MASKED:
+        if KEYS_BY_ROW:
+            keys, pos, keep = offs_n[:, None], q_pos[None, :], kv_ok[:, None]
+        else:
+            keys, pos, keep = offs_n[None, :], q_pos[:, None], kv_ok[None, :]
+        if CAUSAL:
+            keep = keep & (keys <= pos)
+        if WINDOW:
+            keep = keep & (keys >= pos - WL) & (keys <= pos + WR)
+        if HAS_SEG:
+            other_seg = tl.load(seg_ptrs, mask=seg_ok, other=-1)
+            keep = keep & (own_seg[:, None] == other_seg[None, :])
+        s = tl.where(keep, s, float("-inf"))
+    elif HAS_SEG:
+        other_seg = tl.load(seg_ptrs)
+        s = tl.where(own_seg[:, None] == other_seg[None, :], s, float("-inf"))
+    return s
+
+
+@_jit
 def _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base, kseg_base,
               desc_k, desc_v, tma_row, tma_col,
               offs_m, offs_d, lo, hi,
@@ -126,27 +174,11 @@ def _fwd_loop(acc, l_i, m_i, q, q_pos, qseg, kv_len, k_base, v_base, bias_base, 
         else:
             bias = qk
             if HAS_BIAS:
-                b_ptrs = bias_base + offs_m[:, None] * KV_SEQ + offs_n[None, :]
-                if MASKED:
-                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None] & kv_ok[None, :], other=0.0)
-                elif EVEN_M:
-                    bias = tl.load(b_ptrs)
-                else:
-                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None], other=0.0)
+                bias = _bias_tile(bias_base, offs_m, offs_n, offs_m < SEQ, kv_ok, KV_SEQ, MASKED, EVEN_M,
+                                  False)
             s, _t = _scores(qk, bias, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
-        if MASKED:
-            keep = kv_ok[None, :]
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= q_pos[:, None])
-            if WINDOW:
-                keep = keep & (offs_n[None, :] >= q_pos[:, None] - WL) & (offs_n[None, :] <= q_pos[:, None] + WR)
-            if HAS_SEG:
-                kseg = tl.load(kseg_base + offs_n, mask=kv_ok, other=-1)
-                keep = keep & (qseg[:, None] == kseg[None, :])
-            s = tl.where(keep, s, float("-inf"))
-        elif HAS_SEG:
-            kseg = tl.load(kseg_base + offs_n)
-            s = tl.where(qseg[:, None] == kseg[None, :], s, float("-inf"))
+        s = _visible(s, q_pos, offs_n, kv_ok, qseg, kseg_base + offs_n, kv_ok, WL, WR, CAUSAL, WINDOW,
+                     HAS_SEG, MASKED, False)
         if FAST:
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         else:
@@ -298,27 +330,11 @@ def _dq_loop(dq, q, do, lse, delta, q_pos, qseg, kv_len, k_base, v_base, bias_ba
         else:
             bias = qk
             if HAS_BIAS:
-                b_ptrs = bias_base + offs_m[:, None] * KV_SEQ + offs_n[None, :]
-                if MASKED:
-                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None] & kv_ok[None, :], other=0.0)
-                elif EVEN_M:
-                    bias = tl.load(b_ptrs)
-                else:
-                    bias = tl.load(b_ptrs, mask=(offs_m < SEQ)[:, None], other=0.0)
+                bias = _bias_tile(bias_base, offs_m, offs_n, offs_m < SEQ, kv_ok, KV_SEQ, MASKED, EVEN_M,
+                                  False)
             s, t = _scores(qk, bias, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
-        if MASKED:
-            keep = kv_ok[None, :]
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= q_pos[:, None])
-            if WINDOW:
-                keep = keep & (offs_n[None, :] >= q_pos[:, None] - WL) & (offs_n[None, :] <= q_pos[:, None] + WR)
-            if HAS_SEG:
-                kseg = tl.load(kseg_base + offs_n, mask=kv_ok, other=-1)
-                keep = keep & (qseg[:, None] == kseg[None, :])
-            s = tl.where(keep, s, float("-inf"))
-        elif HAS_SEG:
-            kseg = tl.load(kseg_base + offs_n)
-            s = tl.where(qseg[:, None] == kseg[None, :], s, float("-inf"))
+        s = _visible(s, q_pos, offs_n, kv_ok, qseg, kseg_base + offs_n, kv_ok, WL, WR, CAUSAL, WINDOW,
+                     HAS_SEG, MASKED, False)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -433,27 +449,11 @@ def _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base
             sT = qkT * qk_scale
         else:
             biasT = qkT
-            if HAS_BIAS:
-                b_ptrs = bias_base + offs_m[None, :] * KV_SEQ + offs_n[:, None]
-                if MASKED:
-                    biasT = tl.load(b_ptrs, mask=row_ok[None, :] & kv_ok[:, None], other=0.0)
-                else:
-                    biasT = tl.load(b_ptrs)
+            if HAS_BIAS:     # unmasked steps cover whole query blocks: no row mask
+                biasT = _bias_tile(bias_base, offs_m, offs_n, row_ok, kv_ok, KV_SEQ, MASKED, True, True)
             sT, tT = _scores(qkT, biasT, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
-        if MASKED:
-            keep = kv_ok[:, None]
-            q_pos = offs_m + off
-            if CAUSAL:
-                keep = keep & (offs_n[:, None] <= q_pos[None, :])
-            if WINDOW:
-                keep = keep & (offs_n[:, None] >= q_pos[None, :] - WL) & (offs_n[:, None] <= q_pos[None, :] + WR)
-            if HAS_SEG:
-                qseg = tl.load(qseg_base + offs_m, mask=row_ok, other=-1)
-                keep = keep & (kseg[:, None] == qseg[None, :])
-            sT = tl.where(keep, sT, float("-inf"))
-        elif HAS_SEG:
-            qseg = tl.load(qseg_base + offs_m)
-            sT = tl.where(kseg[:, None] == qseg[None, :], sT, float("-inf"))
+        sT = _visible(sT, offs_m + off, offs_n, kv_ok, kseg, qseg_base + offs_m, row_ok, WL, WR, CAUSAL,
+                      WINDOW, HAS_SEG, MASKED, True)
         pT = tl.math.exp2(sT - lse[None, :])
         if MASKED:
             do = tl.load(do_base + q_off, mask=row_ok[:, None], other=0.0)
