@@ -162,6 +162,22 @@ def test_tma_forward_reads_through_host_made_descriptors():
     assert len(fwd) == 2 and all(r["tma_loads"] and not r["device_made_descriptors"] for r in fwd), fwd
 
 
+def test_warp_specialized_candidates_lower():
+    """Every tuning candidate with Triton's warp specialization lowers: `ejaot tune build`
+    builds each one, and one that Triton's pass rejects (it fails at 4 warps) fails that
+    build."""
+    from ejaot.targets import get_target
+    from ejaot_kernels.flash_attention.configs import triton_candidates
+    dims = dict(batch=2, seq=2048, kv_seq=2048, q_heads=4, kv_heads=2, head_dim=128)
+    static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
+    ws = [c for c in triton_candidates(dims, static, get_target("gpu-sm90")) if c.get("warp_specialize")]
+    assert ws and all(c["tma"] and not c["gluon"] for c in ws), ws
+    cases = [dict(cc=90, b=2, s=2048, t=2048, hq=4, hk=2, d=128, causal=True, config=c) for c in ws]
+    results = _lower(cases)         # forward and backward of each; a pass failure fails the lowering
+    assert len(results) == 2 * len(cases), results
+    assert all(r["tma_loads"] for r in results if r["kind"] == "fwd"), results
+
+
 def test_hopper_plain_forward_is_the_gluon_pingpong_kernel():
     """On sm90 the heuristic's forward for plain scores (causal or not, GQA/MQA, head_dim 64,
     128 or 256, lengths that are no multiple of a block) is the Gluon kernel: TMA loads
