@@ -111,6 +111,8 @@ def merge(out, stores, trusted_keys):
     """Merge shard stores (of one target) into OUT: every record and payload verified before
     it is copied, identical keys kept once, conflicts refused, the index written once."""
     from .build.merge import merge_stores
+    for store_dir in stores:
+        _require_dir(store_dir)
     try:
         report = merge_stores(out, stores, trusted_keys=list(trusted_keys) or None)
     except EjaotError as e:
@@ -172,6 +174,12 @@ def _clock(seconds: float) -> str:
     """HH:MM:SS, as click's ETA."""
     seconds = int(seconds)
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _require_dir(store_dir) -> None:
+    """A usage error (exit 2) when the store's directory does not exist."""
+    if not os.path.isdir(store_dir):
+        _fail(f"{store_dir}: no store (the directory does not exist)")
 
 
 def _open_index(store_dir):
@@ -356,6 +364,7 @@ def verify(store_dir, numerics, max_elements, kernels, as_json):
     """Check every payload's sha256, this host's compatibility with each tier, and
     (where the device can run them) the numerics against the reference."""
     from .verify import render, verify_store
+    _require_dir(store_dir)
     index = _index_or_none(store_dir)
     only = _check_kernel_filter(kernels, index)
     progress = _Progress("verify", total=len(_matching(index, only)), lines=False)
@@ -384,9 +393,8 @@ def finalize(store_dir, sign_key, force, kernels):
     """Add the compiled tier for this host's device to every entry built for its platform
     (e.g. on an H100 for a gpu-sm90 store). Needs only jax."""
     from .build.finalize import finalize_store
+    _require_dir(store_dir)
     index = _index_or_none(store_dir)
-    if index is None and not os.path.isdir(store_dir):
-        _fail(f"{store_dir}: no store (the directory does not exist)")
     only = _check_kernel_filter(kernels, index)
     signer = None
     if sign_key:
@@ -640,6 +648,7 @@ def _toml(v):
 def gc(store_dir, grace):
     """Delete blobs no index entry references (safe while servers read the store)."""
     from .store.filestore import FileStore
+    _require_dir(store_dir)      # before the store's lock file would create it
     try:
         r = FileStore(store_dir).collect_garbage(grace)
     except FileNotFoundError:
@@ -675,6 +684,10 @@ def tune_build(manifest, target, out, jobs):
         entries = candidate_entries(load_manifest(manifest or _default_manifest()), tgt)
     except (KeyError, EjaotError) as e:
         _fail(e.args[0] if isinstance(e, KeyError) else str(e))
+    if not entries:      # e.g. the cpu target: its XLA backends have no configs to tune
+        click.echo(f"nothing to tune: no bucket of the manifest runs a backend with candidate configs "
+                   f"on {tgt.name}")
+        return
     progress = _Progress("tune build")
     report = build_entries(entries, tgt, out, jobs=jobs, progress=progress, supersede=False)
     progress.finish()

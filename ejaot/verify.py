@@ -174,8 +174,11 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
         emit(results[-1])
     for r in bundle.stats()["rejected"]:
         if kernels is None or r["kernel"] in kernels:
-            what = "entry" if r["tier"] == "entry" else f"{r['tier']} tier of"
-            emit({"type": "note", "text": f"{what} {str(r['entry'])[:12]} rejected: {r['reason']}"})
+            if r["tier"] == "store":    # the whole store, or one kernel's section of its index
+                what = "store" if r["kernel"] is None else f"{r['kernel']} entries of the store"
+            else:
+                what = f"{'entry' if r['tier'] == 'entry' else r['tier'] + ' tier of'} {str(r['entry'])[:12]}"
+            emit({"type": "note", "text": f"{what} rejected: {r['reason']}"})
     ok = all(r["ok"] for r in results)
     emit({"type": "summary", "ok": ok,
           "numerically_verified": sum(r["numerics"] == "ok" for r in results),

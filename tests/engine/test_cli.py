@@ -52,6 +52,35 @@ def test_build_errors_are_clear(tmp_path):
     assert code == 2 and "unknown target 'tpu-v9'" in text
 
 
+def test_a_store_that_does_not_exist_is_a_usage_error(tmp_path, store_copy):
+    """Exit status 2 (README, Command line) from every command that reads a store."""
+    missing = tmp_path / "nostore"
+    for args in (("verify", missing), ("verify", missing, "--json"), ("finalize", missing), ("ls", missing),
+                 ("inspect", missing, "abc"), ("misses", missing), ("gc", missing),
+                 ("merge", tmp_path / "out", store_copy, missing)):
+        code, text = run(*args)
+        assert code == 2 and "nostore" in text, (args, code, text)
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_names_a_store_it_cannot_use(tmp_path, small_manifest):
+    """A store built for another platform: its rejection is a note about the store, not
+    about an entry called None; its entries pass the checks this host can run."""
+    out = tmp_path / "tpu"
+    code, text = run("build", "--manifest", small_manifest, "--target", "tpu-v5e", "--out", out, "--quiet")
+    assert code == 0, text
+    code, text = run("verify", out, "--no-numerics")
+    assert code == 0 and "note: store rejected: the store was built for target 'tpu-v5e'" in text, text
+    assert "None" not in text, text
+
+
+def test_tune_build_says_when_there_is_nothing_to_tune(tmp_path, small_manifest):
+    """The cpu target's backends (XLA) have no candidate configs: a clear line, no store."""
+    code, text = run("tune", "build", "--manifest", small_manifest, "--target", "cpu", "--out", tmp_path / "c")
+    assert code == 0 and "nothing to tune" in text and "cpu" in text, text
+    assert not (tmp_path / "c").exists()
+
+
 def test_misses_summarizes_as_buckets(store_copy, rng):
     bundle = ejaot.load(store_copy)
     for s in (40, 40, 50):
