@@ -112,7 +112,7 @@ def merge(out, stores, trusted_keys):
     it is copied, identical keys kept once, conflicts refused, the index written once."""
     from .build.merge import merge_stores
     for store_dir in stores:
-        _require_dir(store_dir)
+        _require_store(store_dir)
     try:
         report = merge_stores(out, stores, trusted_keys=list(trusted_keys) or None)
     except EjaotError as e:
@@ -176,10 +176,15 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _require_dir(store_dir) -> None:
-    """A usage error (exit 2) when the store's directory does not exist."""
+def _require_store(store_dir) -> None:
+    """A usage error (exit 2) when there is no store: no directory, or no index in it (an
+    index that is there but damaged is for the command to report)."""
+    from .store.filestore import FileStore
     if not os.path.isdir(store_dir):
         _fail(f"{store_dir}: no store (the directory does not exist)")
+    index = FileStore(store_dir).index_path
+    if not index.exists():
+        _fail(f"{store_dir}: no store index ({index} not found)")
 
 
 def _open_index(store_dir):
@@ -364,7 +369,7 @@ def verify(store_dir, numerics, max_elements, kernels, as_json):
     """Check every payload's sha256, this host's compatibility with each tier, and
     (where the device can run them) the numerics against the reference."""
     from .verify import render, verify_store
-    _require_dir(store_dir)
+    _require_store(store_dir)
     index = _index_or_none(store_dir)
     only = _check_kernel_filter(kernels, index)
     progress = _Progress("verify", total=len(_matching(index, only)), lines=False)
@@ -393,7 +398,7 @@ def finalize(store_dir, sign_key, force, kernels):
     """Add the compiled tier for this host's device to every entry built for its platform
     (e.g. on an H100 for a gpu-sm90 store). Needs only jax."""
     from .build.finalize import finalize_store
-    _require_dir(store_dir)
+    _require_store(store_dir)
     index = _index_or_none(store_dir)
     only = _check_kernel_filter(kernels, index)
     signer = None
@@ -648,7 +653,7 @@ def _toml(v):
 def gc(store_dir, grace):
     """Delete blobs no index entry references (safe while servers read the store)."""
     from .store.filestore import FileStore
-    _require_dir(store_dir)      # before the store's lock file would create it
+    _require_store(store_dir)    # before the store's lock file would create anything
     try:
         r = FileStore(store_dir).collect_garbage(grace)
     except FileNotFoundError:

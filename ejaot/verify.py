@@ -173,7 +173,7 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
         results.append(check(key, record))
         emit(results[-1])
     for r in bundle.stats()["rejected"]:
-        if kernels is None or r["kernel"] in kernels:
+        if kernels is None or r["kernel"] is None or r["kernel"] in kernels:   # the store's own: always
             if r["tier"] == "store":    # the whole store, or one kernel's section of its index
                 what = "store" if r["kernel"] is None else f"{r['kernel']} entries of the store"
             else:

@@ -54,13 +54,16 @@ def test_build_errors_are_clear(tmp_path):
 
 def test_a_store_that_does_not_exist_is_a_usage_error(tmp_path, store_copy):
     """Exit status 2 (README, Command line) from every command that reads a store."""
-    missing = tmp_path / "nostore"
-    for args in (("verify", missing), ("verify", missing, "--json"), ("finalize", missing), ("ls", missing),
-                 ("inspect", missing, "abc"), ("misses", missing), ("gc", missing),
-                 ("merge", tmp_path / "out", store_copy, missing)):
-        code, text = run(*args)
-        assert code == 2 and "nostore" in text, (args, code, text)
-    assert not (tmp_path / "out").exists()
+    missing, empty = tmp_path / "nostore", tmp_path / "empty"
+    empty.mkdir()
+    for store in (missing, empty):    # no directory; a directory without an index
+        for args in (("verify", store), ("verify", store, "--json"), ("finalize", store), ("ls", store),
+                     ("inspect", store, "abc"), ("gc", store), ("merge", tmp_path / "out", store_copy, store)):
+            code, text = run(*args)
+            assert code == 2 and f"{store}: no store" in text, (args, code, text)
+    code, text = run("misses", missing)
+    assert code == 2 and "nostore" in text, text
+    assert not missing.exists() and not any(empty.iterdir()) and not (tmp_path / "out").exists()
 
 
 def test_verify_names_a_store_it_cannot_use(tmp_path, small_manifest):
@@ -72,6 +75,8 @@ def test_verify_names_a_store_it_cannot_use(tmp_path, small_manifest):
     code, text = run("verify", out, "--no-numerics")
     assert code == 0 and "note: store rejected: the store was built for target 'tpu-v5e'" in text, text
     assert "None" not in text, text
+    code, text = run("verify", out, "--no-numerics", "--kernel", "attention")   # shown with a filter too
+    assert code == 0 and "note: store rejected" in text, text
 
 
 def test_tune_build_says_when_there_is_nothing_to_tune(tmp_path, small_manifest):
