@@ -99,10 +99,11 @@ def _scores(qk, bias, sm_scale: tl.constexpr, soft_cap: tl.constexpr, HAS_CAP: t
 
 @_jit
 def _bias_tile(bias_base, offs_m, offs_n, row_ok, kv_ok, KV_SEQ: tl.constexpr, MASKED: tl.constexpr,
-               EVEN_M: tl.constexpr, KEYS_BY_ROW: tl.constexpr):
+               ALL_ROWS: tl.constexpr, KEYS_BY_ROW: tl.constexpr):
     """The bias of queries offs_m against keys offs_n: a [queries, keys] tile, or
     [keys, queries] with KEYS_BY_ROW (the dK/dV loop's transposed tiles). Rows past the
-    sequence (row_ok) and, MASKED, keys past kv_len read zeros."""
+    sequence (row_ok; ALL_ROWS: every row is in it) and, MASKED, keys past kv_len read
+    zeros."""
     if KEYS_BY_ROW:
         rows, keys, rows_ok, keys_ok = offs_m[None, :], offs_n[:, None], row_ok[None, :], kv_ok[:, None]
     else:
@@ -110,7 +111,7 @@ def _bias_tile(bias_base, offs_m, offs_n, row_ok, kv_ok, KV_SEQ: tl.constexpr, M
     b_ptrs = bias_base + rows * KV_SEQ + keys
     if MASKED:
         bias = tl.load(b_ptrs, mask=rows_ok & keys_ok, other=0.0)
-    elif EVEN_M:
+    elif ALL_ROWS:
         bias = tl.load(b_ptrs)
     else:
         bias = tl.load(b_ptrs, mask=rows_ok, other=0.0)
@@ -449,7 +450,7 @@ def _dkdv_loop(dk, dv, k, v, offs_n, kv_ok, kseg, off, q_base, do_base, lse_base
             sT = qkT * qk_scale
         else:
             biasT = qkT
-            if HAS_BIAS:     # unmasked steps cover whole query blocks: no row mask
+            if HAS_BIAS:     # unmasked steps cover whole query blocks within the sequence
                 biasT = _bias_tile(bias_base, offs_m, offs_n, row_ok, kv_ok, KV_SEQ, MASKED, True, True)
             sT, tT = _scores(qkT, biasT, sm_scale, soft_cap, HAS_CAP, HAS_BIAS)
         sT = _visible(sT, offs_m + off, offs_n, kv_ok, kseg, qseg_base + offs_m, row_ok, WL, WR, CAUSAL,
