@@ -153,11 +153,10 @@ def verify_store(root, numerics=True, max_elements=None, echo=print, seed=None, 
           "device": device.device_kind, "max_elements": max_elements})
     try:
         index = store.read_index()
-    except FileNotFoundError:
-        emit({"type": "store", "ok": False, "error": f"no index at {store.index_path}"})
-        return False
-    except EjaotError as e:
-        emit({"type": "store", "ok": False, "error": str(e)})
+    except (FileNotFoundError, EjaotError) as e:
+        why = f"no index at {store.index_path}" if isinstance(e, FileNotFoundError) else str(e)
+        emit({"type": "store", "ok": False, "error": why})
+        emit({"type": "summary", "ok": False, "numerically_verified": 0, "not_run": 0, "failures": 1})
         return False
     emit({"type": "store", "ok": True, "target": index.get("target"), "entries": len(index["entries"])})
     rng = np.random.default_rng(seed)

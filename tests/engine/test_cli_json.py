@@ -43,6 +43,18 @@ def test_verify_json_reports_a_corrupted_entry(store_copy):
     assert rows[-1]["type"] == "summary" and rows[-1]["ok"] is False
 
 
+def test_verify_json_ends_with_a_summary_when_the_index_is_damaged(store_copy):
+    """README: the last object is a summary whose ok is the exit status, also when the
+    store's index cannot be read."""
+    from ejaot.store.filestore import FileStore
+    index = FileStore(store_copy).index_path
+    index.write_bytes(index.read_bytes()[:-7])
+    code, out, _ = run("verify", store_copy, "--json")
+    rows = json_lines(out)
+    assert code == 1 and [r["type"] for r in rows] == ["host", "store", "summary"], rows
+    assert rows[1]["ok"] is False and rows[1]["error"] and rows[-1]["ok"] is False
+
+
 def test_inspect_kernels_targets_json(store_copy):
     code, out, _ = run("ls", store_copy, "--json")
     key = json_lines(out)[0]["key"]
