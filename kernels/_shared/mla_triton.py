@@ -67,8 +67,6 @@ import dataclasses
 
 from ejaot_kernels._shared.gluon_pipeline import install_compile_hook, route_through_gluon_pipeline
 from ejaot_kernels._shared.gluon_support import zero_tail as _gl_zero_tail
-from ejaot_kernels._shared.mla_project_triton import MERGE_MAX_SPLITS, project_output
-from ejaot_kernels._shared.mla_projections import expand_output
 from ejaot_kernels.mla_attention.configs import QUARTER_MIN_RANK, WS_MIN_RANK, fit_triton_tiles, page_kernel
 from ejaot_kernels.triton_support import LOG2E, jit as _jit, next_pow2, tl
 
@@ -830,7 +828,6 @@ class _Static:
     num_warps: int
     num_stages: int
     softmax_share: int = 2   # wgmma_ws: the softmax warpgroup accumulates 1/share of out_lat
-    projection: str = "xla"  # "fused": merge + output projection in mla_project_triton's kernel
 
 
 
@@ -882,12 +879,8 @@ def make_static(cfg, dims, itemsize, page_size=0) -> _Static:
             bh, bn, stages, warps = 16, 16, 1, 4
     n_blocks = -(-n_tokens // bn)
     splits = max(1, min(int(cfg.get("num_splits", 1)), n_blocks))
-    projection = cfg.get("projection") or "xla"
-    if projection not in ("xla", "fused"):
-        raise ValueError("mla_attention (triton): config projection must be 'xla' or 'fused', "
-                         f"got {projection!r}")
     return _Static(cc=cc, kernel=kernel, block_h=bh, block_n=bn, num_splits=splits,
-                   num_warps=warps, num_stages=stages, softmax_share=share, projection=projection)
+                   num_warps=warps, num_stages=stages, softmax_share=share)
 
 
 def _cdiv(a, b):
@@ -921,38 +914,6 @@ def latent_attention(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, cau
     Paged (block_tables int32 [B, max_blocks] given; S == 1): kv [pages, page_size, R] and
     b_k [pages, page_size, E] are the caches, valid_lens each sequence's context length,
     T = max_blocks * page_size. Returns out_lat [B, S, HQ, R]."""
-    b, s, hq, r = q_lat.shape
-    res = _decode(st, q_lat, b_q, kv, b_k, valid_lens, scale=scale, causal=causal, out_dtype=out_dtype,
-                  block_tables=block_tables)
-    out = res[0] if st.num_splits == 1 else _combine(st, *res, out_dtype)
-    return out.reshape(b, s, hq, r)
-
-
-def decode_output(st: _Static, q_lat, b_q, kv, b_k, valid_lens, w_vc, *, scale, causal, dtype,
-                  block_tables=None):
-    """latent_attention's inputs and w_vc [R, HK, D] -> out [B, S, HQ, D] in `dtype` (the
-    caller's): the decode kernel, then the splits' merge and the output projection, either
-    in mla_project_triton's kernel (config projection "fused"; the combine kernel first
-    when the splits are more than it merges) or as the combine kernel and XLA's GEMM
-    (mla_projections.expand_output)."""
-    import jax.numpy as jnp
-    if st.projection != "fused":
-        out_lat = latent_attention(st, q_lat, b_q, kv, b_k, valid_lens, scale=scale, causal=causal,
-                                   out_dtype=latent_dtype(dtype), block_tables=block_tables)
-        return expand_output(out_lat, w_vc, dtype)
-    b, s, hq, _ = q_lat.shape
-    res = _decode(st, q_lat, b_q, kv, b_k, valid_lens, scale=scale, causal=causal,
-                  out_dtype=latent_dtype(dtype), block_tables=block_tables)
-    splits = st.num_splits
-    if splits > MERGE_MAX_SPLITS:
-        res, splits = (_combine(st, *res, latent_dtype(dtype)), jnp.zeros((1,), jnp.float32)), 1
-    return project_output(res, w_vc, batch=b, seq=s, q_heads=hq, num_splits=splits, cc=st.cc,
-                          out_dtype=dtype)
-
-
-def _decode(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_dtype, block_tables):
-    """The decode kernel's results: (out_lat [B, S * HQ, R] in out_dtype, unused) with one
-    split, else (partials [B, splits, S * HQ, R] f32, their log2-sum-exps [B, splits, S * HQ])."""
     import jax
     import jax.numpy as jnp
     import jax_triton as jt
@@ -1010,21 +971,17 @@ def _decode(st: _Static, q_lat, b_q, kv, b_k, valid_lens, *, scale, causal, out_
             ql, bq_arg, kv, bk_arg, vl, bt, kernel=_mla_decode_kernel, out_type=out_type, grid=grid,
             num_warps=st.num_warps, num_stages=st.num_stages, compute_capability=st.cc, name=name,
             RP=rp, E=max(e, 1), EP=ep, DOT_PREC="ieee" if dt == jnp.float32 else "tf32", **common)
-    return res
-
-
-def _combine(st: _Static, part, lse, out_dtype):
-    """The combine kernel: partials [B, splits, M, R] -> out_lat [B, M, R] in out_dtype."""
-    import jax
-    import jax_triton as jt
-    b, _, m, r = part.shape
+    if st.num_splits == 1:
+        return res[0].reshape(b, s, hq, r)
+    part, lse = res
     sp, block_m, block_c = combine_tiles(st.num_splits, m, r)
-    return jt.triton_call(
+    out = jt.triton_call(
         part, lse, kernel=_combine_kernel,
         out_type=jax.ShapeDtypeStruct((b, m, r), out_dtype),
         grid=(_cdiv(m, block_m), _cdiv(r, block_c), b), num_warps=4, num_stages=1,
         compute_capability=st.cc, name="mla_decode_combine",
         M=m, R=r, NUM_SPLITS=st.num_splits, SP=sp, BLOCK_M=block_m, BLOCK_C=block_c)
+    return out.reshape(b, s, hq, r)
 
 
 def latent_dtype(dtype):

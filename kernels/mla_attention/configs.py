@@ -209,22 +209,19 @@ def triton_heuristic(dims, static, target):
     # softmax warpgroup accumulates 1/share of out_lat) or "wgmma" (both warpgroups in
     # lockstep); 64 x 64 tiles, 2 TMA stages. The tile fields above then describe the
     # tl.dot kernel, which serves other generations, float32 inputs and shapes the
-    # Gluon kernels do not tile. projection "fused": the splits' merge and the output
-    # projection in one Triton kernel (_shared/mla_project_triton.py); "xla": the combine
-    # kernel, then XLA's batched GEMM.
+    # Gluon kernels do not tile.
     return {"compute_capability": cc, "form": choose_form(dims),
             "kernel": _hopper_kernel(dims) if cc // 10 == 9 else "dot", "softmax_share": 2,
             "block_h": block_h,
             "block_n": block_n, "num_splits": splits, "num_warps": 8 if block_h >= 64 else 4,
-            "num_stages": stages, "projection": "fused"}
+            "num_stages": stages}
 
 
 def triton_candidates(dims, static, target):
     """Decode configs to time: the heuristic, then tiles and split counts around it. On
     Hopper: the warp-specialized kernel with the softmax warpgroup's share of out_lat at
     1/2 or 1/4, the lockstep wgmma kernel (64 keys x 2 stages or 32 keys x 3-4 stages;
-    both Gluon kernels ignore num_warps), and the tl.dot kernel; all with the fused
-    projection, and the heuristic's kernel (at both shares) with XLA's too."""
+    both Gluon kernels ignore num_warps), and the tl.dot kernel."""
     base = triton_heuristic(dims, static, target)
     cc = base["compute_capability"]
     rope = dims.get("rope_dim", 64) or 0
@@ -237,13 +234,11 @@ def triton_candidates(dims, static, target):
             seen.add(key)
             out.append(c)
     add(base)
-    add({**base, "projection": "xla"})
     dot = {**base, "kernel": "dot"}
     if base["kernel"] in ("wgmma_ws", "wgmma"):
         quarter = base["kernel"] == "wgmma_ws" and dims["kv_lora_rank"] >= QUARTER_MIN_RANK
         if quarter:
             add({**base, "softmax_share": 4})
-            add({**base, "softmax_share": 4, "projection": "xla"})
         lockstep = {**base, "kernel": "wgmma"}
         add(lockstep)
         for bn, stages in ((32, 4), (32, 3)):

@@ -18,8 +18,8 @@ it touches no device at import. jax and jax_triton are imported on first call.
 """
 from __future__ import annotations
 
-from ejaot_kernels._shared.mla_projections import absorb_query
-from ejaot_kernels._shared.mla_triton import decode_output, make_static
+from ejaot_kernels._shared.mla_projections import absorb_query, expand_output
+from ejaot_kernels._shared.mla_triton import latent_attention, latent_dtype, make_static
 from ejaot_kernels.triton_support import resolve_config
 
 from .configs import triton_heuristic
@@ -50,5 +50,6 @@ def mla_attention_impl(inputs, valid_lens, *, config, causal, softmax_scale):
                          {"causal": causal, "softmax_scale": softmax_scale})
     st = make_static(cfg, dims, jnp.dtype(q.dtype).itemsize)
     scale = default_scale(d, dims["rope_dim"], softmax_scale)
-    return (decode_output(st, absorb_query(q, w_kc), b_q, kv, b_k, valid_lens, w_vc, scale=scale,
-                          causal=causal, dtype=q.dtype),)
+    out_lat = latent_attention(st, absorb_query(q, w_kc), b_q, kv, b_k, valid_lens, scale=scale,
+                               causal=causal, out_dtype=latent_dtype(q.dtype))
+    return (expand_output(out_lat, w_vc, q.dtype),)

@@ -19,8 +19,8 @@ Only importable where triton is installed; jax and jax_triton are imported on fi
 """
 from __future__ import annotations
 
-from ejaot_kernels._shared.mla_projections import absorb_query
-from ejaot_kernels._shared.mla_triton import decode_output, make_static
+from ejaot_kernels._shared.mla_projections import absorb_query, expand_output
+from ejaot_kernels._shared.mla_triton import latent_attention, latent_dtype, make_static
 from ejaot_kernels.mla_attention.xla import default_scale
 from ejaot_kernels.triton_support import resolve_config
 
@@ -38,8 +38,8 @@ def paged_mla_attention_impl(inputs, valid_lens, *, config, softmax_scale):
     cfg = resolve_config("paged_mla_attention", config, triton_heuristic, dims,
                          {"softmax_scale": softmax_scale})
     st = make_static(cfg, decode_dims(dims), jnp.dtype(q.dtype).itemsize, page_size=ps)
-    out = decode_output(
+    out_lat = latent_attention(
         st, absorb_query(q[:, None], w_kc), None if b_q is None else b_q[:, None], cache, rope_cache,
-        ctx, w_vc, scale=default_scale(d, dims["rope_dim"], softmax_scale), causal=False, dtype=q.dtype,
-        block_tables=tables)
-    return (out[:, 0],)
+        ctx, scale=default_scale(d, dims["rope_dim"], softmax_scale), causal=False,
+        out_dtype=latent_dtype(q.dtype), block_tables=tables)
+    return (expand_output(out_lat, w_vc, q.dtype)[:, 0],)

@@ -30,7 +30,6 @@ _MLA = r'''
 import json
 import numpy as np
 from triton_interpret import NpTensor
-from ejaot_kernels._shared.mla_project_triton import _project_kernel, project_tiles
 from ejaot_kernels._shared.mla_triton import _combine_kernel, _mla_decode_kernel, combine_tiles
 
 LOG2E = 1.4426950408889634
@@ -138,40 +137,8 @@ def combine_only(b, splits, m, r):
     return combine(part, lse), ref
 
 
-def project_only(b, s, hq, hk, splits, r, d):
-    """The merge + output projection alone: partials (or out_lat) of b x s rows and hq heads
-    through w_vc [r, hk, d] (GQA: head h uses kv head h // (hq // hk)), a row no split saw,
-    and with splits a split that saw nothing."""
-    m = s * hq
-    w = rng.standard_normal((r, hk, d)).astype(np.float32)
-    if splits == 1:
-        part = rng.standard_normal((b, m, r)).astype(np.float32)
-        lse = np.zeros(1, np.float32)
-        merged = part.astype(np.float64)
-    else:
-        part = rng.standard_normal((b, splits, m, r)).astype(np.float32)
-        lse = (rng.standard_normal((b, splits, m)) * 4).astype(np.float32)
-        lse[0, :, 1] = -np.inf
-        part[0, :, 1] = 0.0
-        lse[:, splits // 2] = -np.inf
-        part[:, splits // 2] = 0.0
-        mx = lse.max(1, keepdims=True)
-        c = np.exp2(lse.astype(np.float64) - np.where(np.isinf(mx), 0.0, mx))
-        den = c.sum(1)
-        merged = (c[..., None] * part).sum(1) / np.where(den == 0, 1.0, den)[..., None]
-    g = hq // hk
-    ref = np.einsum("bshr,rhd->bshd", merged.reshape(b, s, hq, r), np.repeat(w.astype(np.float64), g, axis=1))
-    out = np.full((b * s, hq, d), np.nan, np.float32)
-    t = project_tiles(hq, b * s, d, r, splits)
-    _project_kernel[t["grid"]](NpTensor(part), NpTensor(lse), NpTensor(w), NpTensor(out), ROWS=b * s, SEQ=s, HQ=hq,
-                               HK=hk, R=r, RP=t["RP"], D=d, NUM_SPLITS=splits, SP=t["SP"], BLOCK_B=t["BLOCK_B"],
-                               BLOCK_R=t["BLOCK_R"], BLOCK_D=t["BLOCK_D"], DOT_PREC="ieee")
-    return out.reshape(b, s * hq, d), ref.reshape(b, s * hq, d)
-
-
 for name, fn, kw in CASES:
-    out, ref = {"contiguous": contiguous, "paged": paged, "combine": combine_only,
-                "project": project_only}[fn](**kw)
+    out, ref = {"contiguous": contiguous, "paged": paged, "combine": combine_only}[fn](**kw)
     print("RESULT " + json.dumps({"name": name, "err": float(np.abs(out - ref).max()),
                                   "ref": float(np.abs(ref).max()), "finite": bool(np.isfinite(out).all()),
                                   "zero_rows": int((np.abs(ref).max(-1) == 0).sum()),
@@ -190,11 +157,6 @@ _CASES = [
     ("combine: 64 splits over 8 row x 4 column blocks", "combine", dict(b=2, splits=64, m=16, r=128)),
     ("combine: 128 splits, rank 96", "combine", dict(b=1, splits=128, m=8, r=96)),
     ("combine: 3 splits, 128 rows", "combine", dict(b=1, splits=3, m=128, r=512)),
-    ("merge + projection: 3 splits, 2 queries, GQA, rank 96, head_dim 48", "project",
-     dict(b=20, s=2, hq=4, hk=2, splits=3, r=96, d=48)),
-    ("merge + projection: 4 splits, 128 heads, head_dim 80, 4 rank chunks", "project",
-     dict(b=3, s=1, hq=128, hk=128, splits=4, r=256, d=80)),
-    ("projection of out_lat (one split), 40 rows", "project", dict(b=40, s=1, hq=2, hk=1, splits=1, r=512, d=32)),
     ("paged, random contexts", "paged",
      dict(b=3, hq=16, page=16, blocks=6, pages=40, r=32, e=16, splits=1, ctx=[96, 37, 1], bad=[])),
     ("paged, 4 splits, an empty context, bad table entries", "paged",
@@ -481,16 +443,6 @@ _WRAPPER_CASES = [
         dims=dict(batch=2, seq=2, kv_seq=80, q_heads=8, kv_heads=8, head_dim=16, kv_lora_rank=32, rope_dim=16),
         present=("b_q", "b_k"), static=dict(causal=True, softmax_scale=None),
         config={"kernel": "dot", "num_splits": 3, "compute_capability": 80})),
-    ("mla_attention, 6 splits (combine kernel, then the projection kernel), GQA", "forward", dict(
-        kernel="mla_attention",
-        dims=dict(batch=2, seq=1, kv_seq=112, q_heads=8, kv_heads=2, head_dim=16, kv_lora_rank=32, rope_dim=16),
-        present=("b_q", "b_k"), static=dict(causal=False, softmax_scale=None),
-        config={"kernel": "dot", "num_splits": 6, "compute_capability": 80})),
-    ("mla_attention, 2 splits, XLA's projection", "forward", dict(
-        kernel="mla_attention",
-        dims=dict(batch=2, seq=1, kv_seq=80, q_heads=8, kv_heads=8, head_dim=16, kv_lora_rank=32, rope_dim=16),
-        present=("b_q", "b_k"), static=dict(causal=False, softmax_scale=None),
-        config={"kernel": "dot", "num_splits": 2, "compute_capability": 80, "projection": "xla"})),
     ("paged_mla_attention, 4 splits", "forward", dict(
         kernel="paged_mla_attention",
         dims=dict(num_seqs=3, max_blocks=6, page_size=16, total_pages=40, q_heads=8, kv_heads=8, head_dim=16,
