@@ -77,6 +77,9 @@ class Bundle:
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
         self._plans: dict[tuple, Plan] = {}
+        # kernel -> its call-time keywords (KernelSpec.call_kwargs: consumed by prepare_call at
+        # every call, so a plan depends only on whether one is given, not on its value)
+        self._call_kwargs: dict[str, frozenset] = {}
         self._warm: WarmUp | None = None            # the eager="background" run
         self._warm_runs: list[WarmUp] = []          # every warm-up run, for stats()
         self._calls_first = CallsFirst()
@@ -133,10 +136,14 @@ class Bundle:
         Eager calls run the compiled tier; under any JAX trace (jit, grad, vmap,
         eval_shape) the portable tier is inlined into the traced program."""
         tracing = not eager()
+        loose = self._call_kwargs.get(kernel)
+        if loose is None and kwargs:
+            loose = self._loose_kwargs(kernel)
         try:
             sig = (kernel, tracing and self._meshes.trace_key((*args, *kwargs.values())),
                    tuple(signature_part(a) for a in args),
-                   tuple((k, signature_part(v)) for k, v in kwargs.items()))
+                   tuple((k, "<given>" if loose and k in loose else signature_part(v))
+                         for k, v in kwargs.items()))
             plan = self._plans.get(sig)
         except TypeError:        # an unhashable static argument: resolve without caching
             sig, plan = None, None
@@ -148,6 +155,13 @@ class Bundle:
             self._counts[plan.path] += 1
             self._counts[plan.tier_key] += 1
         return plan.run(args, kwargs)
+
+    def _loose_kwargs(self, kernel: str) -> frozenset:
+        spec = self.catalog.find(kernel)
+        if spec is None:       # an unknown kernel: _resolve says so; nothing is remembered
+            return frozenset()
+        loose = self._call_kwargs[kernel] = frozenset(spec.call_kwargs)
+        return loose
 
     def _resolve(self, kernel: str, tracing: bool, args, kwargs, sig) -> Plan:
         spec = self.catalog.find(kernel)

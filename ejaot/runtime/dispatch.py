@@ -206,10 +206,17 @@ def has_stored_vjp(record: dict) -> bool:
 def signature_part(v):
     """One argument's part of a call signature: an array's shape and dtype, a static's
     value, a tree's structure and leaves; a callable (attention's init_bias) only as
-    "given", so a fresh lambda per call does not grow the plan cache."""
+    "given", so a fresh lambda per call does not grow the plan cache. A NumPy scalar
+    (1 / np.sqrt(d) is one) and a dtype (jnp.float32 is callable) count by value: they are
+    static arguments, and two values must not share a plan."""
+    if isinstance(v, np.generic):
+        return ("<scalar>", v.dtype, v.item())
     if hasattr(v, "shape") and hasattr(v, "dtype"):
         # the sharding too: the same shapes split over a mesh are served by other entries
         return (tuple(v.shape), v.dtype, getattr(v, "sharding", None))
+    dtype = _as_dtype(v)
+    if dtype is not None:
+        return ("<dtype>", dtype)
     if callable(v):
         return ("<callable>",)
     if isinstance(v, (dict, list, tuple)) and v and not isinstance(v, str):
@@ -217,6 +224,19 @@ def signature_part(v):
         leaves, treedef = jax.tree_util.tree_flatten(v)
         return (treedef, tuple(signature_part(x) for x in leaves))
     return freeze(v)
+
+
+def _as_dtype(v):
+    """v's NumPy dtype where v names one (np.float32, jnp.bfloat16, np.dtype, "float32" is
+    a string and keys as itself), else None."""
+    if isinstance(v, np.dtype):
+        return v
+    if isinstance(v, type) or (hasattr(v, "dtype") and not hasattr(v, "shape")):
+        try:
+            return np.dtype(getattr(v, "dtype", v))
+        except TypeError:
+            return None
+    return None
 
 
 def _arrays_getter(spec: KernelSpec, names: list[str]):

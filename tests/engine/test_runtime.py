@@ -9,6 +9,8 @@ import pytest
 import jax
 import jax.numpy as jnp
 import ejaot
+import ejaot_kernels.attention
+import ejaot_kernels.page_attention
 from ejaot.errors import BucketMissError, CallError
 from conftest import qkv
 from reference import attention_reference
@@ -83,6 +85,43 @@ def test_static_mismatch_goes_to_fallback(store_copy, rng):
     q, k, v = qkv(rng, 1, 16)
     check(bundle.call("attention", q, k, v, causal=False), q, k, v)
     assert bundle.stats()["calls"]["fallback"] == 1
+
+
+def test_numpy_scalar_and_dtype_statics_each_get_their_own_plan(store_copy, rng):
+    """1 / np.sqrt(d) is an np.float64 and jnp.bfloat16 is callable: both are static values,
+    so a call with another value must not reuse the first one's plan (eager and under jit)."""
+    bundle = ejaot.load(store_copy, miss_log=False)
+    q, k, v = qkv(rng, 2, 32)
+    for scale in (np.float64(0.05), np.float64(1.0), np.float64(0.05)):
+        check(bundle.call("attention", q, k, v, causal=True, softmax_scale=scale), q, k, v, causal=True,
+              softmax_scale=float(scale))
+        jitted = jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True, softmax_scale=scale))
+        check(jitted(q, k, v), q, k, v, causal=True, softmax_scale=float(scale))
+    want = {d: np.asarray(ejaot_kernels.attention.attention(q, k, v, causal=True, softmax_dtype=d))
+            for d in (jnp.float32, jnp.bfloat16)}
+    assert np.abs(want[jnp.float32] - want[jnp.bfloat16]).max() > 1e-4     # the two differ
+    for d in (jnp.float32, jnp.bfloat16, jnp.float32):
+        got = bundle.call("attention", q, k, v, causal=True, softmax_dtype=d)
+        np.testing.assert_allclose(np.asarray(got), want[d], atol=1e-6, rtol=1e-6)
+
+
+def test_call_keywords_key_plans_by_presence_not_value(store_copy, rng):
+    """page_attention drops ejkernel's scheduling keywords (max_context_len, ...) at every
+    call: a decode loop passing a new value each step reuses one plan and logs one miss."""
+    bundle = ejaot.load(store_copy)
+    kc = rng.standard_normal((2, 32, 4, 16)).astype(np.float32)
+    want = None
+    for step in range(12):
+        ctx = np.full((3,), 1 + step, np.int32)
+        q = rng.standard_normal((3, 4, 16)).astype(np.float32)
+        out = bundle.call("page_attention", q, kc, kc, ctx, np.zeros((3, 4), np.int32),
+                          max_context_len=int(ctx.max()))
+        want = ejaot_kernels.page_attention.page_attention(q, kc, kc, ctx, np.zeros((3, 4), np.int32))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-6, rtol=1e-6)
+    assert len(bundle._plans) == 1, list(bundle._plans)
+    bundle.misses.flush()
+    lines = [json.loads(x) for x in (store_copy / "misses.jsonl").read_text().splitlines()]
+    assert sum(x["count"] for x in lines) == 12 and len({json.dumps(x["dims"]) for x in lines}) == 1
 
 
 def test_inside_jit_uses_portable_tier(store_copy, rng):
