@@ -71,6 +71,20 @@ def read_regular_file(path, limit: int, inside: str | None = None) -> bytes:
     return data
 
 
+def _is_real_dir(path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_regular(path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class FileStore:
     def __init__(self, root):
         self.root = Path(root)
@@ -93,15 +107,31 @@ class FileStore:
         return self.root / "blobs" / sha[:2] / sha
 
     # -- writing ------------------------------------------------------------------
+    def _own_dir(self, path: Path) -> Path:
+        """path, a directory of the store (tmp/, blobs/, blobs/ab/), made if missing. A
+        symlink or a non-directory there is refused: writes (and gc's deletions) must not
+        follow a link out of the store."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in [q for q in (path, *path.parents) if q != self.root and self.root in q.parents][::-1]:
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                p.mkdir(exist_ok=True)
+                st = os.lstat(p)
+            if not stat.S_ISDIR(st.st_mode):
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                raise StoreError(f"{p} is {kind}; ejaot writes only into the store's own directories")
+        return path
+
     def _atomic_write(self, dest: Path, data: bytes) -> None:
-        tmpdir = self.root / "tmp"
-        tmpdir.mkdir(parents=True, exist_ok=True)
+        tmpdir = self._own_dir(self.root / "tmp")
         tmp = tmpdir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._own_dir(dest.parent)
         os.replace(tmp, dest)
 
     def put_blob(self, data: bytes) -> dict:
@@ -118,7 +148,16 @@ class FileStore:
     @contextlib.contextmanager
     def locked(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as f:
+        path = self.root / ".lock"
+        try:     # never through a symlink, never blocking on a FIFO
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            raise StoreError(f"{path}: cannot open the store's lock file ({e.strerror}; it must be "
+                             "a regular file, not a symlink)") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path} is not a regular file (the store's lock file)")
+        with os.fdopen(fd, "r+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -193,9 +232,16 @@ class FileStore:
 
     # -- maintenance ---------------------------------------------------------------
     def blob_names(self) -> list[str]:
+        """The names of the regular files under blobs/xx/ that name a blob; symlinks and
+        anything but directories are skipped, never followed."""
+        blobs = self.root / "blobs"
+        if not _is_real_dir(blobs):
+            return []
         found = []
-        for sub in (self.root / "blobs").glob("*"):
-            found += [p.name for p in sub.iterdir() if _SHA_RE.match(p.name)]
+        for sub in blobs.iterdir():
+            if _is_real_dir(sub):
+                found += [p.name for p in sub.iterdir() if _SHA_RE.match(p.name) and p.name[:2] == sub.name
+                          and _is_regular(p)]
         return found
 
     def collect_garbage(self, grace_seconds: float = 3600.0) -> dict:
@@ -207,7 +253,14 @@ class FileStore:
         they only read blobs the index they loaded references, and those are kept."""
         with self.locked():
             index = self.read_index()
-            live = {p["sha256"] for r in index["entries"].values() for p in r.get("payloads", {}).values()}
+            live = set()
+            for key, r in index["entries"].items():
+                refs = r.get("payloads") if isinstance(r, dict) else None
+                if not isinstance(refs, dict) or not all(isinstance(p, dict) for p in refs.values()):
+                    raise StoreError(f"entry {str(key)[:12]}: malformed record (its payloads are not a "
+                                     "table of blob references); gc deletes nothing while a record "
+                                     "cannot say which blobs it needs (`ejaot verify` lists it)")
+                live.update(p.get("sha256") for p in refs.values())
             now = time.time()
             removed, kept_young, freed = 0, 0, 0
             for sha in self.blob_names():
@@ -221,7 +274,8 @@ class FileStore:
                 path.unlink()
                 removed += 1
                 freed += st.st_size
-            for tmp in (self.root / "tmp").glob("*"):
-                if now - os.lstat(tmp).st_mtime >= grace_seconds:
+            tmpdir = self.root / "tmp"
+            for tmp in (tmpdir.iterdir() if _is_real_dir(tmpdir) else ()):
+                if _is_regular(tmp) and now - os.lstat(tmp).st_mtime >= grace_seconds:
                     tmp.unlink()
             return {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young, "live": len(live)}

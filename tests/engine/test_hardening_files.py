@@ -184,6 +184,67 @@ def test_commit_refuses_a_record_whose_blob_is_gone(tmp_path):
         store.commit("cpu", {"k" * 64: {"kernel": "attention", "payloads": {"exported": ref}}})
 
 
+def _old_file(path, text="precious"):
+    path.write_text(text)
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    return path
+
+
+def test_gc_deletes_nothing_through_symlinks(store_copy, tmp_path):
+    """tmp/ or a blobs/ab/ directory replaced by a symlink to a folder outside the store:
+    gc neither follows it nor deletes what it points to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = _old_file(outside / "important.txt")
+    blob_like = _old_file(outside / ("ab" + "c" * 62))
+    shutil.rmtree(store_copy / "tmp", ignore_errors=True)
+    (store_copy / "tmp").symlink_to(outside)
+    (store_copy / "blobs" / "ab").symlink_to(outside)
+    r = FileStore(store_copy).collect_garbage(grace_seconds=0)
+    assert r["removed"] == 0 and victim.exists() and blob_like.exists()
+
+
+def test_writes_refuse_a_store_directory_or_lock_that_is_a_link(store_copy, tmp_path):
+    """A build's temp files and blobs never land outside the store through a tmp/ or
+    blobs/ab/ symlink, and a .lock symlink is not followed (nor its target created)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = FileStore(store_copy)
+    shutil.rmtree(store_copy / "tmp", ignore_errors=True)
+    (store_copy / "tmp").symlink_to(outside)
+    with pytest.raises(StoreError, match="symlink"):
+        store.put_blob(b"fresh payload")
+    (store_copy / "tmp").unlink()
+    sha = __import__("hashlib").sha256(b"fresh payload").hexdigest()
+    shutil.rmtree(store_copy / "blobs" / sha[:2], ignore_errors=True)
+    (store_copy / "blobs" / sha[:2]).symlink_to(outside)
+    with pytest.raises(StoreError, match="symlink"):
+        store.put_blob(b"fresh payload")
+    assert list(outside.iterdir()) == []
+    (store_copy / ".lock").unlink(missing_ok=True)
+    (store_copy / ".lock").symlink_to(outside / "lock")
+    with pytest.raises(StoreError, match="lock file"):
+        store.commit("cpu", {})
+    assert not (outside / "lock").exists()
+
+
+def test_gc_refuses_while_a_record_cannot_name_its_blobs(store_copy):
+    """A record whose payloads are not blob references: gc cannot tell which blobs are live,
+    so it deletes nothing and says which entry (no traceback)."""
+    from ejaot.cli import main
+    from ejaot.store.format import decode_index, encode_index
+    index = decode_index((store_copy / "index.msgpack").read_bytes())
+    key = next(iter(index["entries"]))
+    index["entries"][key]["payloads"] = "not a table"
+    (store_copy / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
+    before = sorted(p.name for p in (store_copy / "blobs").rglob("*"))
+    result = CliRunner().invoke(main, ["gc", str(store_copy), "--grace", "0"])
+    assert result.exit_code != 0 and "malformed record" in result.output and key[:12] in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (store_copy / "blobs").rglob("*")) == before
+
+
 def test_gc_on_a_read_only_store_says_so(store_copy, monkeypatch):
     from ejaot.cli import main
     from ejaot.store import filestore
