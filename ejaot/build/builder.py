@@ -103,13 +103,9 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
     t0 = time.perf_counter()
     store = FileStore(out)
     report = BuildReport(target.name, str(out), skipped=list(skipped))
-    try:
-        existing = store.read_index()["entries"]
-    except FileNotFoundError:
-        existing = {}
-    except StoreError as e:
-        report.notes.append(f"existing index unusable, rebuilding: {e}")
-        existing = {}
+    existing, note = store.kept_entries(target.name)     # another target's store: StoreError
+    if note:
+        report.notes.append(note)
     todo = []
     for e in entries:
         if _reusable(existing.get(e.key), store):

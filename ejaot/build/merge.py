@@ -93,6 +93,11 @@ def merge_stores(out, sources, trusted_keys=None) -> MergeReport:
             report.problems.append("no entries to merge")
         return report
     dest = FileStore(out)
+    try:
+        dest.kept_entries(report.target)      # a store holds one target: refused before any copy
+    except StoreError as e:
+        report.problems.append(str(e))
+        return report
     for rec, store, _ in chosen.values():
         for ref in rec["payloads"].values():
             dest.put_blob(store.read_blob(ref["sha256"], ref["size"]))

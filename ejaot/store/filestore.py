@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import StoreError
-from .format import Undecodable, decode_index, decode_index_sections, encode_index
+from .format import Undecodable, decode_index, decode_index_sections, decode_section, encode_index
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_NAME = "index.msgpack"
@@ -164,19 +164,34 @@ class FileStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def kept_entries(self, target: str) -> tuple[dict, str | None]:
+        """(the index's records a write for `target` keeps, a note on what it cannot keep).
+        A store holds one target: an index of another target is refused (StoreError), not
+        replaced. A corrupt index is replaced (its blobs are re-referenced as entries
+        rebuild); a damaged kernel section, an undecodable record or a key that is not a
+        string is dropped alone, as the runtime rejects it alone."""
+        try:
+            index = self.read_index_sections()
+        except FileNotFoundError:
+            return {}, None
+        except StoreError as e:
+            return {}, f"existing index unusable, rebuilding: {e}"
+        if index.get("target") != target:
+            raise StoreError(f"{self.root} holds entries for target {index.get('target')!r}, not {target!r}: "
+                             f"a store holds one target; write {target!r} into another directory")
+        entries, dropped = {}, []
+        for kernel, raw in index["sections"].items():
+            try:
+                entries.update(decode_section(raw, kernel, str(self.index_path)))
+            except StoreError as e:
+                dropped.append(str(e))
+        entries = {k: v for k, v in entries.items() if isinstance(k, str) and not isinstance(v, Undecodable)}
+        return entries, ("dropped from the index: " + "; ".join(dropped)) if dropped else None
+
     def commit(self, target: str, records: dict, remove: tuple[str, ...] = ()) -> None:
         """Adds records (key -> record) to the index, atomically, under the lock."""
         with self.locked():
-            try:
-                index = self.read_index()
-                entries = index["entries"] if index.get("target") == target else {}
-            except FileNotFoundError:
-                entries = {}
-            except StoreError:
-                entries = {}   # a corrupt index is replaced; its blobs are re-referenced as entries rebuild
-            # records that could not be decoded (or keys that are not strings) cannot be
-            # written back: they are dropped, as a rebuild would drop them
-            entries = {k: v for k, v in entries.items() if isinstance(k, str) and not isinstance(v, Undecodable)}
+            entries, _ = self.kept_entries(target)
             for key, record in records.items():
                 for kind, ref in (record.get("payloads") or {}).items():
                     if not self.has_blob(ref.get("sha256"), ref.get("size")):

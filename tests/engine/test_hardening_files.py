@@ -245,6 +245,40 @@ def test_gc_refuses_while_a_record_cannot_name_its_blobs(store_copy):
     assert sorted(p.name for p in (store_copy / "blobs").rglob("*")) == before
 
 
+def test_a_store_of_one_target_refuses_another(store_copy, small_manifest):
+    """Building or committing another target into a store is refused with a clear error;
+    its entries stay (they were dropped)."""
+    from ejaot.cli import main
+    before = FileStore(store_copy).read_index()["entries"]
+    with pytest.raises(StoreError, match="holds entries for target 'cpu', not 'tpu-v5e'"):
+        FileStore(store_copy).commit("tpu-v5e", {})
+    result = CliRunner().invoke(main, ["build", "--manifest", str(small_manifest), "--target", "tpu-v5e",
+                                       "--out", str(store_copy), "--quiet"])
+    assert result.exit_code == 2 and "a store holds one target" in result.output, result.output
+    assert "Traceback" not in result.output
+    index = FileStore(store_copy).read_index()
+    assert index["target"] == "cpu" and index["entries"] == before
+
+
+def test_a_damaged_kernel_section_costs_only_itself_on_commit(store_copy):
+    """One kernel's section that does not decode is dropped when the index is written
+    again; every other kernel's records are kept."""
+    import hashlib
+    import msgpack
+    from ejaot.store import format as fmt
+    store = FileStore(store_copy)
+    index = store.read_index()
+    sections = store.read_index_sections()["sections"]
+    # the same index with one more, damaged, section
+    body = msgpack.packb({"target": "cpu", "sections": {**sections, "page_attention": b"\xc1"}}, use_bin_type=True)
+    header = {"format": fmt.FORMAT_VERSION, "body_sha256": hashlib.sha256(body).digest(), "body": body}
+    (store_copy / "index.msgpack").write_bytes(fmt.MAGIC + msgpack.packb(header, use_bin_type=True))
+    kept, note = store.kept_entries("cpu")
+    assert kept == index["entries"] and "page_attention" in note
+    store.commit("cpu", {})
+    assert store.read_index()["entries"] == index["entries"]
+
+
 def test_gc_on_a_read_only_store_says_so(store_copy, monkeypatch):
     from ejaot.cli import main
     from ejaot.store import filestore
