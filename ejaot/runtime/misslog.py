@@ -175,8 +175,17 @@ def read_misses(path: Path) -> tuple[list[dict], int]:
 def take_misses(path: Path, staging: Path) -> tuple[list[dict], int]:
     """Empties the log atomically and returns what it held (as read_misses): the log is
     renamed into `staging` (the store's tmp/) before it is read, so a line appended
-    meanwhile goes either to the records returned or to a fresh log, never lost between."""
+    meanwhile goes either to the records returned or to a fresh log, never lost between. A log that cannot be read is not cleared."""
+    from ..errors import StoreError
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return [], 0
+    if not stat.S_ISREG(st.st_mode):      # a link, FIFO or folder: refused, and left alone
+        raise StoreError(f"{path} is not a regular file; nothing was cleared")
     staging.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(staging).st_mode):
+        raise StoreError(f"{staging} is not the store's own directory (a symlink?); nothing was cleared")
     taken = staging / f"{Path(path).name}.taken.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         os.rename(path, taken)
@@ -184,10 +193,15 @@ def take_misses(path: Path, staging: Path) -> tuple[list[dict], int]:
         return [], 0
     try:
         time.sleep(0.05)      # a writer that opened the old log just before finishes its one write()
-        return read_misses(taken)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(taken)
+        result = read_misses(taken)
+    except BaseException:
+        # unread, so not cleared: back in place, or beside a log a server has started since
+        if not os.path.lexists(path):
+            os.rename(taken, path)
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(taken)
+    return result
 
 
 def _count(rec: dict) -> int | None:
