@@ -50,16 +50,21 @@ class Dispatcher:
         group = self.catalog.groups.get(gkey)
         dtypes_ok = all(str(call.inputs[n].dtype) == d for n, _, d in _artifact_inputs(spec, call)
                         if d is not None)       # a tree's leaves were checked by bind
+        # eager arrays committed to another device than the bundle's: the compiled tier is
+        # loaded for the bundle's device, so the portable tier runs where the arrays are
+        portable_only = tracing or (placement is None and self._elsewhere(call))
         if group is not None and dtypes_ok:
             for pdims, entry in group.members:
                 if not all(w <= p for w, p in zip(want, pdims)):
                     continue
-                runner, tier = self._runner(entry, tracing, placement)
+                runner, tier = self._runner(entry, portable_only, placement)
                 if runner is None:
                     continue
                 path = "exact" if pdims == want else "padded"
-                return Plan(path, tier, self._make_run(spec, call, entry, runner, path, tracing, placement),
-                            entry)
+                run = self._make_run(spec, call, entry, runner, path, portable_only, placement)
+                if tier == "compiled":
+                    run = self._guarded(spec, call, entry, run)
+                return Plan(path, tier, run, entry)
         reason = mesh_miss or ("no bucket covers this shape" if group is not None
                                else "no stored entry for this kernel, dtype, inputs and static arguments")
         if self.strict:
@@ -79,6 +84,35 @@ class Dispatcher:
                 hit()
                 return fallback(args, kwargs)
         return Plan("fallback", "jit", run)
+
+    def _elsewhere(self, call) -> bool:
+        """Whether an input array is committed to a device other than the bundle's."""
+        for x in call.inputs.values():
+            if getattr(x, "committed", False) and getattr(x, "devices", None) is not None \
+                    and x.devices() != {self.device}:
+                return True
+        return False
+
+    def _guarded(self, spec: KernelSpec, call, entry: StoredEntry, run):
+        """run, except that an executable the runtime refuses at its first call (a record
+        that misstates it: its checks are against the record itself) blocks the entry's
+        compiled tier, is reported once, and the call and the ones after it are served by
+        the JIT fallback."""
+        import jax
+        fallback = []
+
+        def guarded(args, kwargs):
+            if fallback:
+                return fallback[0](args, kwargs)
+            try:
+                return run(args, kwargs)
+            except jax.errors.JaxRuntimeError as e:
+                entry._fail("compiled", f"the executable failed to run: {str(e).splitlines()[0][:300]}")
+                log.warning("%s: entry %s: %s; served by the JIT fallback", spec.name, entry.key[:12],
+                            entry.compiled_block)
+                fallback.append(self._make_fallback(spec, call))
+                return fallback[0](args, kwargs)
+        return guarded
 
     def _runner(self, entry: StoredEntry, tracing: bool, placement=None):
         if not tracing:

@@ -96,6 +96,24 @@ def test_blob_that_is_not_a_file(store_copy, rng, kind):
     del keep
 
 
+def test_an_executable_the_runtime_refuses_is_served_by_the_fallback(store_copy, rng):
+    """A record whose payloads are another bucket's (valid, hash-matching) blobs: its
+    compiled tier's checks are against the record itself, so only running it tells. The
+    refused executable blocks the tier, is reported, and the call returns the right answer."""
+    from ejaot.store.format import encode_index
+    store = FileStore(store_copy)
+    index = store.read_index()
+    by = {(r["dtype"], r["dims"]["batch"], r["dims"]["seq"]): k for k, r in index["entries"].items()}
+    small, big = by[("float32", 1, 16)], by[("float32", 1, 32)]
+    index["entries"][small]["payloads"] = dict(index["entries"][big]["payloads"])
+    (store_copy / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
+    bundle = _load(store_copy, miss_log=False)
+    for _ in range(2):
+        _served(bundle, rng)
+    reasons = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == small]
+    assert reasons and "failed to run" in reasons[0], bundle.stats()["rejected"]
+
+
 def test_oversized_index_and_blob_are_refused_before_reading(store_copy, rng, monkeypatch):
     from ejaot.store import filestore
     key, blob = _a_blob(store_copy)

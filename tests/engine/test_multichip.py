@@ -243,6 +243,21 @@ if CHILD:
         st = bundle.stats()
         assert st["calls"]["fallback"] == 0 and st["tiers"]["compiled"] == 3 and st["rejected"] == []
 
+    def test_eager_arrays_on_another_device_run_there(store, rng):
+        """Arrays committed to a device other than the bundle's: the entry's portable tier
+        runs where they are (the compiled tier is loaded for the bundle's device), exact
+        and padded, with the right answer."""
+        bundle = fresh(store, miss_log=False)
+        other = jax.devices()[3]
+        for b, s, path in ((2, 16, "exact"), (2, 11, "padded")):
+            q, k, v = qkv(rng, b, s)
+            out = bundle.call("attention", *(jax.device_put(x, other) for x in (q, k, v)), causal=True)
+            assert out.devices() == {other}
+            np.testing.assert_allclose(np.asarray(out), attention_reference(q, k, v, causal=True),
+                                       atol=2e-5, rtol=2e-5)
+        st = bundle.stats()
+        assert st["calls"]["exact"] == 1 and st["calls"]["padded"] == 1 and st["tiers"]["portable"] == 2
+
     def test_batch_and_heads_over_a_2d_mesh(store, rng):
         bundle = fresh(store)
         mesh = mesh_of(dp=2, tp=2)
