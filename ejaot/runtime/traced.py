@@ -8,7 +8,9 @@ the valid lengths are a NumPy constant, so one plan serves every trace of every 
 The artifact itself has no batching rule, so vmap maps the entry over the mapped axis
 (jax.lax.map: one artifact call per element, in one program) instead of failing inside jax.
 grad runs the entry's stored VJP where it was built with one (`vjp = true`: jax.export's
-serialized VJP, the kernel's own backward, recomputing the forward inside it); otherwise it
+serialized VJP, the kernel's own backward, recomputing the forward inside it; mapped by
+vmap, as in vmap of grad, the backward is the reference's VJP: the stored one has no
+batching rule and lax.map cannot carry its integer inputs' zero cotangents); otherwise it
 differentiates the kernel's JIT function (its custom VJP where it has one), recomputing the
 forward there. Multi-chip entries are differentiated over meshes with Auto axes: with
 Explicit axes jax's custom VJP rejects the cotangents' types, stored VJP or not.
@@ -52,9 +54,25 @@ def transformable(stored: Callable, reference: Callable, name: str, stored_vjp: 
     def fwd(*arrays):
         return batchable(*arrays), arrays
 
+    def pull(f, n):
+        def pullback(*flat):          # the primals, then the output cotangents
+            _, vjp = jax.vjp(f, *flat[:n])
+            return vjp(tuple(flat[n:]))
+        return pullback
+
     def bwd(arrays, cotangents):
-        _, pullback = jax.vjp(stored if stored_vjp else reference, *arrays)
-        return pullback(cotangents)
+        if not stored_vjp:
+            return pull(reference, len(arrays))(*arrays, *cotangents)
+        # the stored VJP has no batching rule either: under vmap (vmap of grad, grad of
+        # vmap) the reference's VJP is mapped instead, the same gradients by another kernel
+        stored_pull = jax.custom_batching.custom_vmap(pull(stored, len(arrays)))
+
+        @stored_pull.def_vmap
+        def _batched_pull(axis_size, in_batched, *flat):
+            outs = jax.vmap(pull(reference, len(arrays)), in_axes=[0 if b else None for b in in_batched],
+                            axis_size=axis_size)(*flat)
+            return outs, tuple(True for _ in outs)
+        return stored_pull(*arrays, *cotangents)
 
     fn.defvjp(fwd, bwd)
     fn.__name__ = f"ejaot_{name}"
