@@ -9,8 +9,8 @@ The artifact itself has no batching rule, so vmap maps the entry over the mapped
 (jax.lax.map: one artifact call per element, in one program) instead of failing inside jax.
 grad runs the entry's stored VJP where it was built with one (`vjp = true`: jax.export's
 serialized VJP, the kernel's own backward, recomputing the forward inside it; mapped by
-vmap, as in vmap of grad, the backward is the reference's VJP: the stored one has no
-batching rule and lax.map cannot carry its integer inputs' zero cotangents); otherwise it
+vmap, as in vmap of grad, the backward is the reference's VJP, since the stored one has
+no batching rule); otherwise it
 differentiates the kernel's JIT function (its custom VJP where it has one), recomputing the
 forward there. Multi-chip entries are differentiated over meshes with Auto axes: with
 Explicit axes jax's custom VJP rejects the cotangents' types, stored VJP or not.
