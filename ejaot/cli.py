@@ -84,10 +84,7 @@ def build(manifest, target, out, jobs, sign_key, quiet, max_entries, shard, exec
         _fail(e.args[0])
     out = out or os.path.join("artifacts", tgt.name)
     manifest = manifest or _default_manifest()
-    signer = None
-    if sign_key:
-        from .artifact.signing import Signer
-        signer = Signer.from_file(sign_key)
+    signer = _signer(sign_key)
     progress = None if quiet else _Progress("build")
     try:
         from .build.shard import parse_shard
@@ -117,6 +114,8 @@ def merge(out, stores, trusted_keys):
         report = merge_stores(out, stores, trusted_keys=list(trusted_keys) or None)
     except EjaotError as e:
         _fail(str(e))
+    except ValueError as e:       # an unreadable or wrong --trusted-keys file
+        _fail(f"--trusted-keys: {e}")
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
 
@@ -174,6 +173,18 @@ def _clock(seconds: float) -> str:
     """HH:MM:SS, as click's ETA."""
     seconds = int(seconds)
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _signer(sign_key):
+    """The --sign key's Signer, None without one; a file that is not an ed25519 private
+    key is a usage error."""
+    if not sign_key:
+        return None
+    from .artifact.signing import Signer
+    try:
+        return Signer.from_file(sign_key)
+    except ValueError as e:
+        _fail(f"--sign: {e}")
 
 
 def _require_store(store_dir) -> None:
@@ -401,10 +412,7 @@ def finalize(store_dir, sign_key, force, kernels):
     _require_store(store_dir)
     index = _index_or_none(store_dir)
     only = _check_kernel_filter(kernels, index)
-    signer = None
-    if sign_key:
-        from .artifact.signing import Signer
-        signer = Signer.from_file(sign_key)
+    signer = _signer(sign_key)
     progress = _Progress("finalize", total=_finalize_steps(_matching(index, only), force), lines=False)
 
     def echo(line: str) -> None:
@@ -720,7 +728,12 @@ def tune_measure(candidates_dir, write, iters):
         progress.echo(line)
         if not line.startswith(" "):          # "<bucket>: best ..." or "<bucket>: no candidate ran"
             progress.advance(1, line.split(":")[0][:40])
-    result = measure_store(candidates_dir, echo=echo, iters=iters)
+    try:
+        result = measure_store(candidates_dir, echo=echo, iters=iters)
+    except EjaotError as e:
+        progress.finish()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     progress.finish()
     if write:
         for path in write_tuned(result, get_target(index["target"]), echo=click.echo):
@@ -746,6 +759,8 @@ def keygen(private_key, public_key):
     for p in (private_key, public_key):
         if os.path.exists(p):
             _fail(f"{p} exists; not overwriting a key")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(p))):
+            _fail(f"{p}: the folder {os.path.dirname(os.path.abspath(p))} does not exist")
     click.echo(f"key id {generate_keypair(private_key, public_key)}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import EjaotError
 from .targets import Target
 from .build import tuned
 
@@ -43,6 +44,8 @@ def measure_store(root, echo=print, iters: int = 20, warmup: int = 3) -> dict:
     from .verify import all_close, entry_arguments, reference_outputs
 
     bundle = ejaot.load(root, miss_log=False)
+    if bundle.catalog.store_problem:      # built for another platform: nothing here can run it
+        raise EjaotError(f"{root}: cannot measure here: {bundle.catalog.store_problem}")
     groups: dict = {}
     for key, entry in bundle.entries.items():
         r = entry.record

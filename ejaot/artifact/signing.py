@@ -33,7 +33,12 @@ class Signer:
 
     @classmethod
     def from_file(cls, path) -> "Signer":
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the signing key ({e.strerror})") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a PEM private key without a password ({e})") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an ed25519 private key")
         return cls(key)
@@ -47,9 +52,13 @@ def _load_public(k) -> Ed25519PublicKey:
         return k
     if isinstance(k, Path) or (isinstance(k, str) and not k.startswith("-----BEGIN") and len(k) != 64):
         try:
-            k = Path(k).read_bytes()
+            data = Path(k).read_bytes()
         except OSError as e:
             raise ValueError(f"trusted key {str(k)!r}: cannot read it ({e.strerror})") from None
+        try:
+            return _load_public(data)
+        except ValueError as e:
+            raise ValueError(f"trusted key file {str(k)!r}: {e}") from None
     if isinstance(k, str):
         k = k.encode()
     if isinstance(k, bytes) and k.startswith(b"-----BEGIN"):

@@ -179,3 +179,32 @@ def test_version_and_typed_package():
     out = subprocess.run([sys.executable, "-m", "ejaot.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"ejaot, version {ejaot.__version__}"
     assert (pathlib.Path(ejaot.__file__).parent / "py.typed").exists()
+
+
+def test_key_files_that_are_not_keys_are_usage_errors(store_copy, small_manifest, tmp_path):
+    """build --sign and merge --trusted-keys with a file that is not such a key, and keygen
+    into a folder that does not exist: exit 2 with the file named, no traceback."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage\n")
+    code, text = run("keygen", tmp_path / "k.pem", tmp_path / "k.pub")
+    assert code == 0, text
+    for args in (("build", "--manifest", small_manifest, "--out", tmp_path / "s", "--sign", bad, "--quiet"),
+                 ("build", "--manifest", small_manifest, "--out", tmp_path / "s", "--sign", tmp_path / "k.pub"),
+                 ("merge", tmp_path / "m", store_copy, "--trusted-keys", bad),
+                 ("keygen", tmp_path / "no" / "a.pem", tmp_path / "no" / "b.pem")):
+        code, text = run(*args)
+        assert code == 2 and "Traceback" not in text, (args, text)
+        named = args[-2] if args[0] == "keygen" else args[args.index("--sign") + 1] if "--sign" in args else bad
+        assert str(named) in text or str(named.parent) in text, (args, text)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_tune_measure_of_a_store_this_host_cannot_run_fails(store_copy):
+    """A candidates store for another platform: nothing can be measured here, so tune
+    measure says why and exits 1 (it reported success with nothing measured)."""
+    from ejaot.store.filestore import FileStore
+    from ejaot.store.format import encode_index
+    index = FileStore(store_copy).read_index()
+    (store_copy / "index.msgpack").write_bytes(encode_index("tpu-v5e", index["entries"]))
+    code, text = run("tune", "measure", store_copy, "--iters", "1", "--no-write")
+    assert code == 1 and "cannot measure here" in text and "tpu-v5e" in text, text
