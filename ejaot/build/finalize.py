@@ -44,8 +44,11 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             counts["skipped"] += 1
             continue
         if not force and compat.compiled_problem(record, device) is None:
-            counts["skipped"] += 1
-            continue
+            damaged = _damaged_executable(store, record)
+            if damaged is None:
+                counts["skipped"] += 1
+                continue
+            echo(f"recompiling {label}: {damaged}")
         if signer is None and "signature" in record:
             # a changed record without a new signature would be refused under trusted_keys
             echo(f"REFUSED {label}: the entry is signed; finalize changes it, so give --sign KEY "
@@ -69,7 +72,8 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             counts["failed"] += 1
             continue
         new = dict(record)
-        new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw)}
+        # a damaged blob of the same bytes' name is written again, not reused
+        new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw, verify_existing=True)}
         new["executable"] = {**meta, **identity, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         new["timings"] = {**record.get("timings", {}), "compile_s": round(seconds, 4)}
         new.pop("signature", None)
@@ -80,3 +84,16 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
         counts["compiled"] += 1
         echo(f"ok   {label}: compiled in {seconds:.2f}s ({len(raw)} bytes)")
     return counts
+
+
+def _damaged_executable(store: FileStore, record: dict) -> str | None:
+    """Why the entry's stored executable cannot serve (its blob missing or not matching its
+    sha256), or None: compat.compiled_problem reads only the record."""
+    ref = record.get("payloads", {}).get("executable")
+    if not isinstance(ref, dict):
+        return "the record has no executable payload"
+    try:
+        store.read_blob(ref.get("sha256"), ref.get("size"))
+    except (StoreError, FileNotFoundError) as e:
+        return str(e) or "its executable blob is missing"
+    return None

@@ -134,10 +134,18 @@ class FileStore:
         self._own_dir(dest.parent)
         os.replace(tmp, dest)
 
-    def put_blob(self, data: bytes) -> dict:
+    def put_blob(self, data: bytes, verify_existing: bool = False) -> dict:
+        """Writes data as the blob its sha256 names, unless a file of its size is there
+        already (verify_existing: unless that file's bytes hash to the name)."""
         sha = hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha)
-        if not self.has_blob(sha, len(data)):
+        present = self.has_blob(sha, len(data))
+        if present and verify_existing:
+            try:
+                self.read_blob(sha, len(data))
+            except StoreError:
+                present = False
+        if not present:
             self._atomic_write(path, data)
         else:
             # an unreferenced blob reused by this build: fresh again, so that `gc` (which

@@ -208,3 +208,21 @@ def test_tune_measure_of_a_store_this_host_cannot_run_fails(store_copy):
     (store_copy / "index.msgpack").write_bytes(encode_index("tpu-v5e", index["entries"]))
     code, text = run("tune", "measure", store_copy, "--iters", "1", "--no-write")
     assert code == 1 and "cannot measure here" in text and "tpu-v5e" in text, text
+
+
+def test_finalize_recompiles_an_entry_whose_executable_is_damaged(store_copy):
+    """An executable blob whose bytes no longer match its sha256: verify fails it, and
+    finalize (no --force) compiles it again instead of counting it as done."""
+    from ejaot.store.filestore import FileStore
+    store = FileStore(store_copy)
+    key, rec = next(iter(store.read_index()["entries"].items()))
+    blob = store.blob_path(rec["payloads"]["executable"]["sha256"])
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    code, text = run("verify", store_copy)
+    assert code == 1 and key[:12] in text
+    code, text = run("finalize", store_copy)
+    assert code == 0 and f"recompiling {key[:12]}" in text and "finalized: 1 compiled" in text, text
+    code, text = run("verify", store_copy)
+    assert code == 0, text
