@@ -58,7 +58,7 @@ def main():
                    "manifests/default.toml].")
 @click.option("--target", default="cpu", show_default=True, help="Target, e.g. cpu, gpu-sm90, tpu-v5e.")
 @click.option("--out", default=None, help="Store directory [default: artifacts/<target>].")
-@click.option("--jobs", type=int, default=None, help="Parallel build processes [default: all cores].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel build processes [default: all cores].")
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Sign every entry with this ed25519 private key (PEM).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -685,7 +685,7 @@ def tune():
               help="Manifest (TOML) [default: the packaged manifests/default.toml].")
 @click.option("--target", required=True, help="Target to tune, e.g. gpu-sm90.")
 @click.option("--out", required=True, help="Candidates store directory.")
-@click.option("--jobs", type=int, default=None)
+@click.option("--jobs", type=click.IntRange(min=1), default=None)
 def tune_build(manifest, target, out, jobs):
     """Lower every candidate config of every bucket into a candidates store (no device needed)."""
     from .build.builder import build_entries
