@@ -94,10 +94,11 @@ class Dispatcher:
         return False
 
     def _guarded(self, spec: KernelSpec, call, entry: StoredEntry, run):
-        """run, except that an executable the runtime refuses at its first call (a record
-        that misstates it: its checks are against the record itself) blocks the entry's
-        compiled tier, is reported once, and the call and the ones after it are served by
-        the JIT fallback."""
+        """run, except that an executable the runtime refuses for its arguments
+        (INVALID_ARGUMENT: a record that misstates it, since its checks are against the
+        record itself) blocks the entry's compiled tier, is reported once, and the call and
+        the ones after it are served by the JIT fallback. Other runtime errors (out of
+        memory, say) are the caller's, as before."""
         import jax
         fallback = []
 
@@ -107,6 +108,8 @@ class Dispatcher:
             try:
                 return run(args, kwargs)
             except jax.errors.JaxRuntimeError as e:
+                if "INVALID_ARGUMENT" not in str(e):
+                    raise
                 entry._fail("compiled", f"the executable failed to run: {str(e).splitlines()[0][:300]}")
                 log.warning("%s: entry %s: %s; served by the JIT fallback", spec.name, entry.key[:12],
                             entry.compiled_block)
@@ -261,8 +264,8 @@ def signature_part(v):
 
 
 def _as_dtype(v):
-    """v's NumPy dtype where v names one (np.float32, jnp.bfloat16, np.dtype, "float32" is
-    a string and keys as itself), else None."""
+    """v's NumPy dtype where v is a dtype or a scalar type (np.float32, jnp.bfloat16), else
+    None (a string such as "float32" keys as itself)."""
     if isinstance(v, np.dtype):
         return v
     if isinstance(v, type) or (hasattr(v, "dtype") and not hasattr(v, "shape")):

@@ -175,7 +175,8 @@ def read_misses(path: Path) -> tuple[list[dict], int]:
 def take_misses(path: Path, staging: Path) -> tuple[list[dict], int]:
     """Empties the log atomically and returns what it held (as read_misses): the log is
     renamed into `staging` (the store's tmp/) before it is read, so a line appended
-    meanwhile goes either to the records returned or to a fresh log, never lost between. A log that cannot be read is not cleared."""
+    meanwhile goes either to the records returned or to a fresh log, never lost between. A
+    log that cannot be read is not cleared."""
     from ..errors import StoreError
     try:
         st = os.lstat(path)
