@@ -216,7 +216,7 @@ class Dispatcher:
 
     def _miss_message(self, spec, call, group, reason) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in call.dims.items())
-        msg = f"{spec.name}: {reason} (call: {call.dtype}, {dims})"
+        msg = f"{spec.name}: {reason} (call: {call.dtype}, {dims}{_statics(call.static, call.present)})"
         if self.catalog.store_problem:
             return msg + f"; the store cannot serve here: {self.catalog.store_problem}"
         if group is not None:
@@ -226,7 +226,8 @@ class Dispatcher:
             msg += "; nearest buckets: " + "; ".join(
                 ", ".join(f"{d}={v}" for d, v in zip(group.paddable, p)) for p, _ in near)
             return msg
-        same = [e.describe() for e in self.catalog.all_entries().values() if e.kernel == spec.name][:3]
+        same = [e.describe() + _statics(e.record.get("static") or {}, e.record.get("present") or ())
+                for e in self.catalog.all_entries().values() if e.kernel == spec.name][:3]
         if same:
             return msg + "; stored entries of this kernel: " + "; ".join(same)
         rejected = self.catalog.rejections_of(spec.name)
@@ -261,6 +262,14 @@ def signature_part(v):
         leaves, treedef = jax.tree_util.tree_flatten(v)
         return (treedef, tuple(signature_part(x) for x in leaves))
     return freeze(v)
+
+
+def _statics(static: dict, present) -> str:
+    """The static arguments and optional inputs a miss message shows beside the dims, which
+    alone do not tell a call from a stored entry that differs only there."""
+    parts = [f"{k}={v}" for k, v in sorted(static.items()) if v is not None]
+    parts += [f"with {n}" for n in sorted(present)]
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def _as_dtype(v):

@@ -145,6 +145,14 @@ def test_strict_mode_raises_naming_nearest_buckets(store_copy, rng):
         bundle.call("attention", *qkv(rng, 1, 16), causal=False)
 
 
+def test_strict_miss_on_a_static_argument_shows_both_statics(store_copy, rng):
+    bundle = ejaot.load(store_copy, strict=True, miss_log=False)
+    with pytest.raises(BucketMissError) as e:
+        bundle.call("attention", *qkv(rng, 1, 16), causal=False)
+    call, stored = str(e.value).split("stored entries of this kernel:")
+    assert "causal=False" in call and "causal=True" in stored, str(e.value)
+
+
 def test_misses_are_logged_once_per_signature(store_copy, rng):
     bundle = ejaot.load(store_copy)
     for _ in range(3):
