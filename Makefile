@@ -2,7 +2,7 @@
 # reuse the virtual environment in .venv from pinned versions.
 TARGET   ?= cpu
 MANIFEST ?= manifests/default.toml
-OUT      ?= artifacts/$(TARGET)
+OUT      ?=
 JOBS     ?=
 
 VENV     := .venv
@@ -59,7 +59,7 @@ TARGET_DEPS += $(VENV)/.tpu-installed
 endif
 
 artifacts: $(TARGET_DEPS)
-	$(VENV)/bin/ejaot build --manifest $(MANIFEST) --target $(TARGET) --out $(OUT) $(if $(JOBS),--jobs $(JOBS))
+	$(VENV)/bin/ejaot build --manifest $(MANIFEST) --target $(TARGET) $(if $(OUT),--out $(OUT)) $(if $(JOBS),--jobs $(JOBS))
 
 test: $(VENV)/.base-installed $(VENV)/.gpu-installed $(VENV)/.tpu-installed $(VENV)/.ray-installed
 	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -368,7 +368,7 @@ def _matching(index, kernels) -> list[tuple]:
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--numerics/--no-numerics", default=True, show_default=True,
               help="Run each entry on fresh random inputs against the reference where this device can.")
-@click.option("--max-elements", type=int, default=None,
+@click.option("--max-elements", type=click.IntRange(min=0), default=None,
               help="Skip numerics for entries whose largest reference intermediate exceeds this many "
                    "elements [default: 2^26 on a CPU; on a GPU or TPU, its memory limit / 16 bytes, "
                    "at least 2^26].")

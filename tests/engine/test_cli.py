@@ -226,3 +226,13 @@ def test_finalize_recompiles_an_entry_whose_executable_is_damaged(store_copy):
     assert code == 0 and f"recompiling {key[:12]}" in text and "finalized: 1 compiled" in text, text
     code, text = run("verify", store_copy)
     assert code == 0, text
+
+
+def test_count_options_out_of_range_are_usage_errors(store_copy, small_manifest, tmp_path):
+    for args in (("build", "--manifest", small_manifest, "--out", tmp_path / "s", "--jobs", "0"),
+                 ("tune", "build", "--manifest", small_manifest, "--target", "cpu", "--out", tmp_path / "c",
+                  "--jobs", "-1"),
+                 ("verify", store_copy, "--max-elements", "-5")):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and "is not in the range" in result.output, (args, result.output)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
