@@ -21,6 +21,14 @@ def _fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+def _store_fail(e: EjaotError):
+    """A command on an existing store: a store that cannot be read as one (StoreError: a
+    damaged index, a file that is not what it should be) is a failed check, exit 1; other
+    errors are usage errors, exit 2."""
+    from .errors import StoreError
+    _fail(str(e), 1 if isinstance(e, StoreError) else 2)
+
+
 def _default_manifest() -> str:
     """The manifest `build` and `tune build` use without --manifest: manifests/default.toml
     as shipped in the package (the repository's manifests/ folder is package data
@@ -206,7 +214,7 @@ def _open_index(store_dir):
     except FileNotFoundError:
         _fail(f"{store_dir}: no store index ({store.index_path} not found)")
     except EjaotError as e:
-        _fail(str(e))
+        _store_fail(e)
 
 
 _TIER_OF_PAYLOAD = {"executable": "compiled", "exported": "portable"}
@@ -330,7 +338,7 @@ def inspect(store_dir, entry, hlo, as_json):
         else:
             click.echo(describe_entry(store, record, hlo=hlo))
     except EjaotError as e:
-        _fail(str(e))
+        _store_fail(e)
 
 
 def _index_or_none(store_dir):
@@ -424,7 +432,7 @@ def finalize(store_dir, sign_key, force, kernels):
     except FileNotFoundError:
         _fail(f"{store_dir}: no store index")
     except EjaotError as e:
-        _fail(str(e))
+        _store_fail(e)
     finally:
         progress.finish()
     click.echo(f"finalized: {counts['compiled']} compiled, {counts['skipped']} skipped, {counts['failed']} failed"
@@ -545,7 +553,7 @@ def misses(store_dir, as_toml, as_json, how, since, clear, show_all):
         else:
             records, bad = read_misses(store.misses_path)
     except EjaotError as e:
-        _fail(str(e))
+        _store_fail(e)
     except PermissionError as e:
         _fail(f"{store_dir}: --clear needs to write to the store ({e.strerror}: {e.filename})")
     if cutoff is not None:
@@ -667,7 +675,7 @@ def gc(store_dir, grace):
     except FileNotFoundError:
         _fail(f"{store_dir}: no store index")
     except EjaotError as e:
-        _fail(str(e))
+        _store_fail(e)
     except PermissionError as e:
         _fail(f"{store_dir}: gc needs to write to the store, which is read-only here "
               f"({e.strerror}: {e.filename}); run it as the store's owner")

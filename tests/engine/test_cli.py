@@ -236,3 +236,13 @@ def test_count_options_out_of_range_are_usage_errors(store_copy, small_manifest,
         result = CliRunner().invoke(main, [str(a) for a in args])
         assert result.exit_code == 2 and "is not in the range" in result.output, (args, result.output)
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_damaged_index_is_a_failed_check_for_every_command(store_copy):
+    """ls, inspect, verify, finalize and gc on a store whose index is damaged: exit 1 (a
+    failed check), as verify always did; 2 stays for usage errors."""
+    (store_copy / "index.msgpack").write_bytes(b"garbage")
+    for args in (("ls", store_copy), ("inspect", store_copy, "abc"), ("verify", store_copy),
+                 ("finalize", store_copy), ("gc", store_copy)):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)

@@ -142,20 +142,20 @@ def test_since_and_clear(store_copy, rng):
 
 
 def test_clear_leaves_a_log_it_cannot_read(store_copy, tmp_path, monkeypatch):
-    """--clear of a log it refuses (too large; a symlink) exits 2 and deletes nothing."""
+    """--clear of a log it refuses (too large; a symlink) exits 1 and deletes nothing."""
     from ejaot.runtime import misslog
     log = store_copy / "misses.jsonl"
     log.write_text('{"kernel": "attention", "dims": {}, "count": 1}\n' * 40)
     monkeypatch.setattr(misslog, "MAX_LOG_BYTES", 100)
     code, text = run("misses", store_copy, "--clear")
-    assert code == 2 and "more than the 100 expected" in text
+    assert code == 1 and "more than the 100 expected" in text
     assert log.read_text().count("\n") == 40 and not list((store_copy / "tmp").glob("misses*"))
     log.unlink()
     outside = tmp_path / "elsewhere.jsonl"
     outside.write_text("kept\n")
     log.symlink_to(outside)
     code, text = run("misses", store_copy, "--clear")
-    assert code == 2 and "not a regular file" in text
+    assert code == 1 and "not a regular file" in text
     assert log.is_symlink() and outside.read_text() == "kept\n"
 
 
