@@ -243,6 +243,12 @@ class _EntryCheck:
         tiers = {}
         runners = (("compiled", entry.compiled() if not c else None),
                    ("portable", entry.portable() if not p else None))
+        for tier, fn in runners:
+            # usable by the record, refused by the runtime when loading its bytes: a failure
+            if "mesh" not in record and fn is None and not (c if tier == "compiled" else p):
+                why = getattr(entry, f"{tier}_block", None) or "not loaded"
+                tiers[tier] = {"ok": False, "error": f"the runtime rejects it: {why}"}
+                event[tier] = f"rejected: {why}"
         if "mesh" in record:              # a multi-chip entry runs on a mesh of this host's devices
             from .runtime.meshed import verify_tiers
             runners, why = verify_tiers(entry, spec, record, not c, not p)

@@ -43,6 +43,12 @@ class Signer:
             raise ValueError(f"{path}: not an ed25519 private key")
         return cls(key)
 
+    def own_signature_problem(self, record: dict) -> str | None:
+        """None when this key signed `record` as it is; else why not (unsigned, another
+        key, tampered). Whoever re-signs or reuses a record checks this first, so that a
+        signature never launders a record it did not cover."""
+        return Verifier([self.key.public_key()]).problem(record)
+
     def sign(self, record: dict) -> dict:
         return {**record, "signer": self.key_id, "signature": self.key.sign(signed_bytes(record))}
 

@@ -51,8 +51,13 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def _reusable(record: dict | None, store: FileStore) -> bool:
+def _reusable(record: dict | None, store: FileStore, signer=None) -> bool:
+    """An existing record the build keeps instead of lowering again: its blobs are there,
+    and, when the build signs, it carries this key's valid signature (an unsigned record,
+    or one of another key, is built and signed again)."""
     if not record:
+        return False
+    if signer is not None and signer.own_signature_problem(record):
         return False
     payloads = record.get("payloads") or {}
     return bool(payloads) and all(store.has_blob(p.get("sha256"), p.get("size")) for p in payloads.values())
@@ -108,7 +113,7 @@ def build_entries(entries: list[EntrySpec], target, out, jobs=None, progress=Non
         report.notes.append(note)
     todo = []
     for e in entries:
-        if _reusable(existing.get(e.key), store):
+        if _reusable(existing.get(e.key), store, signer):
             report.reused.append(e.describe())
         else:
             todo.append(e)

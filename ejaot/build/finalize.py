@@ -55,6 +55,12 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
                  "to sign the new record")
             counts["refused"] += 1
             continue
+        if signer is not None and "signature" in record and signer.own_signature_problem(record):
+            # re-signing would vouch for a record this key's signature does not cover
+            echo(f"REFUSED {label}: {signer.own_signature_problem(record)}; finalize re-signs only "
+                 "records this key signed as they are")
+            counts["refused"] += 1
+            continue
         try:
             ref = record["payloads"]["exported"]
             exported = jax.export.deserialize(bytearray(store.read_blob(ref["sha256"], ref["size"])))
@@ -72,8 +78,7 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             counts["failed"] += 1
             continue
         new = dict(record)
-        # a damaged blob of the same bytes' name is written again, not reused
-        new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw, verify_existing=True)}
+        new["payloads"] = {**record["payloads"], "executable": store.put_blob(raw)}
         new["executable"] = {**meta, **identity, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         new["timings"] = {**record.get("timings", {}), "compile_s": round(seconds, 4)}
         new.pop("signature", None)

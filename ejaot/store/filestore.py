@@ -134,9 +134,10 @@ class FileStore:
         self._own_dir(dest.parent)
         os.replace(tmp, dest)
 
-    def put_blob(self, data: bytes, verify_existing: bool = False) -> dict:
-        """Writes data as the blob its sha256 names, unless a file of its size is there
-        already (verify_existing: unless that file's bytes hash to the name)."""
+    def put_blob(self, data: bytes, verify_existing: bool = True) -> dict:
+        """Writes data as the blob its sha256 names, unless that blob is there already
+        with these bytes (verify_existing=False: a file of its size is enough). A damaged
+        blob of the same name is written anew, so a build or merge repairs it."""
         sha = hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha)
         present = self.has_blob(sha, len(data))

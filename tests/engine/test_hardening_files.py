@@ -332,6 +332,70 @@ def test_finalize_keeps_a_signed_store_usable(tmp_path, small_manifest, rng):
     assert bundle.stats()["tiers"]["compiled"] == 1
 
 
+def _swap_exported(store_dir, into, source):
+    """Points entry `into`'s portable payload at entry `source`'s (a valid blob of another
+    bucket), the index checksum kept valid: a record its signature no longer covers."""
+    from ejaot.store.format import encode_index
+    index = FileStore(store_dir).read_index()
+    index["entries"][into]["payloads"]["exported"] = dict(index["entries"][source]["payloads"]["exported"])
+    (store_dir / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
+
+
+def test_signing_never_launders_or_skips_a_record(tmp_path, small_manifest):
+    """finalize --sign re-signs only records its key signed as they are (a tampered one is
+    refused, and stays rejected under trusted_keys); build --sign over an unsigned store
+    builds and signs every entry again instead of reusing unsigned records."""
+    from ejaot.build.builder import build
+    from ejaot.cli import main
+    from ejaot.artifact.signing import Signer, generate_keypair
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    signer = Signer.from_file(tmp_path / "k.pem")
+    store = tmp_path / "signed"
+    assert build(small_manifest, "cpu", store, jobs=1, signer=signer).ok
+    keys = sorted(FileStore(store).read_index()["entries"])
+    _swap_exported(store, keys[0], keys[1])
+    result = CliRunner().invoke(main, ["finalize", str(store), "--force", "--sign", str(tmp_path / "k.pem")])
+    assert result.exit_code == 1 and f"REFUSED {keys[0][:12]}" in result.output and "tampered" in result.output
+    rejected = ejaot.load(store, trusted_keys=str(tmp_path / "k.pub")).stats()["rejected"]
+    assert [r["entry"] for r in rejected] == [keys[0]]
+
+    plain = tmp_path / "plain"
+    assert build(small_manifest, "cpu", plain, jobs=1).ok
+    report = build(small_manifest, "cpu", plain, jobs=1, signer=signer)
+    assert report.ok and len(report.built) == 8 and not report.reused
+    bundle = ejaot.load(plain, trusted_keys=str(tmp_path / "k.pub"))
+    assert bundle.stats()["rejected"] == [] and bundle.stats()["entries"] == 8
+
+
+def test_verify_fails_a_tier_the_runtime_rejects(store_copy):
+    """A record whose portable payload is another bucket's valid blob: sha256 passes, the
+    runtime rejects the tier at load; verify says so and fails the entry."""
+    from ejaot.cli import main
+    keys = sorted(FileStore(store_copy).read_index()["entries"])
+    _swap_exported(store_copy, keys[0], keys[1])
+    result = CliRunner().invoke(main, ["verify", str(store_copy)])
+    assert result.exit_code == 1, result.output
+    line = next(x for x in result.output.splitlines() if keys[0][:12] in x)
+    assert line.startswith("FAIL") and "rejects it" in line, line
+
+
+def test_a_rebuild_repairs_a_damaged_blob(store_copy, small_manifest):
+    """A blob damaged in place (same size): a build after the index is gone writes it
+    anew instead of trusting the file that has its name."""
+    from ejaot.build.builder import build
+    from ejaot.cli import main
+    store = FileStore(store_copy)
+    rec = next(iter(store.read_index()["entries"].values()))
+    blob = store.blob_path(rec["payloads"]["exported"]["sha256"])
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    (store_copy / "index.msgpack").unlink()
+    assert build(small_manifest, "cpu", store_copy, jobs=1).ok
+    result = CliRunner().invoke(main, ["verify", str(store_copy)])
+    assert result.exit_code == 0, result.output
+
+
 def test_trusted_keys_errors_are_clear(store_copy, tmp_path):
     with pytest.raises(ValueError, match="cannot read it"):
         ejaot.load(store_copy, trusted_keys=str(tmp_path / "missing.pub"))
