@@ -24,9 +24,12 @@ def _avals(entry: EntrySpec, sharding=None):
 def lower_entry(entry: EntrySpec) -> tuple[dict[str, bytes], dict]:
     """Returns (payloads by kind, metadata for the record)."""
     from jax._src import config
-    # Python tracebacks in MLIR locations differ with the caller (CLI, worker, test):
-    # leaving them out makes the artifact's bytes depend on the entry alone.
-    with config.traceback_in_locations_limit(0), config.include_full_tracebacks_in_locations(False):
+    # Python tracebacks in MLIR locations differ with the caller (CLI, worker, test), and
+    # the kernels' file paths with where the sources are installed (two CI runners' shards
+    # of one manifest must merge): without the tracebacks, and with file names only, the
+    # artifact's bytes depend on the entry alone.
+    with config.traceback_in_locations_limit(0), config.include_full_tracebacks_in_locations(False), \
+            config.hlo_source_file_canonicalization_regex(r".*/"):
         return _lower_entry(entry)
 
 

@@ -180,3 +180,17 @@ def test_prune_keeps_only_what_the_manifest_plans(store_copy, tmp_path):
     assert bundle.stats()["rejected"] == [] and len(bundle.entries) == 4
     with pytest.raises(StoreError, match="--prune with --shard"):
         build(smaller, "cpu", store_copy, jobs=1, prune=True, shard=(1, 2))
+
+
+def test_artifact_bytes_name_no_install_path(built_store):
+    """No blob carries the directory the kernels were installed in (MLIR locations keep
+    file names only), so shards built in different checkouts merge: same key, same bytes."""
+    from pathlib import Path
+    import ejaot
+    import ejaot_kernels
+    roots = {str(Path(ejaot.__file__).resolve().parents[1]), str(Path(ejaot_kernels.__path__[0]).resolve().parent)}
+    blobs = [p for p in (built_store / "blobs").rglob("*") if p.is_file()]
+    assert blobs
+    for p in blobs:
+        data = p.read_bytes()
+        assert not any(r.encode() in data for r in roots), (p.name, roots)
