@@ -55,10 +55,11 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
                  "to sign the new record")
             counts["refused"] += 1
             continue
-        if signer is not None and "signature" in record and signer.own_signature_problem(record):
+        unsigned_by_me = signer.own_signature_problem(record) if signer and "signature" in record else None
+        if unsigned_by_me:
             # re-signing would vouch for a record this key's signature does not cover
-            echo(f"REFUSED {label}: {signer.own_signature_problem(record)}; finalize re-signs only "
-                 "records this key signed as they are")
+            echo(f"REFUSED {label}: {unsigned_by_me}; finalize re-signs only records this key "
+                 "signed as they are")
             counts["refused"] += 1
             continue
         try:
