@@ -175,7 +175,7 @@ class Bundle:
         if plan is not None:
             return plan
         self.catalog.ensure_kernel(spec.name)
-        plan = self._dispatch.plan_for(spec, call, tracing, sig)
+        plan = self._dispatch.plan_for(spec, call, tracing)
         if sig is not None:
             with self._lock:
                 self._plans[sig] = plan

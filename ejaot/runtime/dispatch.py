@@ -43,7 +43,7 @@ class Dispatcher:
         self._fallback_backends: dict[str, set[str]] = {}
         self._fallback_lock = threading.Lock()
 
-    def plan_for(self, spec: KernelSpec, call, tracing: bool, sig) -> Plan:
+    def plan_for(self, spec: KernelSpec, call, tracing: bool) -> Plan:
         gkey, want = bucket_key(spec, call.dtype, call.present, call.static, call.dims)
         # arrays split over a mesh: that mesh's entries (ejaot/runtime/meshed.py)
         gkey, placement, mesh_miss = self._meshes.route(spec, call, tracing, gkey, self.catalog.groups)
@@ -71,8 +71,12 @@ class Dispatcher:
             raise BucketMissError(self._miss_message(spec, call, group, reason))
         dtypes = {a.name: str(call.inputs[a.name].dtype) for a in spec.inputs
                   if not a.is_tree and call.inputs[a.name] is not None}
-        hit = self.misses.record(sig or repr((spec.name, call.dims, call.dtype, call.static)), spec.name,
-                                 call.dims, call.dtype, call.present, call.static, reason, dtypes)
+        # one miss line per kernel, shape, dtypes and statics: not per trace or per argument
+        # layout (positional or keyword), which the bundle's plan key tells apart
+        what = repr((spec.name, sorted(call.dims.items()), call.dtype, sorted(call.present),
+                     sorted(call.static.items()), sorted(dtypes.items()), reason))
+        hit = self.misses.record(what, spec.name, call.dims, call.dtype, call.present, call.static, reason,
+                                 dtypes)
         if self.catalog.store_problem is None:   # a store-wide problem was said once at load
             log.warning("%s: %s (%s); served by the JIT fallback, recorded in the miss log",
                         spec.name, reason, ", ".join(f"{k}={v}" for k, v in call.dims.items()))

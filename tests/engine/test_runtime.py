@@ -163,6 +163,22 @@ def test_misses_are_logged_once_per_signature(store_copy, rng):
     assert bundle.stats()["calls"]["fallback"] == 4
 
 
+def test_one_miss_line_across_traces_and_argument_layouts(store_copy, rng):
+    """The same uncovered shape called eagerly by position and by keyword and from two
+    jitted functions: one first line in the miss log, every call counted."""
+    bundle = ejaot.load(store_copy)
+    q, k, v = qkv(rng, 1, 40)
+    bundle.call("attention", q, k, v, causal=True)
+    bundle.call("attention", query=q, key=k, value=v, causal=True)
+    jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True))(q, k, v)
+    jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True) + 1)(q, k, v)
+    bundle.misses.flush()
+    lines = [json.loads(x) for x in (store_copy / "misses.jsonl").read_text().splitlines()]
+    assert len({json.dumps(x["dims"], sort_keys=True) for x in lines}) == 1
+    assert [x["count"] for x in lines][0] == 1 and sum(x["count"] for x in lines) == 4, lines
+    assert len(lines) == 2      # the first line, then one line of the counts since
+
+
 def test_bad_arguments_get_clear_errors(store_copy, rng):
     bundle = ejaot.load(store_copy)
     q, k, v = qkv(rng, 1, 16)
