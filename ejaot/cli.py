@@ -491,8 +491,7 @@ def _suggest(group: dict, bundle, how: str) -> tuple[list[dict], list[dict]]:
     observed shape's paddable dims rounded up (onto the store's grid for the group, or to a
     power of two), shapes rounding to the same bucket merged. A rounded bucket the kernel's
     own checks refuse is replaced by the observed shape."""
-    from .spec.registry import find_kernel
-    spec = find_kernel(group["kernel"])
+    spec = _spec_of(group["kernel"], group.get("module"))
     paddable = spec.paddable if spec is not None else frozenset()
     suggestions: dict = {}
     covered = []
@@ -573,7 +572,7 @@ def misses(store_dir, as_toml, as_json, how, since, clear, show_all):
             unchecked = "the store has no index"
     groups, covered_calls, covered_shapes = [], 0, 0
     for g in summarize(records):
-        g["buckets"] = [{**b, "dims": _kernel_order(g["kernel"], b["dims"])} for b in g["buckets"]]
+        g["buckets"] = [{**b, "dims": _kernel_order(g["kernel"], g.get("module"), b["dims"])} for b in g["buckets"]]
         suggested, covered = _suggest(g, bundle, how)
         covered_calls += sum(b["count"] for b in covered)
         covered_shapes += len(covered)
@@ -588,8 +587,8 @@ def misses(store_dir, as_toml, as_json, how, since, clear, show_all):
                     "coverage_checked": unchecked is None, "coverage_unchecked_reason": unchecked,
                     "covered": {"calls": covered_calls, "shapes": covered_shapes},
                     "unreadable_lines": bad,
-                    "groups": [{k: g[k] for k in ("kernel", "dtype", "inputs", "dtypes", "static", "misses",
-                                                  "covered_misses", "buckets", "suggested", "covered")}
+                    "groups": [{k: g[k] for k in ("kernel", "module", "dtype", "inputs", "dtypes", "static",
+                                                  "misses", "covered_misses", "buckets", "suggested", "covered")}
                                for g in groups]})
         return
     if not records:
@@ -600,10 +599,12 @@ def misses(store_dir, as_toml, as_json, how, since, clear, show_all):
                 continue
             click.echo("[[kernel]]")
             click.echo(f'name = "{g["kernel"]}"')
+            if g.get("module"):          # an outside kernel (a model's step): its module
+                click.echo(f'module = "{g["module"]}"')
             click.echo(f'dtypes = ["{g["dtype"]}"]')
             if g["inputs"]:
                 click.echo(f"inputs = {json.dumps(g['inputs'])}")
-            stat = _non_default_static(g["kernel"], g["static"])
+            stat = _non_default_static(g["kernel"], g.get("module"), g["static"])
             if stat:
                 click.echo("static = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in stat.items()) + " }")
             click.echo("buckets = [")
@@ -612,7 +613,8 @@ def misses(store_dir, as_toml, as_json, how, since, clear, show_all):
                            + f"{b['count']} misses, {len(b['observed'])} shapes")
             click.echo("]\n")
         else:
-            stat = ",".join(f"{k}={v}" for k, v in _non_default_static(g["kernel"], g["static"]).items())
+            stat = ",".join(f"{k}={v}" for k, v in _non_default_static(g["kernel"], g.get("module"),
+                                                                          g["static"]).items())
             inputs = ",".join(g["inputs"]) or "none"
             more = f" ({_n(g['covered_misses'], 'miss')} now covered)" if g["covered_misses"] else ""
             click.echo(f"{g['kernel']} {g['dtype']}, static {stat or 'defaults'}, optional inputs {inputs}: "
@@ -643,17 +645,25 @@ def _dims_text(dims: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in dims.items())
 
 
-def _kernel_order(kernel: str, dims: dict) -> dict:
-    """dims in the order the kernel declares them (the log writes them sorted by name)."""
+def _spec_of(kernel: str, module: str | None):
+    """The kernel's spec: an outside kernel's from its module where this process may import
+    it (the store's index names it), else None."""
     from .spec.registry import find_kernel
-    spec = find_kernel(kernel)
+    try:
+        return find_kernel(kernel, module)
+    except ImportError:
+        return None
+
+
+def _kernel_order(kernel: str, module: str | None, dims: dict) -> dict:
+    """dims in the order the kernel declares them (the log writes them sorted by name)."""
+    spec = _spec_of(kernel, module)
     order = list(spec.dims) if spec is not None else []
     return dict(sorted(dims.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
-def _non_default_static(kernel: str, static: dict) -> dict:
-    from .spec.registry import all_kernels
-    spec = all_kernels().get(kernel)
+def _non_default_static(kernel: str, module: str | None, static: dict) -> dict:
+    spec = _spec_of(kernel, module)
     defaults = spec.canonical_static({}) if spec else {}
     return {k: v for k, v in static.items() if v is not None and v != defaults.get(k)}
 

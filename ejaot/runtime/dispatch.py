@@ -16,6 +16,7 @@ from ..artifact.binding import freeze, split_args
 from ..artifact.function import fallback_backend, jitted
 from ..errors import BucketMissError
 from ..spec import KernelSpec
+from ..spec.registry import module_of
 from . import meshed
 from .catalog import Catalog, bucket_key
 from .entry import StoredEntry
@@ -76,7 +77,7 @@ class Dispatcher:
         what = repr((spec.name, sorted(call.dims.items()), call.dtype, sorted(call.present),
                      sorted(call.static.items()), sorted(dtypes.items()), reason))
         hit = self.misses.record(what, spec.name, call.dims, call.dtype, call.present, call.static, reason,
-                                 dtypes)
+                                 dtypes, module=module_of(spec.name))
         if self.catalog.store_problem is None:   # a store-wide problem was said once at load
             log.warning("%s: %s (%s); served by the JIT fallback, recorded in the miss log",
                         spec.name, reason, ", ".join(f"{k}={v}" for k, v in call.dims.items()))

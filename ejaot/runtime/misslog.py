@@ -98,7 +98,7 @@ class MissLog:
         return self._state.error
 
     def record(self, signature, kernel: str, dims: dict, dtype: str, present, static: dict, reason: str,
-               dtypes: dict | None = None) -> Callable[[], None] | None:
+               dtypes: dict | None = None, module: str | None = None) -> Callable[[], None] | None:
         """Notes an uncovered call signature: its first line is written now (count 1).
         Returns the function to call on each call served for it (the first included), which
         counts it in memory; None when there is no log."""
@@ -109,7 +109,8 @@ class MissLog:
             if signature not in st.seen:
                 st.seen.add(signature)
                 st.base[signature] = {"kernel": kernel, "dims": dims, "dtype": dtype, "inputs": list(present),
-                                      "dtypes": dtypes or {}, "static": static, "reason": reason}
+                                      "dtypes": dtypes or {}, "static": static, "reason": reason,
+                                      **({"module": module} if module else {})}
                 st.pending[signature] = -1        # the first call is the line written here
                 first = st.base[signature]
             else:
@@ -216,13 +217,15 @@ def summarize(misses: list[dict]) -> list[dict]:
     groups: dict = defaultdict(lambda: defaultdict(int))
     meta = {}
     for m in misses:
-        g = json.dumps([m["kernel"], m.get("dtype"), m.get("inputs", []), m.get("static", {})], sort_keys=True)
+        g = json.dumps([m["kernel"], m.get("module"), m.get("dtype"), m.get("inputs", []), m.get("static", {})],
+                       sort_keys=True)
         meta.setdefault(g, m)
         groups[g][json.dumps(m["dims"], sort_keys=True)] += _count(m) or 0
     out = []
     for g, shapes in groups.items():
         m = meta[g]
-        out.append({"kernel": m["kernel"], "dtype": m.get("dtype"), "inputs": m.get("inputs", []),
+        out.append({"kernel": m["kernel"], "module": m.get("module"), "dtype": m.get("dtype"),
+                    "inputs": m.get("inputs", []),
                     "static": m.get("static", {}), "dtypes": m.get("dtypes", {}),
                     "buckets": [{"dims": json.loads(d), "count": c}
                                 for d, c in sorted(shapes.items(), key=lambda kv: -kv[1])]})

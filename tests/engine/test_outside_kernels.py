@@ -261,3 +261,29 @@ def test_a_store_never_makes_the_server_import_a_module(toy, tmp_path):
     assert got["imported_before"] is False                  # refusing it imported nothing
     assert (pkg / "IMPORTED").exists()                       # ...until the server opted in
     assert got["imported_after_opt_in"] is True and got["rejected_after"] == 0
+
+
+def test_misses_toml_of_an_outside_kernel_builds_and_covers_the_miss(toy, tmp_path, rng):
+    """The miss log keeps an outside kernel's module: `ejaot misses --toml` names it and
+    rounds the missed shape like a built-in kernel's (batch 6 past the stored 2 and 4: 8),
+    and the table it prints builds the entry that then serves the call."""
+    from click.testing import CliRunner
+    from ejaot.cli import main
+    name, pkg, manifest = toy
+    store = tmp_path / "store"
+    build_toy(manifest, store)
+    bundle = ejaot.load(store)
+    params, cache, x = toy_inputs(rng, batch=6)
+    bundle.call("toy.step", params, cache, x)
+    bundle.misses.flush()
+    result = CliRunner().invoke(main, ["misses", str(store), "--toml"])
+    assert result.exit_code == 0, result.output
+    assert f'module = "{name}.steps"' in result.output and "batch = 8," in result.output, result.output
+    (tmp_path / "more.toml").write_text("format = 1\n" + result.output)
+    from ejaot.build.builder import build
+    assert build(tmp_path / "more.toml", "cpu", store, jobs=1).ok
+    again = ejaot.load(store, miss_log=False)
+    params, cache, x = toy_inputs(rng, batch=6)
+    want = toy_reference(params, cache, x)            # before the call: it donates the cache
+    np.testing.assert_allclose(again.call("toy.step", params, cache, x)[0], want, atol=2e-4, rtol=2e-4)
+    assert again.stats()["calls"]["padded"] == 1
