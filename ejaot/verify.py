@@ -228,6 +228,16 @@ class _EntryCheck:
         event.update(compiled=c or "usable", portable=p or "usable")
         entry = self.bundle.entries.get(key)
         spec = self.installed.get(record["kernel"]) or find_kernel(record["kernel"], record.get("module"))
+        rejected = {}
+        if entry is not None and "mesh" not in record:
+            for tier, usable, load in (("compiled", not c, entry.compiled), ("portable", not p, entry.portable)):
+                # usable by the record, refused by the runtime when it loads the bytes: a failure
+                if usable and load() is None:
+                    why = getattr(entry, f"{tier}_block", None) or "not loaded"
+                    rejected[tier] = {"ok": False, "error": f"the runtime rejects it: {why}"}
+                    event[tier] = f"rejected: {why}"
+        if rejected:
+            event.update(ok=False, failures=len(rejected), tiers=dict(rejected))
         if not self.numerics or entry is None:
             return event
         if spec.footprint and spec.footprint(record["dims"]) > self.max_elements:
@@ -240,15 +250,9 @@ class _EntryCheck:
             _release()
             return {**event, "numerics": "skipped",
                     "numerics_detail": f"the reference failed ({type(e).__name__}: {str(e)[:120]})"}
-        tiers = {}
+        tiers = dict(rejected)
         runners = (("compiled", entry.compiled() if not c else None),
                    ("portable", entry.portable() if not p else None))
-        for tier, fn in runners:
-            # usable by the record, refused by the runtime when loading its bytes: a failure
-            if "mesh" not in record and fn is None and not (c if tier == "compiled" else p):
-                why = getattr(entry, f"{tier}_block", None) or "not loaded"
-                tiers[tier] = {"ok": False, "error": f"the runtime rejects it: {why}"}
-                event[tier] = f"rejected: {why}"
         if "mesh" in record:              # a multi-chip entry runs on a mesh of this host's devices
             from .runtime.meshed import verify_tiers
             runners, why = verify_tiers(entry, spec, record, not c, not p)

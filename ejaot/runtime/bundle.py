@@ -78,7 +78,7 @@ class Bundle:
         self._counts: Counter = Counter()
         self._plans: dict[tuple, Plan] = {}
         # kernel -> its call-time keywords (KernelSpec.call_kwargs: consumed by prepare_call at
-        # every call, so a plan depends only on whether one is given, not on its value)
+        # every call, so a plan depends only on whether one is given, not None, not on its value)
         self._call_kwargs: dict[str, frozenset] = {}
         self._warm: WarmUp | None = None            # the eager="background" run
         self._warm_runs: list[WarmUp] = []          # every warm-up run, for stats()
@@ -142,7 +142,7 @@ class Bundle:
         try:
             sig = (kernel, tracing and self._meshes.trace_key((*args, *kwargs.values())),
                    tuple(signature_part(a) for a in args),
-                   tuple((k, "<given>" if loose and k in loose else signature_part(v))
+                   tuple((k, (v is not None) if loose and k in loose else signature_part(v))
                          for k, v in kwargs.items()))
             plan = self._plans.get(sig)
         except TypeError:        # an unhashable static argument: resolve without caching

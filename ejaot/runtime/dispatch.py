@@ -250,16 +250,16 @@ def signature_part(v):
     """One argument's part of a call signature: an array's shape and dtype, a static's
     value, a tree's structure and leaves; a callable (attention's init_bias) only as
     "given", so a fresh lambda per call does not grow the plan cache. A NumPy scalar
-    (1 / np.sqrt(d) is one) and a dtype (jnp.float32 is callable) count by value: they are
-    static arguments, and two values must not share a plan."""
+    (1 / np.sqrt(d) is one), a dtype and a scalar type (np.float32, jnp.bfloat16: callable)
+    count by value: they are static arguments, and two values must not share a plan."""
     if isinstance(v, np.generic):
         return ("<scalar>", v.dtype, v.item())
+    if isinstance(v, (type, np.dtype)):      # np.float32 (a class with shape and dtype attributes)
+        return ("<type>", v)
     if hasattr(v, "shape") and hasattr(v, "dtype"):
-        # the sharding too: the same shapes split over a mesh are served by other entries
-        return (tuple(v.shape), v.dtype, getattr(v, "sharding", None))
-    dtype = _as_dtype(v)
-    if dtype is not None:
-        return ("<dtype>", dtype)
+        # the sharding too: the same shapes split over a mesh are served by other entries;
+        # and whether it is committed (to a device: _elsewhere)
+        return (tuple(v.shape), v.dtype, getattr(v, "sharding", None), getattr(v, "committed", None))
     if callable(v):
         return ("<callable>",)
     if isinstance(v, (dict, list, tuple)) and v and not isinstance(v, str):
@@ -275,19 +275,6 @@ def _statics(static: dict, present) -> str:
     parts = [f"{k}={v}" for k, v in sorted(static.items()) if v is not None]
     parts += [f"with {n}" for n in sorted(present)]
     return (", " + ", ".join(parts)) if parts else ""
-
-
-def _as_dtype(v):
-    """v's NumPy dtype where v is a dtype or a scalar type (np.float32, jnp.bfloat16), else
-    None (a string such as "float32" keys as itself)."""
-    if isinstance(v, np.dtype):
-        return v
-    if isinstance(v, type) or (hasattr(v, "dtype") and not hasattr(v, "shape")):
-        try:
-            return np.dtype(getattr(v, "dtype", v))
-        except TypeError:
-            return None
-    return None
 
 
 def _arrays_getter(spec: KernelSpec, names: list[str]):

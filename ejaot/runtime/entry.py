@@ -31,12 +31,12 @@ class StoredEntry:
         return f"{self.kernel} {self.record['dtype']} {dims} [{self.key[:12]}]"
 
     def compiled(self):
-        """The deserialized executable, or None."""
+        """The deserialized executable, or None (also once the runtime has refused it)."""
         if self._compiled is _UNSET:
             with self._lock:
                 if self._compiled is _UNSET:
                     self._compiled = self._load_compiled()
-        return self._compiled
+        return None if self.compiled_block else self._compiled
 
     def portable(self):
         """jax.jit(exported.call), or None. Compiles on first call; also works under tracing."""

@@ -185,8 +185,12 @@ def take_misses(path: Path, staging: Path) -> tuple[list[dict], int]:
         return [], 0
     if not stat.S_ISREG(st.st_mode):      # a link, FIFO or folder: refused, and left alone
         raise StoreError(f"{path} is not a regular file; nothing was cleared")
-    staging.mkdir(parents=True, exist_ok=True)
-    if not stat.S_ISDIR(os.lstat(staging).st_mode):
+    try:
+        staging_ok = stat.S_ISDIR(os.lstat(staging).st_mode)
+    except FileNotFoundError:
+        staging.mkdir(parents=True)
+        staging_ok = True
+    if not staging_ok:
         raise StoreError(f"{staging} is not the store's own directory (a symlink?); nothing was cleared")
     taken = staging / f"{Path(path).name}.taken.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
@@ -197,9 +201,10 @@ def take_misses(path: Path, staging: Path) -> tuple[list[dict], int]:
         time.sleep(0.05)      # a writer that opened the old log just before finishes its one write()
         result = read_misses(taken)
     except BaseException:
-        # unread, so not cleared: back in place, or beside a log a server has started since
-        if not os.path.lexists(path):
-            os.rename(taken, path)
+        # unread, so not cleared: back in place, or, when a server has started a new log
+        # since, beside it in the store (not in tmp/, whose old files gc deletes)
+        back = path if not os.path.lexists(path) else Path(path).with_name(taken.name)
+        os.rename(taken, back)
         raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(taken)

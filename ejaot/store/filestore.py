@@ -15,6 +15,7 @@ lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -161,6 +162,8 @@ class FileStore:
         try:     # never through a symlink, never blocking on a FIFO
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):     # the caller's to explain
+                raise PermissionError(e.errno, e.strerror, str(path)) from None
             raise StoreError(f"{path}: cannot open the store's lock file ({e.strerror}; it must be "
                              "a regular file, not a symlink)") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -112,6 +112,13 @@ def test_an_executable_the_runtime_refuses_is_served_by_the_fallback(store_copy,
         _served(bundle, rng)
     reasons = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == small]
     assert reasons and "failed to run" in reasons[0], bundle.stats()["rejected"]
+    # another shape padded into the same entry: the refused executable is not run again
+    q, k, v = qkv(rng, 1, 12)
+    out = bundle.call("attention", q, k, v, causal=True)
+    np.testing.assert_allclose(out, attention_reference(q, k, v, causal=True), atol=3e-5, rtol=3e-5)
+    assert len([r for r in bundle.stats()["rejected"] if r["entry"] == small and r["tier"] == "compiled"]) == 1
+    last = list(bundle._plans.values())[-1]
+    assert not (last.entry is not None and last.entry.key == small and last.tier == "compiled"), last.path
 
 
 def test_oversized_index_and_blob_are_refused_before_reading(store_copy, rng, monkeypatch):
@@ -373,10 +380,11 @@ def test_verify_fails_a_tier_the_runtime_rejects(store_copy):
     from ejaot.cli import main
     keys = sorted(FileStore(store_copy).read_index()["entries"])
     _swap_exported(store_copy, keys[0], keys[1])
-    result = CliRunner().invoke(main, ["verify", str(store_copy)])
-    assert result.exit_code == 1, result.output
-    line = next(x for x in result.output.splitlines() if keys[0][:12] in x)
-    assert line.startswith("FAIL") and "rejects it" in line, line
+    for extra in ([], ["--no-numerics"]):
+        result = CliRunner().invoke(main, ["verify", str(store_copy), *extra])
+        assert result.exit_code == 1, (extra, result.output)
+        line = next(x for x in result.output.splitlines() if keys[0][:12] in x)
+        assert line.startswith("FAIL") and "rejected" in line, (extra, line)
 
 
 def test_a_rebuild_repairs_a_damaged_blob(store_copy, small_manifest):
@@ -394,6 +402,32 @@ def test_a_rebuild_repairs_a_damaged_blob(store_copy, small_manifest):
     assert build(small_manifest, "cpu", store_copy, jobs=1).ok
     result = CliRunner().invoke(main, ["verify", str(store_copy)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_lock_file_the_user_may_not_open_says_read_only(store_copy, monkeypatch):
+    """EACCES/EROFS on the lock file is a permission problem (gc says run it as the
+    store's owner), not a lock file of the wrong kind."""
+    from ejaot.cli import main
+    from ejaot.store import filestore
+    real_open = os.open
+
+    def denied(path, *a, **kw):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(filestore.os, "open", denied)
+    result = CliRunner().invoke(main, ["gc", str(store_copy)])
+    assert result.exit_code == 2 and "read-only" in result.output and "Traceback" not in result.output
+
+
+def test_misses_clear_with_a_dangling_tmp_link(store_copy, tmp_path):
+    from ejaot.cli import main
+    (store_copy / "misses.jsonl").write_text('{"kernel": "attention", "dims": {}, "count": 1}\n')
+    shutil.rmtree(store_copy / "tmp", ignore_errors=True)
+    (store_copy / "tmp").symlink_to(tmp_path / "nowhere")
+    result = CliRunner().invoke(main, ["misses", str(store_copy), "--clear"])
+    assert result.exit_code == 1 and "not the store's own directory" in result.output, result.output
+    assert (store_copy / "misses.jsonl").exists() and not (tmp_path / "nowhere").exists()
 
 
 def test_trusted_keys_errors_are_clear(store_copy, tmp_path):

@@ -124,6 +124,20 @@ def test_call_keywords_key_plans_by_presence_not_value(store_copy, rng):
     assert sum(x["count"] for x in lines) == 12 and len({json.dumps(x["dims"]) for x in lines}) == 1
 
 
+def test_a_call_keyword_given_as_none_is_not_given(store_copy, rng):
+    """init_bias=None adds no bias, init_bias=fn does: the two are different plans (one
+    plan would serve the second call without its bias); np.float32 as a dtype argument is
+    cached like jnp.float32."""
+    bundle = ejaot.load(store_copy, miss_log=False)
+    q, k, v = qkv(rng, 2, 32)
+    bias = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
+    check(bundle.call("attention", q, k, v, causal=True, init_bias=None), q, k, v, causal=True)
+    check(bundle.call("attention", q, k, v, causal=True, init_bias=lambda: bias), q, k, v, bias=bias, causal=True)
+    for _ in range(2):
+        bundle.call("attention", q, k, v, causal=True, softmax_dtype=np.float32)
+    assert len(bundle._plans) == 3, list(bundle._plans)
+
+
 def test_inside_jit_uses_portable_tier(store_copy, rng):
     bundle = ejaot.load(store_copy)
     q, k, v = qkv(rng, 2, 20)
