@@ -30,6 +30,7 @@ class Signer:
     def __init__(self, key: Ed25519PrivateKey):
         self.key = key
         self.key_id = public_key_id(key.public_key())
+        self._own = None          # a Verifier of this key, made on first use
 
     @classmethod
     def from_file(cls, path) -> "Signer":
@@ -47,7 +48,9 @@ class Signer:
         """None when this key signed `record` as it is; else why not (unsigned, another
         key, tampered). Whoever re-signs or reuses a record checks this first, so that a
         signature never launders a record it did not cover."""
-        return Verifier([self.key.public_key()]).problem(record)
+        if self._own is None:
+            self._own = Verifier([self.key.public_key()])
+        return self._own.problem(record)
 
     def sign(self, record: dict) -> dict:
         return {**record, "signer": self.key_id, "signature": self.key.sign(signed_bytes(record))}

@@ -96,17 +96,25 @@ def test_blob_that_is_not_a_file(store_copy, rng, kind):
     del keep
 
 
+def _swap_payloads(store_dir, into, source, kinds=("exported",)):
+    """Points entry `into`'s payloads of `kinds` at entry `source`'s (valid blobs of another
+    bucket), the index checksum kept valid: a record that misstates its bytes, and one its
+    signature no longer covers."""
+    from ejaot.store.format import encode_index
+    index = FileStore(store_dir).read_index()
+    for kind in kinds:
+        index["entries"][into]["payloads"][kind] = dict(index["entries"][source]["payloads"][kind])
+    (store_dir / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
+
+
 def test_an_executable_the_runtime_refuses_is_served_by_the_fallback(store_copy, rng):
     """A record whose payloads are another bucket's (valid, hash-matching) blobs: its
     compiled tier's checks are against the record itself, so only running it tells. The
     refused executable blocks the tier, is reported, and the call returns the right answer."""
-    from ejaot.store.format import encode_index
-    store = FileStore(store_copy)
-    index = store.read_index()
+    index = FileStore(store_copy).read_index()
     by = {(r["dtype"], r["dims"]["batch"], r["dims"]["seq"]): k for k, r in index["entries"].items()}
     small, big = by[("float32", 1, 16)], by[("float32", 1, 32)]
-    index["entries"][small]["payloads"] = dict(index["entries"][big]["payloads"])
-    (store_copy / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
+    _swap_payloads(store_copy, small, big, kinds=("exported", "executable"))
     bundle = _load(store_copy, miss_log=False)
     for _ in range(2):
         _served(bundle, rng)
@@ -339,13 +347,6 @@ def test_finalize_keeps_a_signed_store_usable(tmp_path, small_manifest, rng):
     assert bundle.stats()["tiers"]["compiled"] == 1
 
 
-def _swap_exported(store_dir, into, source):
-    """Points entry `into`'s portable payload at entry `source`'s (a valid blob of another
-    bucket), the index checksum kept valid: a record its signature no longer covers."""
-    from ejaot.store.format import encode_index
-    index = FileStore(store_dir).read_index()
-    index["entries"][into]["payloads"]["exported"] = dict(index["entries"][source]["payloads"]["exported"])
-    (store_dir / "index.msgpack").write_bytes(encode_index(index["target"], index["entries"]))
 
 
 def test_signing_never_launders_or_skips_a_record(tmp_path, small_manifest):
@@ -360,7 +361,7 @@ def test_signing_never_launders_or_skips_a_record(tmp_path, small_manifest):
     store = tmp_path / "signed"
     assert build(small_manifest, "cpu", store, jobs=1, signer=signer).ok
     keys = sorted(FileStore(store).read_index()["entries"])
-    _swap_exported(store, keys[0], keys[1])
+    _swap_payloads(store, keys[0], keys[1])
     result = CliRunner().invoke(main, ["finalize", str(store), "--force", "--sign", str(tmp_path / "k.pem")])
     assert result.exit_code == 1 and f"REFUSED {keys[0][:12]}" in result.output and "tampered" in result.output
     rejected = ejaot.load(store, trusted_keys=str(tmp_path / "k.pub")).stats()["rejected"]
@@ -379,7 +380,7 @@ def test_verify_fails_a_tier_the_runtime_rejects(store_copy):
     runtime rejects the tier at load; verify says so and fails the entry."""
     from ejaot.cli import main
     keys = sorted(FileStore(store_copy).read_index()["entries"])
-    _swap_exported(store_copy, keys[0], keys[1])
+    _swap_payloads(store_copy, keys[0], keys[1])
     for extra in ([], ["--no-numerics"]):
         result = CliRunner().invoke(main, ["verify", str(store_copy), *extra])
         assert result.exit_code == 1, (extra, result.output)
