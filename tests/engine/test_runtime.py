@@ -122,6 +122,20 @@ def test_call_keywords_key_plans_by_presence_not_value(store_copy, rng):
     bundle.misses.flush()
     lines = [json.loads(x) for x in (store_copy / "misses.jsonl").read_text().splitlines()]
     assert sum(x["count"] for x in lines) == 12 and len({json.dumps(x["dims"]) for x in lines}) == 1
+    # under jit: keyword arrays, the cache closed over, two traces (3 and 2 sequences), a new
+    # max_context_len per step; then eager again
+    for n in (3, 2, 3):
+        for step in range(3):
+            ctx = np.full((n,), 2 + step, np.int32)
+            q = rng.standard_normal((n, 4, 16)).astype(np.float32)
+            f = jax.jit(lambda q, ctx, m=int(ctx.max()): bundle.call(
+                "page_attention", query=q, key_cache=kc, value_cache=kc, context_lens=ctx,
+                block_tables=np.zeros((n, 4), np.int32), max_context_len=m))
+            want = ejaot_kernels.page_attention.page_attention(q, kc, kc, ctx, np.zeros((n, 4), np.int32))
+            np.testing.assert_allclose(np.asarray(f(q, ctx)), np.asarray(want), atol=1e-6, rtol=1e-6)
+    out = bundle.call("page_attention", q, kc, kc, ctx, np.zeros((3, 4), np.int32), max_context_len=99)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-6, rtol=1e-6)
+    assert len(bundle._plans) == 1, list(bundle._plans)     # still the one eager plan
 
 
 def test_a_call_keyword_given_as_none_is_not_given(store_copy, rng):
@@ -132,6 +146,10 @@ def test_a_call_keyword_given_as_none_is_not_given(store_copy, rng):
     q, k, v = qkv(rng, 2, 32)
     bias = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
     check(bundle.call("attention", q, k, v, causal=True, init_bias=None), q, k, v, causal=True)
+    check(bundle.call("attention", q, k, v, causal=True, init_bias=lambda: bias), q, k, v, bias=bias, causal=True)
+    for given in (None, lambda: bias, None):          # under jit too, then eager again
+        f = jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True, init_bias=given))
+        check(f(q, k, v), q, k, v, causal=True, **({} if given is None else {"bias": bias}))
     check(bundle.call("attention", q, k, v, causal=True, init_bias=lambda: bias), q, k, v, bias=bias, causal=True)
     for _ in range(2):
         bundle.call("attention", q, k, v, causal=True, softmax_dtype=np.float32)
