@@ -71,7 +71,17 @@ def triton_heuristic(dims, static, target):
         wide = dims["head_dim"] > 128
         cfg.update(block_m=128, block_n=_shrink(64 if wide else 128, dims["kv_seq"]), num_warps=8,
                    num_stages=2 if wide else 3, gluon=True)
+        cfg["gluon_bwd"] = _gluon_bwd_ok(dims)
     return cfg
+
+
+def _gluon_bwd_ok(dims) -> bool:
+    """Where the heuristic takes the Gluon backward (gluon_sm90_bwd.py: dK, dV and dQ in one
+    kernel, a program per 128 keys of a kv head): head_dim 64 or 128, and at least a wave of
+    programs on a 132-SM Hopper. With fewer (short sequences, few heads) the two Triton
+    kernels, with twice the programs and a separate dQ pass, measured faster (BENCHMARKS.md)."""
+    programs = dims["batch"] * dims["kv_heads"] * -(-dims["kv_seq"] // 128)
+    return dims["head_dim"] in (64, 128) and programs >= 132
 
 
 def _triton_kernel_heuristic(dims, static, target):

@@ -23,7 +23,10 @@ The float32 sums arrive in any order, so dQ is not bit-for-bit repeatable.
 
 On Hopper the forward of plain scores (no bias, soft cap, segment ids or window; head_dim
 64, 128 or 256; 16-bit inputs) is the Gluon kernel of gluon_sm90.py instead, FlashAttention-3's
-ping-pong schedule; it saves the same logsumexp, so the backward is the same.
+ping-pong schedule; it saves the same logsumexp, so either backward follows it. With
+`gluon_bwd` the backward of plain scores at head_dim 64 or 128 is gluon_sm90_bwd.py's one
+kernel (dK, dV, and dQ by TMA reductions: five products per tile), after the same delta
+kernel.
 
 The valid lengths (q_len, kv_len) are traced: the kernels read them from device memory.
 Everything else (shapes, strides, flags, scale, window) is a compile-time constant.
@@ -34,7 +37,8 @@ bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ);
 (sm90: the forward's unmasked K/V loads go through host-made TMA descriptors) and
 warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default); gluon (sm90:
 the Gluon forward where it applies, with block_n and num_stages its tile and K and V rings; the
-heuristic's choice there, so a Triton config says gluon=False); fused_dq (above). float32
+heuristic's choice there, so a Triton config says gluon=False); fused_dq and gluon_bwd
+(above; the heuristic's choice is gluon_bwd from a wave of programs on). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
 Imports without triton (the kernels then cannot lower) and touches no device at import;
@@ -608,6 +612,7 @@ class _Static:
     ws: bool = False                      # forward's main loop warp-specialized (sm90+)
     gluon: bool = False                   # forward in Gluon where it can (gluon_sm90.py)
     fused_dq: bool = False                # dQ reduced by the dK/dV kernel (sm90+, 2-byte inputs)
+    gluon_bwd: bool = False               # backward in Gluon where it can (gluon_sm90_bwd.py)
 
 
 def _pow2_block(requested: int, n: int) -> int:
@@ -722,6 +727,7 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
         gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
         fused_dq=fused_dq,
+        gluon_bwd=bool(cfg.get("gluon_bwd", False)) and cc >= 90 and itemsize == 2 and d in (64, 128),
     )
 
 
@@ -852,6 +858,8 @@ def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, d
         grid=(_cdiv(s, pre_bm), b * hq), num_warps=4, num_stages=1,
         compute_capability=st.cc, name="flash_attention_bwd_delta",
         SEQ=s, HQ=hq, D=d, BLOCK_M=pre_bm)
+    if st.gluon_bwd and ce["FAST"] and not has_seg and st.window is None and bias is None:
+        return _backward_gluon(st, q, k, v, valid_lens, dout, lse, delta, ce)
 
     bm, bn, warps, stages = _fit_2byte("dkdv", st.dkdv, d, q.dtype.itemsize, st.cc, bias is not None,
                                        st.fused_dq)
@@ -887,6 +895,43 @@ def _backward(st: _Static, q, k, v, bias, q_seg, kv_seg, valid_lens, out, lse, d
         compute_capability=st.cc, name="flash_attention_bwd_dq",
         BLOCK_M=bm, BLOCK_N=bn, **ce)
     return dq, dk, dv, (dbias if bias is not None else None)
+
+
+def _backward_gluon(st: _Static, q, k, v, valid_lens, dout, lse, delta, ce):
+    """The Gluon backward (gluon_sm90_bwd.py): dK and dV, and dQ added into a zeroed float32
+    buffer (its 8th operand, a TMA descriptor flattened to its array, aliased to its 3rd
+    output), scaled and cast here."""
+    import jax
+    import jax.numpy as jnp
+    import jax_triton as jt
+    from . import gluon_sm90_bwd as gb
+    from .gluon_sm90 import gl
+    route_through_gluon_pipeline(gb._bwd_sm90)     # compiled as Gluon, launched with 12 warps
+    b, s, hq, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    elem = gl.bfloat16 if q.dtype == jnp.bfloat16 else gl.float16
+
+    def desc(x, rows):
+        layout = gl.NVMMASharedLayout.get_default_for([rows, d], elem)
+        return jt.TensorDescriptor.from_array(x.reshape(-1, x.shape[2] * d), block_shape=[rows, d],
+                                              layout=layout)
+    acc = jnp.zeros((b * s, hq * d), jnp.float32)
+    dq_desc = jt.TensorDescriptor.from_array(
+        acc, block_shape=[gb.BLOCK_M, d // 2],
+        layout=gl.NVMMASharedLayout.get_default_for([gb.BLOCK_M, d // 2], gl.float32))
+    dk, dv, acc = jt.triton_call(
+        desc(q, gb.BLOCK_M), desc(dout, gb.BLOCK_M), desc(k, gb.BLOCK_N), desc(v, gb.BLOCK_N),
+        lse, delta, valid_lens, dq_desc,
+        kernel=gb._bwd_sm90,
+        out_type=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+                  jax.ShapeDtypeStruct(acc.shape, acc.dtype)),
+        input_output_aliases={7: 2},
+        grid=(b * hk, _cdiv(t, gb.BLOCK_N)), num_warps=4, num_stages=1,
+        compute_capability=st.cc, name="flash_attention_bwd_gluon",
+        sm_scale=st.scale, qk_scale=ce["qk_scale"], SEQ=s, KV_SEQ=t, HQ=hq, HK=hk, D=d,
+        CAUSAL=st.causal, STAGES=2)
+    dq = (acc * st.scale).reshape(q.shape).astype(q.dtype)
+    return dq, dk, dv, None
 
 
 @functools.cache

@@ -112,8 +112,8 @@ SMEM_LIMIT = {90: 232448, 80: 166912}
 def _check(results: list[dict], cases: list[dict]):
     assert len(results) == 2 * len(cases), results
     # each case compiles at least its forward, dK/dV and dQ kernels (delta kernels get
-    # reused; a fused_dq backward has no dQ kernel)
-    assert sum(len(r["smem"]) for r in results) >= sum(2 if fused_dq(c) else 3 for c in cases)
+    # reused; a fused_dq or Gluon backward has no dQ kernel)
+    assert sum(len(r["smem"]) for r in results) >= sum(2 if fused_dq(c) or gluon_bwd(c) else 3 for c in cases)
     for r in results:
         c = r["case"]
         b, s, t, hq, hk, d = (c[k] for k in ("b", "s", "t", "hq", "hk", "d"))
@@ -128,8 +128,9 @@ def _check(results: list[dict], cases: list[dict]):
             assert r["calls"] == 1, r
             assert r["out_avals"] == [[[b, s, hq, d], dt]], r
         else:
-            # forward (saves lse), delta, dK/dV, dQ; fused_dq: dK/dV with dQ, no dQ kernel
-            assert r["calls"] == (3 if fused_dq(c) else 4), r
+            # forward (saves lse), delta, dK/dV, dQ; fused_dq: dK/dV with dQ, no dQ kernel;
+            # the Gluon backward: dK, dV and dQ in one kernel
+            assert r["calls"] == (3 if fused_dq(c) or gluon_bwd(c) else 4), r
             want = [[[b, s, hq, d], dt], [[b, t, hk, d], dt], [[b, t, hk, d], dt]]
             if c.get("bias"):
                 want.append([[b, hq, s, t], dt])
@@ -140,6 +141,15 @@ def fused_dq(case) -> bool:
     """Whether a case's backward reduces dQ in its dK/dV kernel (sm90, 16-bit inputs)."""
     return bool(case.get("config", {}).get("fused_dq")) and case["cc"] >= 90 \
         and case.get("dtype", "bfloat16") != "float32"
+
+
+def gluon_bwd(case) -> bool:
+    """Whether a case's backward is the Gluon kernel (gluon_sm90_bwd.py): asked for by its
+    config (the heuristic asks only at a wave of programs or more, which no small case
+    here reaches), sm90, 16-bit inputs, head_dim 64 or 128, plain scores."""
+    return bool(case.get("config", {}).get("gluon_bwd")) and case["cc"] >= 90 \
+        and case.get("dtype", "bfloat16") != "float32" and case["d"] in (64, 128) \
+        and not any(case.get(k) for k in ("bias", "seg", "cap", "window"))
 
 
 @pytest.mark.parametrize("cc", [90, 80])
@@ -184,7 +194,7 @@ def test_hopper_plain_forward_is_the_gluon_pingpong_kernel():
     through host-made descriptors, launched with its 12 warps (4 producer + 2 x 4
     consumer), its shared memory within the H100's (head_dim 256: Q and rings of 2 K and 2 V
     slots). Segment ids, a soft cap or sm80 keep the Triton forward. The backward is the
-    Triton one in every case."""
+    Triton one in every case (too few programs for the heuristic's Gluon backward)."""
     gluon = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=128, causal=True),
              dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=False),
              dict(cc=90, b=1, s=328, t=200, hq=4, hk=4, d=128, causal=True, dtype="float16"),
@@ -275,6 +285,58 @@ def test_fused_dq_backward_reduces_dq_by_tma():
             assert "_bwd_dq_kernel" not in names, r
         else:
             assert not r["tma_reductions"] and "_bwd_dq_kernel" in names, r
+
+
+def test_gluon_backward_is_one_kernel_with_tma_reductions():
+    """gluon_bwd: dK, dV and dQ in one Gluon kernel (no dK/dV or dQ Triton kernel), launched
+    with its 12 warps, adding dQ by TMA reductions through a host-made descriptor (none made
+    on the device), its shared memory within the H100's: head_dim 64 and 128, causal or
+    not, GQA and MQA, float16, lengths that are no multiple of a block, fewer queries than
+    keys. Where it does not apply (head_dim 256, a bias, segment ids, a soft cap, float32,
+    sm80) the config's request falls back to the Triton kernels."""
+    on = dict(gluon_bwd=True)
+    cases = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal, config=on)
+             for d in (64, 128) for causal in (True, False)]
+    cases += [dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=128, causal=True, config=on),
+              dict(cc=90, b=1, s=100, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on)]
+    fallback = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=256, causal=True, config=on),
+                dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True, config=on),
+                dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True, config=on),
+                dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, cap=30.0, config=on),
+                dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=64, causal=True, dtype="float32", config=on),
+                dict(cc=80, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, config=on)]
+    results = _lower(cases + fallback)
+    _check(results, cases + fallback)
+    bwd = {json.dumps(r["case"], sort_keys=True): r for r in results if r["kind"] == "bwd"}
+    for case in cases:
+        r = bwd[json.dumps(case, sort_keys=True)]
+        names = [name for name, _ in r["smem"]]
+        assert "_bwd_sm90" in names and not {"_bwd_dkdv_kernel", "_bwd_dq_kernel"} & set(names), r
+        assert r["launch_warps"].get("_bwd_sm90") == 12, r
+        assert r["tma_reductions"] and not r["device_made_descriptors"], r
+    for case in fallback:
+        r = bwd[json.dumps(case, sort_keys=True)]
+        names = [name for name, _ in r["smem"]]
+        assert "_bwd_sm90" not in names and "_bwd_dq_kernel" in names, r
+
+
+def test_heuristic_takes_the_gluon_backward_from_a_wave_of_programs():
+    """The sm90 heuristic asks for the Gluon backward at head_dim 64 and 128 where its
+    programs (batch x kv heads x 128-key blocks) fill the 132 SMs at least once, and keeps
+    the two Triton kernels below that, at head_dim 256, with a soft cap or window, and on
+    sm80."""
+    from ejaot.targets import get_target
+    from ejaot_kernels.flash_attention.configs import triton_heuristic
+    static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
+
+    def pick(target="gpu-sm90", cap=None, **kw):
+        dims = dict(dict(batch=1, seq=4096, kv_seq=4096, q_heads=32, kv_heads=8, head_dim=128), **kw)
+        cfg = triton_heuristic(dims, dict(static, logits_soft_cap=cap), get_target(target))
+        return bool(cfg.get("gluon_bwd"))
+    assert pick() and pick(head_dim=64) and pick(batch=2, seq=8192, kv_seq=8192, q_heads=16, kv_heads=16)
+    assert not pick(seq=2048, kv_seq=2048)                       # 8 x 16 = 128 programs
+    assert not pick(batch=2, seq=384, kv_seq=384, q_heads=4, kv_heads=2)
+    assert not pick(head_dim=256) and not pick("gpu-sm80") and not pick(cap=30.0)
 
 
 def test_lowers_optional_features():
