@@ -1,7 +1,8 @@
 """`flash_attention` backward for Hopper (sm90) in Gluon: dK, dV and dQ in one kernel, the
 plain-scores path (no bias, soft cap, segments or window; causal or not; traced valid
-lengths), head_dim 64 or 128, 16-bit inputs. triton_gpu.py routes there when the config says
-`gluon_bwd`; every other case runs the Triton backward.
+lengths), head_dim 64 or 128, 16-bit inputs, a query length that is a multiple of 64.
+triton_gpu.py routes there when the config says `gluon_bwd`; every other case runs the
+Triton backward.
 
 Why: the Triton backward's dQ kernel recomputes the scores and dP a second time (seven
 products per tile instead of five), and a Triton dK/dV kernel that also reduces dQ ran out of
@@ -21,8 +22,7 @@ the query blocks (64 rows) of every query head of its group, with three partitio
     shared buffers and adds it into a float32 buffer by a TMA reduction that runs on while
     the next step computes (per-element atomics measured far slower). XLA zeroes that buffer
     before and scales and casts it after. The sums arrive in any order: dQ is not
-    bit-for-bit repeatable. A block's rows past the sequence have zero dS, so what a
-    reduction adds to the next batch's rows there is zero.
+    bit-for-bit repeatable.
 
 Masks are computed only on the steps the causal diagonal or kv_len crosses. The grid puts
 the kv heads first, so under a causal mask every head's first key blocks, which walk the

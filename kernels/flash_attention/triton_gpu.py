@@ -727,7 +727,10 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
         gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
         fused_dq=fused_dq,
-        gluon_bwd=bool(cfg.get("gluon_bwd", False)) and cc >= 90 and itemsize == 2 and d in (64, 128),
+        # whole 64-row query tiles only: a TMA tile past the sequence would read (and its dQ
+        # reduction add to) the next batch's rows, whose dO may be anything
+        gluon_bwd=bool(cfg.get("gluon_bwd", False)) and cc >= 90 and itemsize == 2 and d in (64, 128)
+        and s % 64 == 0,
     )
 
 

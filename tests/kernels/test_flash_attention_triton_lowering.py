@@ -146,10 +146,11 @@ def fused_dq(case) -> bool:
 def gluon_bwd(case) -> bool:
     """Whether a case's backward is the Gluon kernel (gluon_sm90_bwd.py): asked for by its
     config (the heuristic asks only at a wave of programs or more, which no small case
-    here reaches), sm90, 16-bit inputs, head_dim 64 or 128, plain scores."""
+    here reaches), sm90, 16-bit inputs, head_dim 64 or 128, plain scores, whole 64-row
+    query tiles."""
     return bool(case.get("config", {}).get("gluon_bwd")) and case["cc"] >= 90 \
         and case.get("dtype", "bfloat16") != "float32" and case["d"] in (64, 128) \
-        and not any(case.get(k) for k in ("bias", "seg", "cap", "window"))
+        and case["s"] % 64 == 0 and not any(case.get(k) for k in ("bias", "seg", "cap", "window"))
 
 
 @pytest.mark.parametrize("cc", [90, 80])
@@ -291,15 +292,17 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
     """gluon_bwd: dK, dV and dQ in one Gluon kernel (no dK/dV or dQ Triton kernel), launched
     with its 12 warps, adding dQ by TMA reductions through a host-made descriptor (none made
     on the device), its shared memory within the H100's: head_dim 64 and 128, causal or
-    not, GQA and MQA, float16, lengths that are no multiple of a block, fewer queries than
-    keys. Where it does not apply (head_dim 256, a bias, segment ids, a soft cap, float32,
-    sm80) the config's request falls back to the Triton kernels."""
+    not, GQA and MQA, float16, key lengths that are no multiple of a block, fewer queries
+    than keys. Where it does not apply (head_dim 256, a bias, segment ids, a soft cap,
+    float32, sm80, a query length that is no multiple of 64) the config's request falls
+    back to the Triton kernels."""
     on = dict(gluon_bwd=True)
     cases = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal, config=on)
              for d in (64, 128) for causal in (True, False)]
-    cases += [dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=128, causal=True, config=on),
-              dict(cc=90, b=1, s=100, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on)]
-    fallback = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=256, causal=True, config=on),
+    cases += [dict(cc=90, b=1, s=192, t=328, hq=4, hk=1, d=128, causal=True, config=on),
+              dict(cc=90, b=1, s=128, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on)]
+    fallback = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=128, causal=True, config=on),
+                dict(cc=90, b=1, s=192, t=328, hq=4, hk=2, d=256, causal=True, config=on),
                 dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True, config=on),
                 dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True, config=on),
                 dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, cap=30.0, config=on),
@@ -323,8 +326,8 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
 def test_heuristic_takes_the_gluon_backward_from_a_wave_of_programs():
     """The sm90 heuristic asks for the Gluon backward at head_dim 64 and 128 where its
     programs (batch x kv heads x 128-key blocks) fill the 132 SMs at least once, and keeps
-    the two Triton kernels below that, at head_dim 256, with a soft cap or window, and on
-    sm80."""
+    the two Triton kernels below that, at head_dim 256, with a soft cap or window, for a
+    query length that is no multiple of 64, and on sm80."""
     from ejaot.targets import get_target
     from ejaot_kernels.flash_attention.configs import triton_heuristic
     static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
@@ -337,6 +340,7 @@ def test_heuristic_takes_the_gluon_backward_from_a_wave_of_programs():
     assert not pick(seq=2048, kv_seq=2048)                       # 8 x 16 = 128 programs
     assert not pick(batch=2, seq=384, kv_seq=384, q_heads=4, kv_heads=2)
     assert not pick(head_dim=256) and not pick("gpu-sm80") and not pick(cap=30.0)
+    assert not pick(seq=4000, kv_seq=4000)                       # no whole 64-row tiles
 
 
 def test_lowers_optional_features():
