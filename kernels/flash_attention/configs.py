@@ -78,11 +78,12 @@ def triton_heuristic(dims, static, target):
 def _gluon_bwd_ok(dims) -> bool:
     """Where the heuristic takes the Gluon backward (gluon_sm90_bwd.py: dK, dV and dQ in one
     kernel, a program per 128 keys of a kv head): head_dim 64 or 128, whole 64-row query
-    tiles (triton_gpu._make_static says why), and at least a wave of programs on a 132-SM
-    Hopper. With fewer (short sequences, few heads) the two Triton kernels, with twice the
-    programs and a separate dQ pass, measured faster (BENCHMARKS.md)."""
+    tiles (triton_gpu._make_static says why), and at least 256 programs, the fewest among
+    the buckets where it measured faster than the two Triton kernels on an H200
+    (BENCHMARKS.md). Below that it is not measured to be faster (at 12 programs the two
+    were within the run's noise of it), so the two Triton kernels keep those buckets."""
     programs = dims["batch"] * dims["kv_heads"] * -(-dims["kv_seq"] // 128)
-    return dims["head_dim"] in (64, 128) and dims["seq"] % 64 == 0 and programs >= 132
+    return dims["head_dim"] in (64, 128) and dims["seq"] % 64 == 0 and programs >= 256
 
 
 def _triton_kernel_heuristic(dims, static, target):

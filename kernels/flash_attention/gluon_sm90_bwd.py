@@ -5,8 +5,9 @@ triton_gpu.py routes there when the config says `gluon_bwd`; every other case ru
 Triton backward.
 
 Why: the Triton backward's dQ kernel recomputes the scores and dP a second time (seven
-products per tile instead of five), and a Triton dK/dV kernel that also reduces dQ ran out of
-registers (BENCHMARKS.md). Here each program owns BLOCK_N = 128 keys of one kv head and walks
+products per tile instead of five), and a Triton dK/dV kernel that also reduces dQ
+(`fused_dq`) ran at its register limit, its tensor pipe busy 38% of its cycles
+(BENCHMARKS.md). Here each program owns BLOCK_N = 128 keys of one kv head and walks
 the query blocks (64 rows) of every query head of its group, with three partitions:
 
   * a producer (the default partition, 4 warps) loads the K and V block once, then streams
@@ -20,7 +21,8 @@ the query blocks (64 rows) of every query head of its group, with three partitio
     write dS (queries x their 64 keys) into a shared tile, and once both halves are there
     each computes half of dQ's columns, dS [64 x 128] K[:, half], stages it in one of two
     shared buffers and adds it into a float32 buffer by a TMA reduction that runs on while
-    the next step computes (per-element atomics measured far slower). XLA zeroes that buffer
+    the next step computes (per-element float32 atomics were slower when this kernel was
+    measured on an H200; the figures are in the commit that added it). XLA zeroes that buffer
     before and scales and casts it after. The sums arrive in any order: dQ is not
     bit-for-bit repeatable.
 
@@ -31,10 +33,10 @@ most query blocks, are launched in the first wave.
 dK and dV stay in registers across the whole walk and are written once; GQA sums a kv head's
 query heads in the same registers, so dK/dV are deterministic.
 
-Barriers: kv_done (K and V landed, their rows past kv_len zeroed), q_ready[s] (a step's Q
-and dO landed in slot s, and its lse and delta written: count 2), q_free[s] (both consumers
-done with slot s: count 2), ds_ready / ds_free
-(both halves of dS written / both consumers done reading them: count 2).
+Barriers: kv_ready (the K and V block landed), kv_done (and its rows past kv_len zeroed),
+q_ready[s] (a step's Q and dO landed in slot s, and its lse and delta written: count 2),
+q_free[s] (both consumers done with slot s: count 2), ds_ready / ds_free (both halves of
+dS written / both consumers done reading them: count 2).
 
 Compiled with Triton's Gluon pipeline and launched with all 12 warps (_shared/gluon_pipeline.py).
 Only importable where triton with Gluon is installed; touches no device at import."""

@@ -38,7 +38,7 @@ bwd_* (dK/dV: block_m queries per step, block_n keys per program) and dq_* (dQ);
 warp_specialize (sm90, with tma; experimental in Triton 3.7, off by default); gluon (sm90:
 the Gluon forward where it applies, with block_n and num_stages its tile and K and V rings; the
 heuristic's choice there, so a Triton config says gluon=False); fused_dq and gluon_bwd
-(above; the heuristic's choice is gluon_bwd from a wave of programs on). float32
+(above; the heuristic asks for gluon_bwd where it measured faster: configs._gluon_bwd_ok). float32
 inputs use tf32x3 dots and have their tiles shrunk to fit shared memory.
 
 Imports without triton (the kernels then cannot lower) and touches no device at import;

@@ -145,10 +145,18 @@ def fused_dq(case) -> bool:
 
 def gluon_bwd(case) -> bool:
     """Whether a case's backward is the Gluon kernel (gluon_sm90_bwd.py): asked for by its
-    config (the heuristic asks only at a wave of programs or more, which no small case
-    here reaches), sm90, 16-bit inputs, head_dim 64 or 128, plain scores, whole 64-row
-    query tiles."""
-    return bool(case.get("config", {}).get("gluon_bwd")) and case["cc"] >= 90 \
+    config, given or the heuristic's (as the lowering script merges them), sm90, 16-bit
+    inputs, head_dim 64 or 128, plain scores, whole 64-row query tiles."""
+    from ejaot_kernels.flash_attention.configs import triton_heuristic
+
+    class Target:
+        facts = {"compute_capability": case["cc"]}
+    dims = dict(batch=case["b"], seq=case["s"], kv_seq=case["t"], q_heads=case["hq"],
+                kv_heads=case["hk"], head_dim=case["d"])
+    static = dict(causal=case["causal"], sliding_window=case.get("window"),
+                  logits_soft_cap=case.get("cap"), softmax_scale=case.get("scale"))
+    config = {**triton_heuristic(dims, static, Target()), **case.get("config", {})}
+    return bool(config.get("gluon_bwd")) and case["cc"] >= 90 \
         and case.get("dtype", "bfloat16") != "float32" and case["d"] in (64, 128) \
         and case["s"] % 64 == 0 and not any(case.get(k) for k in ("bias", "seg", "cap", "window"))
 
@@ -301,6 +309,8 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
              for d in (64, 128) for causal in (True, False)]
     cases += [dict(cc=90, b=1, s=192, t=328, hq=4, hk=1, d=128, causal=True, config=on),
               dict(cc=90, b=1, s=128, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on)]
+    # the heuristic's own choice at 256 programs (8 kv heads x 32 key blocks)
+    cases += [dict(cc=90, b=1, s=4096, t=4096, hq=32, hk=8, d=128, causal=True)]
     fallback = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=128, causal=True, config=on),
                 dict(cc=90, b=1, s=192, t=328, hq=4, hk=2, d=256, causal=True, config=on),
                 dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=False, bias=True, config=on),
@@ -324,10 +334,11 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
 
 
 def test_heuristic_takes_the_gluon_backward_from_a_wave_of_programs():
-    """The sm90 heuristic asks for the Gluon backward at head_dim 64 and 128 where its
-    programs (batch x kv heads x 128-key blocks) fill the 132 SMs at least once, and keeps
-    the two Triton kernels below that, at head_dim 256, with a soft cap or window, for a
-    query length that is no multiple of 64, and on sm80."""
+    """The sm90 heuristic asks for the Gluon backward at head_dim 64 and 128 from 256 programs
+    (batch x kv heads x 128-key blocks: where it measured faster), and keeps the two Triton
+    kernels below that, at head_dim 256, with a soft cap, for a query length that is no
+    multiple of 64, and on sm80. flash_mla_attention, which runs flash_attention's kernels
+    in the latent space, keeps them everywhere (not measured there)."""
     from ejaot.targets import get_target
     from ejaot_kernels.flash_attention.configs import triton_heuristic
     static = dict(causal=True, sliding_window=None, logits_soft_cap=None, softmax_scale=None)
@@ -338,9 +349,14 @@ def test_heuristic_takes_the_gluon_backward_from_a_wave_of_programs():
         return bool(cfg.get("gluon_bwd"))
     assert pick() and pick(head_dim=64) and pick(batch=2, seq=8192, kv_seq=8192, q_heads=16, kv_heads=16)
     assert not pick(seq=2048, kv_seq=2048)                       # 8 x 16 = 128 programs
+    assert not pick(q_heads=16, kv_heads=4)                      # 4 x 32 = 128 programs
     assert not pick(batch=2, seq=384, kv_seq=384, q_heads=4, kv_heads=2)
     assert not pick(head_dim=256) and not pick("gpu-sm80") and not pick(cap=30.0)
     assert not pick(seq=4000, kv_seq=4000)                       # no whole 64-row tiles
+    from ejaot_kernels.flash_mla_attention.configs import triton_heuristic as mla_heuristic
+    mla = mla_heuristic(dict(batch=2, seq=8192, heads=16, head_dim=128, latent_dim=128),
+                        dict(causal=True), get_target("gpu-sm90"))
+    assert mla["gluon"] and mla.get("gluon_bwd") is False
 
 
 def test_lowers_optional_features():
