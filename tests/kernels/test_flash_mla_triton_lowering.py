@@ -28,7 +28,8 @@ _SCRIPT = textwrap.dedent(r'''
         b, h, s, d, lat = (case[k] for k in ("b", "h", "s", "d", "lat"))
         dims = dict(batch=b, heads=h, seq=s, head_dim=d, latent_dim=lat)
         static = dict(causal=case["causal"], softmax_scale=None)
-        config = SPEC.backends["triton"].config_for(dims, static, get_target("gpu-sm90"))
+        config = case["config"] if "config" in case else \
+            SPEC.backends["triton"].config_for(dims, static, get_target("gpu-sm90"))
         n_in = 6 if case["bias"] else 5
 
         def fwd(*a):
@@ -58,6 +59,24 @@ _SCRIPT = textwrap.dedent(r'''
 
 def _has_square(text: str, s: int) -> bool:
     return re.search(rf"tensor<(?:\d+x)*{s}x{s}x", text) is not None
+
+
+def test_keeps_the_two_triton_backward_kernels():
+    """flash_attention's heuristic gives its one-kernel Gluon backward to buckets this large
+    (2 x 16 x 64 programs of 128 keys); in the latent space it is not measured or verified,
+    so flash_mla_attention keeps the Triton dK/dV and dQ kernels, with its own heuristic's
+    config and with an empty one (a JIT call's; the rest is then flash_attention's
+    heuristic), unless a config asks for it."""
+    big = dict(b=2, h=16, s=8192, d=128, lat=128, causal=True, bias=False)
+    cases = [big, dict(big, config={"compute_capability": 90}),
+             dict(big, config={"compute_capability": 90, "gluon_bwd": True})]
+    results = [r for r in lower_cases(_SCRIPT, cases) if r["kind"] == "bwd"]
+    assert len(results) == 3, results
+    # forward, delta, dK/dV, dQ; the Gluon backward: forward, delta, one kernel (a kernel an
+    # earlier case compiled is not compiled again, so the names are the first case's)
+    assert [r["calls"] for r in results] == [4, 4, 3], [r["kernels"] for r in results]
+    assert "_bwd_dq_kernel" in results[0]["kernels"] and "_bwd_sm90" not in results[0]["kernels"]
+    assert "_bwd_sm90" in results[2]["kernels"], results[2]["kernels"]
 
 
 def test_lowers_through_flash_kernels_without_a_score_matrix():
