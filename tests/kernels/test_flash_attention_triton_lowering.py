@@ -94,6 +94,9 @@ _SCRIPT = textwrap.dedent(r'''
                 "tma_loads": any(b"cp.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
                 "tma_reductions": any(b"cp.reduce.async.bulk.tensor" in blob for blob in opaque_blobs(text)),
                 "device_made_descriptors": any(b"tensormap.replace" in blob for blob in opaque_blobs(text)),
+                # (output, operand) pairs a kernel call writes in place
+                "aliases": [[int(o), int(i)] for o, i in re.findall(
+                    r"output_operand_alias<output_tuple_indices = \[(\d+)\], operand_index = (\d+)", text)],
                 "launch_warps": dict(gluon_pipeline._TOTAL_WARPS)}),
                 flush=True)
 
@@ -327,6 +330,8 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
         assert "_bwd_sm90" in names and not {"_bwd_dkdv_kernel", "_bwd_dq_kernel"} & set(names), r
         assert r["launch_warps"].get("_bwd_sm90") == 12, r
         assert r["tma_reductions"] and not r["device_made_descriptors"], r
+        # the zeroed float32 dQ buffer (the 8th operand) is the call's 3rd output, in place
+        assert r["aliases"] == [[2, 7]], r["aliases"]
     for case in fallback:
         r = bwd[json.dumps(case, sort_keys=True)]
         names = [name for name, _ in r["smem"]]
