@@ -63,9 +63,10 @@ class Dispatcher:
                     continue
                 path = "exact" if pdims == want else "padded"
                 run = self._make_run(spec, call, entry, runner, path, portable_only, placement)
+                plan = Plan(path, tier, run, entry)
                 if tier == "compiled":
-                    run = self._guarded(spec, call, entry, run)
-                return Plan(path, tier, run, entry)
+                    plan.run = self._guarded(spec, call, entry, run, plan)
+                return plan
         reason = mesh_miss or ("no bucket covers this shape" if group is not None
                                else "no stored entry for this kernel, dtype, inputs and static arguments")
         if self.strict:
@@ -98,12 +99,13 @@ class Dispatcher:
                 return True
         return False
 
-    def _guarded(self, spec: KernelSpec, call, entry: StoredEntry, run):
+    def _guarded(self, spec: KernelSpec, call, entry: StoredEntry, run, plan: Plan):
         """run, except that an executable the runtime refuses for its arguments
         (INVALID_ARGUMENT: a record that misstates it, since its checks are against the
         record itself) blocks the entry's compiled tier, is reported once, and the call and
-        the ones after it are served by the JIT fallback. Other runtime errors (out of
-        memory, say) are the caller's, as before."""
+        the ones after it are served by the JIT fallback, `plan` then counting them as
+        such in stats(). Other runtime errors (out of memory, say) are the caller's, as
+        before."""
         import jax
         fallback = []
 
@@ -119,6 +121,7 @@ class Dispatcher:
                 log.warning("%s: entry %s: %s; served by the JIT fallback", spec.name, entry.key[:12],
                             entry.compiled_block)
                 fallback.append(self._make_fallback(spec, call))
+                plan.path, plan.tier, plan.tier_key = "fallback", "jit", "tier:jit"
                 return fallback[0](args, kwargs)
         return guarded
 

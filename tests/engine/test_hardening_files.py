@@ -116,10 +116,14 @@ def test_an_executable_the_runtime_refuses_is_served_by_the_fallback(store_copy,
     small, big = by[("float32", 1, 16)], by[("float32", 1, 32)]
     _swap_payloads(store_copy, small, big, kinds=("exported", "executable"))
     bundle = _load(store_copy, miss_log=False)
-    for _ in range(2):
+    for _ in range(3):
         _served(bundle, rng)
     reasons = [r["reason"] for r in bundle.stats()["rejected"] if r["entry"] == small]
     assert reasons and "failed to run" in reasons[0], bundle.stats()["rejected"]
+    # the refused call was counted where it was tried; the two after it as the fallback's
+    st = bundle.stats()
+    assert st["calls"] == {"exact": 1, "padded": 0, "fallback": 2}, st["calls"]
+    assert st["tiers"]["compiled"] == 1 and st["tiers"]["jit"] == 2, st["tiers"]
     # another shape padded into the same entry: the refused executable is not run again
     q, k, v = qkv(rng, 1, 12)
     out = bundle.call("attention", q, k, v, causal=True)
