@@ -161,7 +161,8 @@ def gluon_bwd(case) -> bool:
     config = {**triton_heuristic(dims, static, Target()), **case.get("config", {})}
     return bool(config.get("gluon_bwd")) and case["cc"] >= 90 \
         and case.get("dtype", "bfloat16") != "float32" and case["d"] in (64, 128) \
-        and case["s"] % 64 == 0 and not any(case.get(k) for k in ("bias", "seg", "cap", "window"))
+        and case["s"] % 64 == 0 and not any(case.get(k) for k in ("bias", "seg", "cap", "window")) \
+        and (case.get("scale") is None or case["scale"] > 0)
 
 
 @pytest.mark.parametrize("cc", [90, 80])
@@ -303,15 +304,16 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
     """gluon_bwd: dK, dV and dQ in one Gluon kernel (no dK/dV or dQ Triton kernel), launched
     with its 12 warps, adding dQ by TMA reductions through a host-made descriptor (none made
     on the device), its shared memory within the H100's: head_dim 64 and 128, causal or
-    not, GQA and MQA, float16, key lengths that are no multiple of a block, fewer queries
-    than keys. Where it does not apply (head_dim 256, a bias, segment ids, a soft cap,
-    float32, sm80, a query length that is no multiple of 64) the config's request falls
-    back to the Triton kernels."""
+    not, GQA and MQA, float16, key lengths that are no multiple of a block, fewer or more
+    queries than keys. Where it does not apply (head_dim 256, a bias, segment ids, a soft
+    cap, a window, a scale that is not positive, float32, sm80, a query length that is no
+    multiple of 64) the config's request falls back to the Triton kernels."""
     on = dict(gluon_bwd=True)
     cases = [dict(cc=90, b=2, s=256, t=256, hq=8, hk=2, d=d, causal=causal, config=on)
              for d in (64, 128) for causal in (True, False)]
     cases += [dict(cc=90, b=1, s=192, t=328, hq=4, hk=1, d=128, causal=True, config=on),
-              dict(cc=90, b=1, s=128, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on)]
+              dict(cc=90, b=1, s=128, t=777, hq=4, hk=4, d=64, causal=False, dtype="float16", config=on),
+              dict(cc=90, b=1, s=256, t=128, hq=2, hk=2, d=128, causal=True, config=on)]   # more queries
     # the heuristic's own choice at 256 programs (8 kv heads x 32 key blocks)
     cases += [dict(cc=90, b=1, s=4096, t=4096, hq=32, hk=8, d=128, causal=True)]
     fallback = [dict(cc=90, b=1, s=200, t=328, hq=4, hk=2, d=128, causal=True, config=on),
@@ -320,7 +322,9 @@ def test_gluon_backward_is_one_kernel_with_tma_reductions():
                 dict(cc=90, b=1, s=200, t=328, hq=4, hk=1, d=64, causal=True, seg=True, config=on),
                 dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, cap=30.0, config=on),
                 dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=64, causal=True, dtype="float32", config=on),
-                dict(cc=80, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, config=on)]
+                dict(cc=80, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, config=on),
+                dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=128, causal=True, window=[64, 0], config=on),
+                dict(cc=90, b=1, s=256, t=256, hq=2, hk=2, d=64, causal=False, scale=-0.1, config=on)]
     results = _lower(cases + fallback)
     _check(results, cases + fallback)
     bwd = {json.dumps(r["case"], sort_keys=True): r for r in results if r["kind"] == "bwd"}
