@@ -42,20 +42,14 @@ Compiled with Triton's Gluon pipeline and launched with all 12 warps (_shared/gl
 Only importable where triton with Gluon is installed; touches no device at import."""
 from __future__ import annotations
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
-                                                                  warpgroup_mma, warpgroup_mma_wait)
+from .gluon_sm90 import _gluon_jit, gl   # Gluon where this triton has it (guarded there)
+
+if gl is not None:
     from triton._C.libtriton import ir as _ir
     from triton.language.core import builtin as _builtin
-    _gluon_jit = gluon.jit
-except ImportError:  # pragma: no cover - older triton, or none
-    gluon = gl = None
 
-    def _gluon_jit(fn):
-        return fn
-
+    from .gluon_sm90 import fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+else:  # pragma: no cover - older triton, or none
     def _builtin(fn):
         return fn
 
