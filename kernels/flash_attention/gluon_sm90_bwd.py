@@ -16,11 +16,15 @@ the query blocks (64 rows) of every query head of its group, with three partitio
     keeps their registers for dK and dV);
   * two consumer warpgroups own 64 keys each and per step compute
         S^T = K_w Q^T and dP^T = V_w dO^T (issued together, async),
-        P^T = exp2(S^T * qk_scale - lse), dS^T = P^T * (dP^T - delta),
-        dV_w += P^T dO and dK_w += dS^T Q (both async),
-    write dS (queries x their 64 keys) into a shared tile, and once both halves are there
-    each computes half of dQ's columns, dS [64 x 128] K[:, half], stages it in one of two
-    shared buffers and adds it into a float32 buffer by a TMA reduction that runs on while
+        P^T = exp2(S^T * qk_scale - lse), then dV_w += P^T dO (async, while dS is computed),
+        dS^T = P^T * (dP^T - delta), then dK_w += dS^T Q (async),
+    write dS (queries x their 64 keys) into one of two shared tiles, and then compute the
+    PREVIOUS step's dQ columns (half each, dS [64 x 128] K[:, half]) from the other tile,
+    which both halves reached a step ago. A warpgroup thus waits for its partner's dS one
+    step late rather than at every step, so the two drift apart and their products and
+    exponentials interleave on the SM (the lock-step order, dQ of the same step, was
+    measurably slower on an H200 at S >= 8192: BENCHMARKS.md). Each dQ is staged in one of
+    two shared buffers and added into a float32 buffer by a TMA reduction that runs on while
     the next step computes (per-element float32 atomics were slower when this kernel was
     measured on an H200; the figures are in the commit that added it). XLA zeroes that buffer
     before and scales and casts it after. The sums arrive in any order: dQ is not
@@ -35,8 +39,8 @@ query heads in the same registers, so dK/dV are deterministic.
 
 Barriers: kv_ready (the K and V block landed), kv_done (and its rows past kv_len zeroed),
 q_ready[s] (a step's Q and dO landed in slot s, and its lse and delta written: count 2),
-q_free[s] (both consumers done with slot s: count 2), ds_ready / ds_free (both halves of
-dS written / both consumers done reading them: count 2).
+q_free[s] (both consumers done with slot s: count 2), ds_ready[j] / ds_free[j] (both
+halves of dS tile j written / both consumers' dQ products done reading it: count 2).
 
 Compiled with Triton's Gluon pipeline and launched with all 12 warps (_shared/gluon_pipeline.py).
 Only importable where triton with Gluon is installed; touches no device at import."""
@@ -69,6 +73,25 @@ def _tma_reduce_add(desc, offsets, src, _semantic=None):
     waits for it). Gluon's Hopper TMA module has no reduction of its own."""
     offsets = _semantic._convert_to_ir_values(offsets, require_i64=False)
     _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, offsets, src.handle)
+
+
+@_gluon_jit
+def _dq_step(ds_smem, ds_ready, ds_free, k_half, q_zero, dq_smem, desc_dq, row, col, t, W: gl.constexpr):
+    """Step t - 1's dQ columns of warpgroup W, dS [64 x 128] K[:, half], once both halves of
+    that dS are in its buffer; staged in one of W's two float32 buffers and added into
+    desc_dq's tile at (row, col) by a TMA reduction that runs on while the next step computes."""
+    pb = (t - 1) % 2
+    mbarrier.wait(ds_ready.index(pb), ((t - 1) // 2) & 1)
+    dq = warpgroup_mma(ds_smem.index(pb), k_half, q_zero, use_acc=False, is_async=True)
+    dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+    mbarrier.arrive(ds_free.index(pb))
+    tma.store_wait(1)          # the reduction that read this buffer two steps ago
+    gl.barrier()
+    buf = dq_smem.index(W * 2 + t % 2)
+    buf.store(dq)
+    fence_async_shared()
+    gl.barrier()
+    _tma_reduce_add(desc_dq, [row, col], buf)
 
 
 @_gluon_jit
@@ -136,7 +159,6 @@ def _consumer(k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, dq
     k_w = k_smem.slice(W * 64, 64)
     v_w = v_smem.slice(W * 64, 64)
     k_half = k_smem.slice(W * HALF, HALF, dim=1)
-    ds_w = ds_smem.slice(W * 64, 64, dim=1)
     first_key = n_first + W * 64
     last_key = first_key + 63
     s_zero = gl.zeros([64, _BLOCK_M], gl.float32, S_L)
@@ -146,6 +168,8 @@ def _consumer(k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, dq
     ROW_L: gl.constexpr = gl.SliceLayout(0, S_L)
     mbarrier.wait(kv_done, 0)
     t = 0
+    prev_row = b * 0
+    prev_col = b * 0
     for g in range(GROUP):
         h = kh * GROUP + g
         for i in range(n_steps):
@@ -167,32 +191,29 @@ def _consumer(k_smem, v_smem, q_smem, do_smem, ds_smem, lse_smem, delta_smem, dq
                 if CAUSAL:
                     keep = keep & (keys[:, None] <= (m0 + off + gl.arange(0, _BLOCK_M, layout=ROW_L))[None, :])
                 p_t = gl.where(keep, p_t, 0.0)
-            dp_t = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t,))
+            # dV's product runs while dS is computed
+            dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), OP_L), dos, dv, is_async=True)
+            dp_t = warpgroup_mma_wait(num_outstanding=1, deps=(dp_t,))
             delta = delta_smem.index(slot).load(ROW_L)
             ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
-            dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), OP_L), dos, dv, is_async=True)
+            # this step's dS (queries x this warpgroup's 64 keys) in buffer t % 2, beside the other's
+            if t >= 2:
+                mbarrier.wait(ds_free.index(t % 2), ((t // 2) - 1) & 1)
+            ds_smem.index(t % 2).slice(W * 64, 64, dim=1).store(gl.permute(ds_t, (1, 0)))
+            fence_async_shared()
+            mbarrier.arrive(ds_ready.index(t % 2))
             dk = warpgroup_mma(gl.convert_layout(ds_t, OP_L), qs, dk, is_async=True)
-            # dS for the dQ product: queries x this warpgroup's 64 keys, beside the other's
-            if t > 0:
-                mbarrier.wait(ds_free, (t - 1) & 1)
-            ds_w.store(gl.permute(ds_t, (1, 0)))
-            fence_async_shared()
-            mbarrier.arrive(ds_ready)
-            mbarrier.wait(ds_ready, t & 1)
-            dq = warpgroup_mma(ds_smem, k_half, q_zero, use_acc=False, is_async=True)
-            dq, dv, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dv, dk))
-            mbarrier.arrive(ds_free)
+            dv, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk))
             mbarrier.arrive(q_free.index(slot))
-            # dQ staged in one of two buffers; its reduction runs while the next step computes
-            tma.store_wait(1)          # the reduction that read this buffer two steps ago
-            gl.barrier()
-            buf = dq_smem.index(W * 2 + t % 2)
-            buf.store(dq)
-            fence_async_shared()
-            gl.barrier()
-            _tma_reduce_add(desc_dq, [b * SEQ + m0, h * D + W * HALF], buf)
+            # the previous step's dQ: the other warpgroup wrote its half of that dS a step ago
+            if t > 0:
+                _dq_step(ds_smem, ds_ready, ds_free, k_half, q_zero, dq_smem, desc_dq, prev_row, prev_col, t, W)
+            prev_row = b * SEQ + m0
+            prev_col = h * D + W * HALF
             t += 1
 
+    if t > 0:
+        _dq_step(ds_smem, ds_ready, ds_free, k_half, q_zero, dq_smem, desc_dq, prev_row, prev_col, t, W)
     tma.store_wait(0)
     rows_o = n_first + W * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, A_L))
     cols_o = gl.arange(0, D, layout=gl.SliceLayout(0, A_L))
@@ -235,7 +256,7 @@ def _bwd_sm90(desc_q, desc_do, desc_k, desc_v, Lse, Delta, VL, desc_dq, DK, DV,
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, _BLOCK_M, D], desc_q.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, _BLOCK_M, D], desc_do.layout)
     ds_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_BLOCK_M, _BLOCK_N], dtype)
-    ds_smem = gl.allocate_shared_memory(dtype, [_BLOCK_M, _BLOCK_N], ds_sl)
+    ds_smem = gl.allocate_shared_memory(dtype, [2, _BLOCK_M, _BLOCK_N], ds_sl)
     vec_sl: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, _BLOCK_M], vec_sl)
     delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, _BLOCK_M], vec_sl)
@@ -244,15 +265,16 @@ def _bwd_sm90(desc_q, desc_do, desc_k, desc_v, Lse, Delta, VL, desc_dq, DK, DV,
     kv_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    ds_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ds_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_ready, count=1)
     mbarrier.init(kv_done, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=2)
         mbarrier.init(q_free.index(i), count=2)
-    mbarrier.init(ds_ready, count=2)
-    mbarrier.init(ds_free, count=2)
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=2)
     fence_async_shared()
     gl.barrier()
 
