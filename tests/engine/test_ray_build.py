@@ -65,6 +65,34 @@ def test_ray_cluster_on_loopback(local_build, tmp_path):
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+def test_an_unreachable_cluster_is_a_clear_error_and_no_store(local_build, tmp_path):
+    """ray.init retries an address nobody answers at for minutes; the build says so at once."""
+    with socket.socket() as s:          # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "ejaot.cli", "build", "--manifest", str(local_build / "m.toml"),
+                          "--target", "cpu", "--out", str(tmp_path / "cluster"), "--executor", "ray",
+                          "--ray-address", f"127.0.0.1:{port}", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    assert f"--ray-address '127.0.0.1:{port}': no Ray cluster answers" in out.stderr
+    assert not (tmp_path / "cluster").exists()
+
+
+def test_ray_address_forms():
+    from ejaot.build.executors.ray_executor import check_reachable
+    from ejaot.errors import EjaotError
+    check_reachable("auto")             # Ray's own discovery: left to Ray
+    with pytest.raises(EjaotError, match="the port 'x1' is not a number"):
+        check_reachable("ray://head:x1")
+    with socket.socket() as listener:   # a listening socket answers, in either address form
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+
+
 FAILING = """
 import jax.numpy as jnp
 from ejaot.spec import ArrayArg, Backend, KernelSpec

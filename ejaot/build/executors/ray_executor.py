@@ -37,6 +37,28 @@ def _lower_remote(entry):
     return lower_entry(entry)
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Raises EjaotError unless something accepts a TCP connection at `address` (host:port or
+    ray://host:port): ray.init retries an unreachable cluster for minutes without a word.
+    'auto' and 'local' (Ray's own discovery) are left to Ray."""
+    import socket
+    hostport = address.split("://", 1)[-1]
+    if address in ("auto", "local") or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise EjaotError(f"--ray-address {address!r}: the port {port!r} is not a number") from None
+    try:
+        with socket.create_connection((host.strip("[]"), port_number), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise EjaotError(f"--ray-address {address!r}: no Ray cluster answers at {host}:{port_number} "
+                         f"({reason})") from None
+
+
 def run(todo, target, store, commit, fail, progress=None, address=None, jobs=None, max_retries=3):
     """Lowers `todo` on Ray; commit(entry, record) / fail(entry, error) as results arrive."""
     try:
@@ -45,6 +67,8 @@ def run(todo, target, store, commit, fail, progress=None, address=None, jobs=Non
         raise EjaotError("--executor ray needs Ray: pip install 'ejaot[ray]' (or -r requirements/ray.txt)") from None
     from ..lower import make_record
     started = not ray.is_initialized()
+    if started and address:
+        check_reachable(address)
     if started:
         # workers import ejaot and any outside kernel package the way this process does
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
