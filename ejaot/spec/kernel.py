@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -69,7 +70,15 @@ class StaticArg:
     doc: str = ""
 
     def canonical(self, value):
-        return self.normalize(value) if self.normalize else value
+        return self.normalize(_python_scalar(value)) if self.normalize else value
+
+
+def _python_scalar(value):
+    """A NumPy scalar (np.float32(0.125), np.True_) as the Python value it holds, for the
+    normalizers, which take Python numbers. A 0-d array stays an array (and is refused): a
+    call's plan is keyed by an array's shape, not its value."""
+    np = sys.modules.get("numpy")      # a NumPy scalar means NumPy is imported; a spec imports none
+    return value.item() if np is not None and isinstance(value, np.generic) else value
 
 
 @dataclass(frozen=True)

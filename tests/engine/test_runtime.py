@@ -88,15 +88,20 @@ def test_static_mismatch_goes_to_fallback(store_copy, rng):
 
 
 def test_numpy_scalar_and_dtype_statics_each_get_their_own_plan(store_copy, rng):
-    """1 / np.sqrt(d) is an np.float64 and jnp.bfloat16 is callable: both are static values,
-    so a call with another value must not reuse the first one's plan (eager and under jit)."""
+    """1 / np.sqrt(d) is an np.float64 (np.float32(d) ** -0.5 an np.float32) and jnp.bfloat16
+    is callable: all are static values, so a call with another value must not reuse the
+    first one's plan (eager and under jit)."""
     bundle = ejaot.load(store_copy, miss_log=False)
     q, k, v = qkv(rng, 2, 32)
-    for scale in (np.float64(0.05), np.float64(1.0), np.float64(0.05)):
+    for scale in (np.float64(0.05), np.float64(1.0), np.float32(0.25), np.float64(0.05), np.float32(0.5)):
         check(bundle.call("attention", q, k, v, causal=True, softmax_scale=scale), q, k, v, causal=True,
               softmax_scale=float(scale))
         jitted = jax.jit(lambda q, k, v: bundle.call("attention", q, k, v, causal=True, softmax_scale=scale))
         check(jitted(q, k, v), q, k, v, causal=True, softmax_scale=float(scale))
+    # a NumPy bool is a static's value too: it reaches the stored causal entry
+    before = bundle.stats()["calls"]["exact"]
+    check(bundle.call("attention", q, k, v, causal=np.True_), q, k, v, causal=True)
+    assert bundle.stats()["calls"]["exact"] == before + 1
     want = {d: np.asarray(ejaot_kernels.attention.attention(q, k, v, causal=True, softmax_dtype=d))
             for d in (jnp.float32, jnp.bfloat16)}
     assert np.abs(want[jnp.float32] - want[jnp.bfloat16]).max() > 1e-4     # the two differ
