@@ -2,6 +2,8 @@
 Pure Python: the planner reads these without importing jax."""
 from __future__ import annotations
 
+from ejaot_kernels.cuda_arch import has_tensor_memory, has_tma, has_wgmma, shared_memory_per_block
+
 
 def check_dims(dims, static):
     if dims["q_heads"] % dims["kv_heads"]:
@@ -17,7 +19,7 @@ def _compute_capability(target) -> int:
 
 # Per (generation, head_dim): forward (block_m, block_n, num_warps, num_stages), dK/dV
 # (queries per step, keys per program, warps, stages), dQ (queries per program, keys per step,
-# warps, stages). Hopper has 227 KB of shared memory per block, Ampere 163 KB.
+# warps, stages). Shared memory per block: ejaot_kernels.cuda_arch.
 _TRITON_TABLE = {   # sm90 rows timed on an H100 (bf16, S 4096-8192); sm80 rows sized, not timed
     90: {32: ((128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)),
          64: ((128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3)),
@@ -28,6 +30,23 @@ _TRITON_TABLE = {   # sm90 rows timed on an H100 (bf16, S 4096-8192); sm80 rows 
          128: ((128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 2)),
          256: ((64, 64, 4, 2), (32, 64, 4, 1), (64, 32, 4, 1))},
 }
+# Generations lowered, not timed, each from a timed or sized table with the head_dim 256
+# dK/dV tile (queries per step, keys per program) changed where the lowering showed it must:
+# sm100 (datacenter Blackwell): sm90's; Triton keeps tensor-core accumulators in tensor
+# memory (512 columns), which dK, dV and the score tile overflow at 64 keys per program.
+# 99 KB generations (sm86, sm89, sm12x): sm80's; beside 64 resident keys, what Triton
+# stages does not fit.
+_TRITON_TABLE[100] = {**_TRITON_TABLE[90], 256: (_TRITON_TABLE[90][256][0], (64, 32, 8, 2), _TRITON_TABLE[90][256][2])}
+_TRITON_TABLE[86] = {**_TRITON_TABLE[80], 256: (_TRITON_TABLE[80][256][0], (32, 32, 4, 2), _TRITON_TABLE[80][256][2])}
+
+
+def _table_row(cc) -> int:
+    """The rows a generation starts from (triton_gpu shrinks them to its shared memory)."""
+    if has_wgmma(cc):
+        return 90
+    if has_tensor_memory(cc):
+        return 100
+    return 80 if shared_memory_per_block(cc) >= shared_memory_per_block(80) else 86
 
 
 def _shrink(block, n):
@@ -58,7 +77,7 @@ def _gluon_ok(dims, static, cc) -> bool:
     """Where the Gluon forward applies (gluon_sm90.py): Hopper, head_dim 64, 128 or 256, plain
     scores (no soft cap, no window; a bias or segment ids at call time fall back to the
     Triton forward), and 128-row query blocks."""
-    return (cc >= 90 and gluon_head_dim_ok(dims["head_dim"]) and static.get("logits_soft_cap") is None
+    return (has_wgmma(cc) and gluon_head_dim_ok(dims["head_dim"]) and static.get("logits_soft_cap") is None
             and static.get("sliding_window") is None and dims["seq"] > 64)
 
 
@@ -89,13 +108,13 @@ def _gluon_bwd_ok(dims) -> bool:
 def _triton_kernel_heuristic(dims, static, target):
     """The Triton forward's config (and the backward's, which every config shares)."""
     cc = _compute_capability(target)
-    table = _TRITON_TABLE[90 if cc >= 90 else 80]
+    table = _TRITON_TABLE[_table_row(cc)]
     d = dims["head_dim"]
     fwd, dkdv, dq = table[d if d in table else 128]
     cfg = _triton_config(dims, cc, fwd, dkdv, dq)
     # Hopper: the forward's unmasked K/V stream through TMA descriptors; measured a few
     # percent faster without a causal diagonal, a wash with one.
-    cfg["tma"] = bool(cc >= 90 and d >= 128 and not static.get("causal")
+    cfg["tma"] = bool(has_tma(cc) and d >= 128 and not static.get("causal")
                       and static.get("sliding_window") is None)
     return cfg
 
@@ -109,7 +128,7 @@ def triton_candidates(dims, static, target):
     if gluon_ok:
         # explicit: a config's missing keys come from the heuristic, whose forward is Gluon here
         base["gluon"] = False
-    smem = (227 if cc >= 90 else 163) * 1024
+    smem = shared_memory_per_block(cc)
     out, seen = [], set()
     for bm in (128, 64):
         for bn in (128, 64, 32):
@@ -127,8 +146,8 @@ def triton_candidates(dims, static, target):
                     if key not in seen:
                         seen.add(key)
                         out.append(cfg)
-    if cc >= 90 and d >= 128:
-        # Hopper: the K/V loading path of the forward's main loop (plain loads, TMA, TMA with
+    if has_tma(cc) and d >= 128:
+        # Hopper and later: the K/V loading path of the forward's main loop (plain loads, TMA, TMA with
         # Triton's warp specialization) on the tiles that matter at long sequences.
         for bm, bn, warps, stages in ((128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3)):
             for tma, ws in ((False, False), (True, False), (True, True)):

@@ -50,6 +50,7 @@ import dataclasses
 import functools
 import math
 
+from ejaot_kernels.cuda_arch import has_tma, has_wgmma, shared_memory_per_block
 from ejaot_kernels._shared.gluon_pipeline import install_compile_hook, route_through_gluon_pipeline
 from ejaot_kernels.triton_support import LOG2E, jit as _jit, resolve_config, tanh as _tanh, tl
 
@@ -624,11 +625,6 @@ def _pow2_block(requested: int, n: int) -> int:
 
 
 
-def _smem_limit(cc) -> int:
-    """Shared memory one block may use: Hopper 227 KB, A100 163 KB, others 99 KB."""
-    return (227 if cc >= 90 else (163 if cc in (80, 87) else 99)) * 1024
-
-
 def _fit_2byte(kind, tiles, d, itemsize, cc, has_bias, fused_dq=False):
     """2-byte inputs: shrinks a kernel's tiles until its resident tiles and the pipeline
     stages of its streamed ones fit the shared memory of a block: stages down to 2, then the
@@ -652,7 +648,7 @@ def _fit_2byte(kind, tiles, d, itemsize, cc, has_bias, fused_dq=False):
         per_stage = 2 * blocks[strm] * d + (bm * bn if has_bias else 0)
         staging = 4 * bm * d if kind == "dkdv" and fused_dq else 0
         return itemsize * (resident_tiles * blocks[res] * d + stages * per_stage) + staging
-    while need() > _smem_limit(cc):
+    while need() > shared_memory_per_block(cc):
         if stages > 2:
             stages -= 1
         elif blocks[strm] > 16:
@@ -671,7 +667,7 @@ def _fit_smem(kind, tiles, d, itemsize, cc):
     resident block to 64, then both to 16) until an estimate of the kernel's shared memory
     fits the generation. tf32x3 dots keep two copies of a resident operand, hence the 2x.
     2-byte configs are fitted where the kernel is called (_fit_2byte), which knows the bias."""
-    limit = int(_smem_limit(cc) * 0.85)
+    limit = int(shared_memory_per_block(cc) * 0.85)
     m, n, warps, stages = tiles
     if itemsize <= 2:
         return tiles
@@ -715,8 +711,8 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
     def tiles(kind, bm, bn, warps, stages):
         got = (_pow2_block(cfg[bm], s), _pow2_block(cfg[bn], t), int(cfg[warps]), int(cfg[stages]))
         return _fit_smem(kind, got, d, itemsize, cc)
-    tma = bool(cfg.get("tma", False)) and cc >= 90 and itemsize == 2
-    fused_dq = bool(cfg.get("fused_dq", False)) and cc >= 90 and itemsize == 2
+    tma = bool(cfg.get("tma", False)) and has_tma(cc) and itemsize == 2
+    fused_dq = bool(cfg.get("fused_dq", False)) and has_tma(cc) and itemsize == 2
     return _Static(
         causal=bool(causal), window=window,
         soft_cap=None if logits_soft_cap is None else float(logits_soft_cap),
@@ -725,11 +721,11 @@ def _make_static(q, k, config, causal, sliding_window, logits_soft_cap, softmax_
         dkdv=tiles("dkdv", "bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages"),
         dq=tiles("dq", "dq_block_m", "dq_block_n", "dq_num_warps", "dq_num_stages"),
         tma=tma, ws=tma and bool(cfg.get("warp_specialize", False)),
-        gluon=bool(cfg.get("gluon", False)) and cc >= 90 and itemsize == 2 and gluon_head_dim_ok(d),
+        gluon=bool(cfg.get("gluon", False)) and has_wgmma(cc) and itemsize == 2 and gluon_head_dim_ok(d),
         fused_dq=fused_dq,
         # whole 64-row query tiles only: a TMA tile past the sequence would read (and its dQ
         # reduction add to) the next batch's rows, whose dO may be anything
-        gluon_bwd=bool(cfg.get("gluon_bwd", False)) and cc >= 90 and itemsize == 2 and d in (64, 128)
+        gluon_bwd=bool(cfg.get("gluon_bwd", False)) and has_wgmma(cc) and itemsize == 2 and d in (64, 128)
         and s % 64 == 0,
     )
 

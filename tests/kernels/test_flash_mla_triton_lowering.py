@@ -79,6 +79,20 @@ def test_keeps_the_two_triton_backward_kernels():
     assert "_bwd_sm90" in results[2]["kernels"], results[2]["kernels"]
 
 
+def test_takes_the_triton_forward_off_hopper():
+    """A JIT call on a Blackwell GPU (its compute capability in the config): flash
+    attention's Triton kernels, not the Hopper-only Gluon forward, whose warpgroup MMA
+    would abort the process in LLVM."""
+    cases = [dict(b=1, h=2, s=256, d=128, lat=64, causal=True, bias=False, config={"compute_capability": cc})
+             for cc in (100, 120)]
+    results = lower_cases(_SCRIPT, cases)
+    assert len(results) == 4, results
+    for r in results:
+        assert not r["config_gluon"]
+        assert "_fwd_sm90" not in r["kernels"] and "_bwd_sm90" not in r["kernels"], r["kernels"]
+        assert r["calls"] == (1 if r["kind"] == "fwd" else 4), r["kernels"]
+
+
 def test_lowers_through_flash_kernels_without_a_score_matrix():
     cases = [dict(b=1, h=4, s=1024, d=128, lat=64, causal=True, bias=False),
              dict(b=2, h=2, s=1024, d=128, lat=48, causal=False, bias=False),
