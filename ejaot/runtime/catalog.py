@@ -3,7 +3,8 @@ use, the accepted entries filed in bucket groups (entries that differ only in th
 dimensions), and every rejection kept once, with its reason.
 
 A store that cannot serve here at all (missing, not a store, of another format, empty, or
-built for another platform) is said once, at load: `store_problem` holds the reason.
+built for another platform or GPU generation) is said once, at load: `store_problem` holds
+the reason.
 """
 from __future__ import annotations
 
@@ -83,6 +84,10 @@ class Catalog:
         if platform != self.platform:
             self._store_unusable(f"the store was built for target {self.target!r} (platform {platform}); "
                                  f"this host runs {self.platform}")
+            return
+        problem = _device_problem(self.target, self.device)
+        if problem:
+            self._store_unusable(problem)
             return
         # A kernel's section is decoded and its records checked on the kernel's first call
         # (or when all entries are asked for): start-up pays only for the kernels a server
@@ -250,6 +255,18 @@ class Catalog:
         except (TypeError, ValueError, KeyError):     # a malformed description covers nothing
             return None
         return None if group is None else (spec, group, want)
+
+
+def _device_problem(target, device) -> str | None:
+    """Why this device cannot run the target's artifacts (a GPU of another generation), from
+    the target's platform module when it can tell; None otherwise."""
+    from ..targets import get_target
+    try:
+        t = get_target(target)
+    except (KeyError, TypeError):
+        return None
+    check = getattr(t.platform_module, "device_problem", None)
+    return check(t, device) if check else None
 
 
 def _target_platform(target) -> str | None:

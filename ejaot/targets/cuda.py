@@ -48,6 +48,28 @@ def compile_devices(target, count: int):
     return None, "GPU executables are compiled on a GPU host: run `ejaot finalize DIR` there"
 
 
+def device_problem(target, device) -> str | None:
+    """Why this GPU cannot run what was built for `target`, or None. Triton writes Hopper's
+    and later generations' PTX for their arch-specific variant (sm_90a, sm_100a), which runs
+    on that generation only; older generations' PTX the driver compiles for any later GPU."""
+    want = target.facts.get("compute_capability")
+    have = _device_compute_capability(device)
+    if want is None or have is None:
+        return None
+    if (have != want) if want >= 90 else (have < want):
+        runs_on = f"compute capability {want / 10:.1f} only" if want >= 90 else f"compute capability {want / 10:.1f} and later"
+        return (f"the store was built for target {target.name!r}, whose kernels run on {runs_on}; "
+                f"this GPU ({getattr(device, 'device_kind', '?')}) has compute capability {have / 10:.1f}")
+    return None
+
+
+def _device_compute_capability(device) -> int | None:
+    """jax's "9.0" as 90; None when the device does not say."""
+    text = str(getattr(device, "compute_capability", None) or "")
+    m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
+    return int(m.group(1)) * 10 + int(m.group(2)) if m else None
+
+
 def device_identity(target, device) -> dict:
     return {"device_kind": device.device_kind,
             "compute_capability": getattr(device, "compute_capability", None)}

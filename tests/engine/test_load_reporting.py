@@ -79,3 +79,37 @@ def test_misses_record_each_inputs_dtype(store_copy, rng):
     bundle.call("attention", *qkv(rng, 1, 40), causal=True)
     line = json.loads((store_copy / "misses.jsonl").read_text().splitlines()[0])
     assert line["dtypes"] == {"query": "float32", "key": "float32", "value": "float32"}
+
+
+class _Gpu:
+    """What the catalog reads of a jax GPU device."""
+    platform = "gpu"
+    device_kind = "a GPU"
+
+    def __init__(self, compute_capability):
+        self.compute_capability = compute_capability
+
+
+@pytest.mark.parametrize("target, cc, serves", [
+    ("gpu-sm90", "9.0", True), ("gpu-sm90", "10.0", False), ("gpu-sm90", "12.0", False),
+    ("gpu-sm90", "8.0", False), ("gpu-sm80", "8.0", True), ("gpu-sm80", "9.0", True),
+    ("gpu-sm80", "8.6", True), ("gpu-sm80", "7.5", False)])
+def test_a_gpu_store_for_another_generation_cannot_serve(store_copy, target, cc, serves):
+    """Hopper's PTX (sm_90a) runs on Hopper only, Ampere's on Ampere and later: a store
+    for another GPU generation is refused at load, naming both, so every call goes to the
+    JIT fallback instead of failing on the device; require=True raises."""
+    from ejaot.runtime.catalog import Catalog
+    from ejaot.runtime.meshed import MeshRouter
+    store = FileStore(store_copy)
+    store.index_path.write_bytes(encode_index(target, store.read_index()["entries"]))
+
+    def catalog(require=False):
+        return Catalog(str(store_copy), FileStore(store_copy), _Gpu(cc), "cuda", None, MeshRouter(None), require)
+    if serves:
+        opened = catalog(require=True)
+        assert opened.store_problem is None and "attention" in opened.stored_kernels()
+        return
+    problem = catalog().store_problem
+    assert f"built for target '{target}'" in problem and f"compute capability {cc}" in problem, problem
+    with pytest.raises(StoreError, match="compute capability"):
+        catalog(require=True)
