@@ -33,11 +33,15 @@ def require_toolchain(target):
 
 def prepare_process(target) -> None:
     """Put the CUDA plugin on the path (jax-triton builds its kernel proto with it) and
-    keep jax on the CPU; must run before jax is imported."""
+    keep jax on the CPU; must run before jax is imported. Kernels are compiled without
+    line info unless TRITON_DISABLE_LINE_INFO says otherwise: its `.file` directives name
+    the source's absolute path, so a store's bytes would depend on where it was built
+    (and stores built in two checkouts would not merge)."""
     extras = require_toolchain(target)
     if str(extras) not in sys.path:
         sys.path.insert(0, str(extras))
     os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault("TRITON_DISABLE_LINE_INFO", "1")
 
 
 def compile_device(target):

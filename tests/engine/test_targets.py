@@ -68,6 +68,12 @@ def test_gpu_sm90_build_on_a_cpu_host(tmp_path):
     rec = store.read_index()["entries"][flash[0]["key"]]
     ptx = store.read_blob(rec["payloads"]["ptx"]["sha256"])
     assert b".target sm_90a" in ptx and b".entry" in ptx
+    # compiled without line info: no blob names the checkout (a store's bytes do not depend
+    # on where it was built)
+    assert b".file" not in ptx and b".loc" not in ptx
+    checkout = str(Path(__file__).resolve().parents[2]).encode()
+    for blob in (tmp_path / "gpu" / "blobs").rglob("*"):
+        assert not blob.is_file() or checkout not in blob.read_bytes(), blob
 
 
 @pytest.mark.skipif(not (extras_dir("tpu") / "libtpu").is_dir(), reason="libtpu extras not installed")
