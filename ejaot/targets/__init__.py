@@ -47,9 +47,11 @@ _TPU_FACTS = {
 TARGETS: dict[str, Target] = {
     "cpu": Target("cpu", "cpu", backends_for("cpu"), description="XLA on the host CPU (StableHLO)"),
     "gpu-sm90": Target("gpu-sm90", "cuda", backends_for("cuda"), aliases=("gpu-h100", "gpu-h200"),
-                       facts=dict(compute_capability=90), description="NVIDIA Hopper: Triton PTX/cubin"),
+                       facts=dict(compute_capability=90, shared_memory_per_block=227 << 10),
+                       description="NVIDIA Hopper: Triton PTX/cubin"),
     "gpu-sm80": Target("gpu-sm80", "cuda", backends_for("cuda"), aliases=("gpu-a100",),
-                       facts=dict(compute_capability=80), description="NVIDIA Ampere: Triton PTX/cubin"),
+                       facts=dict(compute_capability=80, shared_memory_per_block=163 << 10),
+                       description="NVIDIA Ampere: Triton PTX/cubin"),
     **{name: Target(name, "tpu", backends_for("tpu"), facts=facts,
                     description=f"{facts['device_kind']}: Pallas Mosaic, compiled via libtpu")
        for name, facts in _TPU_FACTS.items()},

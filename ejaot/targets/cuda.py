@@ -55,16 +55,31 @@ def compile_devices(target, count: int):
 def device_problem(target, device) -> str | None:
     """Why this GPU cannot run what was built for `target`, or None. Triton writes Hopper's
     and later generations' PTX for their arch-specific variant (sm_90a, sm_100a), which runs
-    on that generation only; older generations' PTX the driver compiles for any later GPU."""
+    on that generation only; older generations' PTX the driver compiles for any later GPU
+    that has the shared memory its tiles were sized for (an A100's 163 KB, not the 99 KB of
+    an RTX 3090, L40S or RTX 5090)."""
     want = target.facts.get("compute_capability")
     have = _device_compute_capability(device)
     if want is None or have is None:
         return None
+    gpu = f"this GPU ({getattr(device, 'device_kind', '?')}) has compute capability {have / 10:.1f}"
     if (have != want) if want >= 90 else (have < want):
         runs_on = f"compute capability {want / 10:.1f} only" if want >= 90 else f"compute capability {want / 10:.1f} and later"
-        return (f"the store was built for target {target.name!r}, whose kernels run on {runs_on}; "
-                f"this GPU ({getattr(device, 'device_kind', '?')}) has compute capability {have / 10:.1f}")
+        return f"the store was built for target {target.name!r}, whose kernels run on {runs_on}; {gpu}"
+    sized_for = target.facts.get("shared_memory_per_block", 0)
+    if _shared_memory_per_block(have) < sized_for:
+        return (f"the store was built for target {target.name!r}, whose kernels may use {sized_for >> 10} KB "
+                f"of shared memory per block; {gpu} and {_shared_memory_per_block(have) >> 10} KB")
     return None
+
+
+def _shared_memory_per_block(cc: int) -> int:
+    """The opt-in maximum per block by compute capability (the CUDA programming guide's
+    table); the kernels keep their own copy (ejaot_kernels.cuda_arch): the engine names no
+    kernel module."""
+    if cc // 10 in (9, 10):
+        return 227 << 10
+    return {80: 163 << 10, 87: 163 << 10, 75: 64 << 10, 70: 96 << 10}.get(cc, 99 << 10)
 
 
 def _device_compute_capability(device) -> int | None:

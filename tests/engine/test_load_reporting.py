@@ -93,11 +93,13 @@ class _Gpu:
 @pytest.mark.parametrize("target, cc, serves", [
     ("gpu-sm90", "9.0", True), ("gpu-sm90", "10.0", False), ("gpu-sm90", "12.0", False),
     ("gpu-sm90", "8.0", False), ("gpu-sm80", "8.0", True), ("gpu-sm80", "9.0", True),
-    ("gpu-sm80", "8.6", True), ("gpu-sm80", "7.5", False)])
+    ("gpu-sm80", "8.7", True), ("gpu-sm80", "10.0", True), ("gpu-sm80", "7.5", False),
+    ("gpu-sm80", "8.6", False), ("gpu-sm80", "8.9", False), ("gpu-sm80", "12.0", False)])
 def test_a_gpu_store_for_another_generation_cannot_serve(store_copy, target, cc, serves):
-    """Hopper's PTX (sm_90a) runs on Hopper only, Ampere's on Ampere and later: a store
-    for another GPU generation is refused at load, naming both, so every call goes to the
-    JIT fallback instead of failing on the device; require=True raises."""
+    """Hopper's PTX (sm_90a) runs on Hopper only, Ampere's on later GPUs with an A100's
+    shared memory (not the 99 KB ones): a store for another GPU is refused at load, naming
+    both, so every call goes to the JIT fallback instead of failing on the device;
+    require=True raises."""
     from ejaot.runtime.catalog import Catalog
     from ejaot.runtime.meshed import MeshRouter
     store = FileStore(store_copy)
@@ -111,5 +113,7 @@ def test_a_gpu_store_for_another_generation_cannot_serve(store_copy, target, cc,
         return
     problem = catalog().store_problem
     assert f"built for target '{target}'" in problem and f"compute capability {cc}" in problem, problem
+    if target == "gpu-sm80" and cc in ("8.6", "8.9", "12.0"):
+        assert "163 KB of shared memory per block" in problem and "99 KB" in problem, problem
     with pytest.raises(StoreError, match="compute capability"):
         catalog(require=True)
