@@ -11,7 +11,7 @@ import time
 from ..errors import StoreError
 from ..artifact import codec, compat
 from ..store.filestore import FileStore
-from ..targets import get_target
+from ..targets import device_problem, get_target
 
 
 def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> dict:
@@ -26,6 +26,9 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
         target = get_target(index["target"])
     except KeyError as e:
         raise StoreError(f"{root}: the store's {e.args[0]}") from None
+    unfit = device_problem(target, device)
+    if unfit:
+        raise StoreError(f"{root}: {unfit}; finalize it on a GPU it runs on")
     identity = target.platform_module.device_identity(target, device)
     from ..spec.registry import trust_modules      # an operator's tool: the store's model packages may load
     trust_modules({r.get("module") for r in index["entries"].values() if isinstance(r, dict)} - {None})

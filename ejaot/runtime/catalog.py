@@ -258,15 +258,11 @@ class Catalog:
 
 
 def _device_problem(target, device) -> str | None:
-    """Why this device cannot run the target's artifacts (a GPU of another generation), from
-    the target's platform module when it can tell; None otherwise."""
-    from ..targets import get_target
+    from ..targets import device_problem, get_target
     try:
-        t = get_target(target)
-    except (KeyError, TypeError):
+        return device_problem(get_target(target), device)
+    except (KeyError, TypeError):      # an unknown target: the platform check said so
         return None
-    check = getattr(t.platform_module, "device_problem", None)
-    return check(t, device) if check else None
 
 
 def _target_platform(target) -> str | None:

@@ -71,6 +71,13 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
+def device_problem(target: Target, device) -> str | None:
+    """Why `device` cannot run what was built for `target` (a GPU of another generation),
+    when the target's platform module can tell; None otherwise."""
+    check = getattr(target.platform_module, "device_problem", None)
+    return check(target, device) if check else None
+
+
 _lowering_for: contextvars.ContextVar[Target | None] = contextvars.ContextVar("ejaot_lowering_for", default=None)
 
 

@@ -117,3 +117,19 @@ def test_a_gpu_store_for_another_generation_cannot_serve(store_copy, target, cc,
         assert "163 KB of shared memory per block" in problem and "99 KB" in problem, problem
     with pytest.raises(StoreError, match="compute capability"):
         catalog(require=True)
+
+
+def test_finalize_refuses_a_gpu_it_would_compile_useless_executables_for(store_copy, monkeypatch):
+    """`ejaot finalize` on a GPU the store's target does not run on: one clear error before
+    any entry is compiled, the store untouched."""
+    import jax
+    from click.testing import CliRunner
+    from ejaot.cli import main
+    store = FileStore(store_copy)
+    store.index_path.write_bytes(encode_index("gpu-sm90", store.read_index()["entries"]))
+    before = store.index_path.read_bytes()
+    monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [_Gpu("10.0")])
+    result = CliRunner().invoke(main, ["finalize", str(store_copy)])
+    assert result.exit_code == 1, result.output
+    assert "compute capability 9.0 only" in result.output and "finalize it on a GPU it runs on" in result.output
+    assert store.index_path.read_bytes() == before
