@@ -71,6 +71,12 @@ def _calling_convention_window() -> tuple[int, int]:
     return export.minimum_supported_calling_convention_version, export.maximum_supported_calling_convention_version
 
 
+def holds_gpu_kernels(record: dict) -> bool:
+    """The entry's program launches kernels compiled for one GPU generation (their PTX is
+    stored beside it): its portable tier runs only where ejaot.targets.device_problem allows."""
+    return "ptx" in (record.get("payloads") or {})
+
+
 def portable_problem(record: dict) -> str | None:
     if "exported" not in record["payloads"]:
         return "no portable tier"

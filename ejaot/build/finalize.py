@@ -26,9 +26,7 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
         target = get_target(index["target"])
     except KeyError as e:
         raise StoreError(f"{root}: the store's {e.args[0]}") from None
-    unfit = device_problem(target, device)
-    if unfit:
-        raise StoreError(f"{root}: {unfit}; finalize it on a GPU it runs on")
+    unfit = device_problem(target, device)     # a GPU the entries' kernels do not run on
     identity = target.platform_module.device_identity(target, device)
     from ..spec.registry import trust_modules      # an operator's tool: the store's model packages may load
     trust_modules({r.get("module") for r in index["entries"].values() if isinstance(r, dict)} - {None})
@@ -38,6 +36,8 @@ def finalize_store(root, echo=print, signer=None, force=False, kernels=None) -> 
             continue
         label = f"{key[:12]} {record.get('kernel')} {record.get('dtype')} {record.get('dims')}"
         problem = compat.record_problem(key, record) or compat.entry_problem(record, platform)
+        if problem is None and unfit and compat.holds_gpu_kernels(record):
+            problem = f"{unfit}; finalize it on a GPU it runs on"
         if problem:
             echo(f"skip {label}: {problem}")
             counts["skipped"] += 1

@@ -49,9 +49,8 @@ def load(root: str | os.PathLike, strict: bool = False, device: Any = None, eage
     bundle.wait_warm() joins them; the process's exit waits for them too.
 
     require=True: raise StoreError when the store cannot serve at all here (missing, not a
-    store, of another format, empty, or built for another platform or GPU generation)
-    instead of serving every call through the fallback. Problems go to the "ejaot" logger
-    as warnings.
+    store, of another format, empty, or built for another platform) instead of serving
+    every call through the fallback. Problems go to the "ejaot" logger as warnings.
 
     kernel_modules: outside modules (a model's steps) this process may import when the
     store's records name them; without it, only modules already imported are used: a

@@ -3,8 +3,9 @@ use, the accepted entries filed in bucket groups (entries that differ only in th
 dimensions), and every rejection kept once, with its reason.
 
 A store that cannot serve here at all (missing, not a store, of another format, empty, or
-built for another platform or GPU generation) is said once, at load: `store_problem` holds
-the reason.
+built for another platform) is said once, at load: `store_problem` holds the reason. On a
+GPU the store's target does not run on, each entry whose program launches GPU kernels has
+its portable tier refused, with the reason.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class Catalog:
         self._rejected: list[dict] = []
         self._rejected_seen: set = set()
         self.store_problem: str | None = None
+        self.device_unfit: str | None = None        # why this GPU cannot run the target's kernels
         self.target = None
         self._open()
 
@@ -85,10 +87,7 @@ class Catalog:
             self._store_unusable(f"the store was built for target {self.target!r} (platform {platform}); "
                                  f"this host runs {self.platform}")
             return
-        problem = _device_problem(self.target, self.device)
-        if problem:
-            self._store_unusable(problem)
-            return
+        self.device_unfit = _device_problem(self.target, self.device)
         # A kernel's section is decoded and its records checked on the kernel's first call
         # (or when all entries are asked for): start-up pays only for the kernels a server
         # actually uses.
@@ -159,7 +158,8 @@ class Catalog:
             self._reject_record(key, record, "entry", problem)
             return None
         entry = self._meshes.entry(key, record, self.store, self.device, self._on_tier_rejected)
-        entry.portable_block = compat.portable_problem(record)
+        entry.portable_block = compat.portable_problem(record) or (
+            self.device_unfit if compat.holds_gpu_kernels(record) else None)
         entry.compiled_block = compat.compiled_problem(record, self.device)
         if entry.portable_block and entry.compiled_block:
             self._reject_record(key, record, "entry", f"{entry.compiled_block}; {entry.portable_block}")
@@ -260,9 +260,10 @@ class Catalog:
 def _device_problem(target, device) -> str | None:
     from ..targets import device_problem, get_target
     try:
-        return device_problem(get_target(target), device)
+        t = get_target(target)
     except (KeyError, TypeError):      # an unknown target: the platform check said so
         return None
+    return device_problem(t, device)
 
 
 def _target_platform(target) -> str | None:

@@ -81,8 +81,9 @@ def test_misses_record_each_inputs_dtype(store_copy, rng):
     assert line["dtypes"] == {"query": "float32", "key": "float32", "value": "float32"}
 
 
+
 class _Gpu:
-    """What the catalog reads of a jax GPU device."""
+    """What the catalog and finalize read of a jax GPU device."""
     platform = "gpu"
     device_kind = "a GPU"
 
@@ -90,46 +91,94 @@ class _Gpu:
         self.compute_capability = compute_capability
 
 
-@pytest.mark.parametrize("target, cc, serves", [
+@pytest.mark.parametrize("target, cc, runs", [
     ("gpu-sm90", "9.0", True), ("gpu-sm90", "10.0", False), ("gpu-sm90", "12.0", False),
     ("gpu-sm90", "8.0", False), ("gpu-sm80", "8.0", True), ("gpu-sm80", "9.0", True),
     ("gpu-sm80", "8.7", True), ("gpu-sm80", "10.0", True), ("gpu-sm80", "7.5", False),
-    ("gpu-sm80", "8.6", False), ("gpu-sm80", "8.9", False), ("gpu-sm80", "12.0", False)])
-def test_a_gpu_store_for_another_generation_cannot_serve(store_copy, target, cc, serves):
-    """Hopper's PTX (sm_90a) runs on Hopper only, Ampere's on later GPUs with an A100's
-    shared memory (not the 99 KB ones): a store for another GPU is refused at load, naming
-    both, so every call goes to the JIT fallback instead of failing on the device;
-    require=True raises."""
-    from ejaot.runtime.catalog import Catalog
-    from ejaot.runtime.meshed import MeshRouter
-    store = FileStore(store_copy)
-    store.index_path.write_bytes(encode_index(target, store.read_index()["entries"]))
-
-    def catalog(require=False):
-        return Catalog(str(store_copy), FileStore(store_copy), _Gpu(cc), "cuda", None, MeshRouter(None), require)
-    if serves:
-        opened = catalog(require=True)
-        assert opened.store_problem is None and "attention" in opened.stored_kernels()
+    ("gpu-sm80", "8.6", False), ("gpu-sm80", "8.9", False), ("gpu-sm80", "12.0", False),
+    ("gpu-sm90", None, True), ("gpu-sm90", "gfx90a", True)])
+def test_which_gpus_run_a_gpu_targets_kernels(target, cc, runs):
+    """Hopper's PTX (sm_90a) runs on Hopper only; Ampere's on later GPUs with an A100's
+    shared memory (not the 99 KB ones). A device that does not say is not refused."""
+    from ejaot.targets import device_problem, get_target
+    problem = device_problem(get_target(target), _Gpu(cc))
+    if runs:
+        assert problem is None, problem
         return
-    problem = catalog().store_problem
     assert f"built for target '{target}'" in problem and f"compute capability {cc}" in problem, problem
     if target == "gpu-sm80" and cc in ("8.6", "8.9", "12.0"):
         assert "163 KB of shared memory per block" in problem and "99 KB" in problem, problem
-    with pytest.raises(StoreError, match="compute capability"):
-        catalog(require=True)
 
 
-def test_finalize_refuses_a_gpu_it_would_compile_useless_executables_for(store_copy, monkeypatch):
-    """`ejaot finalize` on a GPU the store's target does not run on: one clear error before
-    any entry is compiled, the store untouched."""
+_GPU_MANIFEST = """
+format = 1
+[[kernel]]
+name = "flash_attention"
+dtypes = ["bfloat16"]
+[kernel.dims]
+batch = 1
+seq = 128
+q_heads = 2
+kv_heads = 1
+head_dim = 64
+[[kernel]]
+name = "attention"
+dtypes = ["bfloat16"]
+[kernel.dims]
+batch = 1
+seq = 128
+q_heads = 2
+kv_heads = 1
+head_dim = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def gpu_store(tmp_path_factory):
+    from ejaot.build.builder import build
+    from ejaot.toolchain import extras_dir
+    if not (extras_dir("cuda") / "jax_plugins").is_dir():
+        pytest.skip("CUDA extras not installed")
+    root = tmp_path_factory.mktemp("gpu")
+    (root / "m.toml").write_text(_GPU_MANIFEST)
+    report = build(root / "m.toml", "gpu-sm90", root / "store", jobs=1)
+    assert report.ok, report.summary()
+    return root / "store"
+
+
+@pytest.mark.parametrize("cc", ["9.0", "10.0"])
+def test_gpu_kernels_built_for_another_generation_are_refused_per_entry(gpu_store, cc):
+    """On a GPU the target does not run on, each entry that launches Triton kernels (PTX
+    for sm_90a) is refused, naming the target and the GPU, so its calls go to the JIT
+    fallback; an entry that is XLA alone still serves, and so does the store."""
+    from ejaot.runtime.catalog import Catalog
+    from ejaot.runtime.meshed import MeshRouter
+    catalog = Catalog(str(gpu_store), FileStore(gpu_store), _Gpu(cc), "cuda", None, MeshRouter(None), True)
+    accepted = {e.kernel for e in catalog.all_entries().values()}
+    assert catalog.store_problem is None
+    if cc == "9.0":
+        assert accepted == {"flash_attention", "attention"} and catalog.rejections() == []
+        return
+    assert accepted == {"attention"}
+    [rejected] = catalog.rejections()
+    assert rejected["kernel"] == "flash_attention", rejected
+    assert "compute capability 9.0 only" in rejected["reason"] and "compute capability 10.0" in rejected["reason"]
+
+
+def test_finalize_skips_gpu_kernels_it_would_compile_for_the_wrong_gpu(gpu_store, tmp_path, monkeypatch):
+    """`ejaot finalize` on a GPU the target does not run on: each entry with Triton kernels
+    is skipped with the reason, nothing is compiled, the store is left as it was."""
+    import shutil
     import jax
     from click.testing import CliRunner
     from ejaot.cli import main
-    store = FileStore(store_copy)
-    store.index_path.write_bytes(encode_index("gpu-sm90", store.read_index()["entries"]))
-    before = store.index_path.read_bytes()
+    store = tmp_path / "store"
+    shutil.copytree(gpu_store, store)
+    before = (store / "index.msgpack").read_bytes()
     monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [_Gpu("10.0")])
-    result = CliRunner().invoke(main, ["finalize", str(store_copy)])
-    assert result.exit_code == 1, result.output
-    assert "compute capability 9.0 only" in result.output and "finalize it on a GPU it runs on" in result.output
-    assert store.index_path.read_bytes() == before
+    result = CliRunner().invoke(main, ["finalize", str(store), "--kernel", "flash_attention"])
+    assert result.exit_code == 0, result.output
+    assert "skip " in result.output and "compute capability 9.0 only" in result.output, result.output
+    assert "finalize it on a GPU it runs on" in result.output
+    assert "finalized: 0 compiled, 1 skipped, 0 failed" in result.output, result.output
+    assert (store / "index.msgpack").read_bytes() == before

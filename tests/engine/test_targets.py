@@ -47,7 +47,8 @@ def _ls(store):
 
 
 @pytest.mark.skipif(not (extras_dir("cuda") / "jax_plugins").is_dir(), reason="CUDA extras not installed")
-def test_gpu_sm90_build_on_a_cpu_host(tmp_path):
+def test_gpu_sm90_build_on_a_cpu_host(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_DISABLE_LINE_INFO", raising=False)    # the build's default, not a shell's
     m = tmp_path / "m.toml"
     m.write_text(FLASH)
     report = build(m, "gpu-h100", tmp_path / "gpu", jobs=1)
