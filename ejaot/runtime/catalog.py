@@ -158,8 +158,9 @@ class Catalog:
             self._reject_record(key, record, "entry", problem)
             return None
         entry = self._meshes.entry(key, record, self.store, self.device, self._on_tier_rejected)
-        entry.portable_block = compat.portable_problem(record) or (
-            self.device_unfit if compat.holds_gpu_kernels(record) else None)
+        entry.portable_block = compat.portable_problem(record)
+        if entry.portable_block is None and self.device_unfit and compat.holds_gpu_kernels(record):
+            entry.portable_block = self.device_unfit
         entry.compiled_block = compat.compiled_problem(record, self.device)
         if entry.portable_block and entry.compiled_block:
             self._reject_record(key, record, "entry", f"{entry.compiled_block}; {entry.portable_block}")
