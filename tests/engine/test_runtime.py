@@ -102,6 +102,17 @@ def test_numpy_scalar_and_dtype_statics_each_get_their_own_plan(store_copy, rng)
     before = bundle.stats()["calls"]["exact"]
     check(bundle.call("attention", q, k, v, causal=np.True_), q, k, v, causal=True)
     assert bundle.stats()["calls"]["exact"] == before + 1
+    # under jit: two functions (arrays by keyword; key and value closed over), two traces
+    # each (32 and 16 tokens), np.True_ and np.float32 statics; then eager again
+    by_keyword = jax.jit(lambda q, k, v: bundle.call("attention", query=q, key=k, value=v, causal=np.True_,
+                                                     softmax_scale=np.float32(0.25)))
+    for s in (32, 16, 32):
+        qs, ks, vs = q[:, :s], k[:, :s], v[:, :s]
+        closed = jax.jit(lambda q: bundle.call("attention", q, ks, vs, causal=np.True_))
+        check(by_keyword(qs, ks, vs), qs, ks, vs, causal=True, softmax_scale=0.25)
+        check(closed(qs), qs, ks, vs, causal=True)
+    assert bundle.stats()["calls"]["exact"] > before + 1          # the 32-token traces hit the entry
+    check(bundle.call("attention", q, k, v, causal=np.True_), q, k, v, causal=True)
     want = {d: np.asarray(ejaot_kernels.attention.attention(q, k, v, causal=True, softmax_dtype=d))
             for d in (jnp.float32, jnp.bfloat16)}
     assert np.abs(want[jnp.float32] - want[jnp.bfloat16]).max() > 1e-4     # the two differ
